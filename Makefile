@@ -1,0 +1,28 @@
+# The two commands: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv on first use and reinstall when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench-overhead clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev,device]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pacsim demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check pacsim tests benchmarks
+
+bench-overhead: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""Command line interface: ``pacsim --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pacsim",
+        description="Transfer scientific surrogate models to data-poor settings with PAC-Net.",
+    )
+    p.add_argument("--version", action="version", version=f"pacsim {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="end-to-end transfer on the built-in Friedman problem")
+    demo.add_argument("--n-source", type=int, default=4000, help="source samples (default 4000)")
+    demo.add_argument("--n-target", type=int, default=100, help="target samples (default 100)")
+    demo.add_argument("--q", type=float, default=1.0, help="target distance from source")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--source-epochs", type=int, default=60)
+    demo.add_argument("--target-steps", type=int, default=600)
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    return p
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    for name in ("n_source", "n_target", "source_epochs", "target_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    run_demo(n_source=args.n_source, n_target=args.n_target, q=args.q, seed=args.seed,
+             source_epochs=args.source_epochs, target_steps=args.target_steps, device=args.device)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pacsim`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handlers = {"demo": _demo}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"pacsim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pacsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Checkpoints: one file with tensors and a JSON config, loaded without unpickling code.
+
+A checkpoint is written with :func:`torch.save` but holds only tensors, strings and
+numbers, so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``: a crafted
+file cannot execute code. The model is rebuilt from its registry config
+(:func:`pacsim.models.build`). Writes go to a temporary file in the same folder that is
+renamed into place, so an interrupted save never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .models.registry import build
+from .pac.masks import Masks
+
+FORMAT = "pacsim-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is missing, unreadable, or not a pacsim checkpoint."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Any, *, overwrite: bool = True) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file lives in the destination folder (same file system, atomic
+    rename) and is removed if ``write`` fails.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks | None = None,
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (a registered pacsim model), optional PAC ``masks`` and JSON ``meta``."""
+    if not hasattr(model, "config"):
+        raise ValueError(
+            f"{type(model).__name__} has no config(); register it with "
+            "@pacsim.models.register(name) and subclass pacsim.models.Configurable"
+        )
+    try:
+        meta_json = json.dumps(meta or {})
+    except TypeError as exc:
+        raise ValueError(f"checkpoint meta must be JSON-serialisable: {exc}") from exc
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_with": __version__,
+        "config": json.dumps(model.config()),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "masks": None if masks is None else masks.state_dict(),
+        "meta": meta_json,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, Masks | None, dict[str, Any]]:
+    """Load ``(model, masks, meta)`` from a file written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint we trust"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a pacsim checkpoint ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pacsim checkpoint (no '{FORMAT}' marker)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint version {payload.get('format_version')!r} "
+            f"(this pacsim reads version {FORMAT_VERSION})"
+        )
+    try:
+        model = build(json.loads(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        masks = None if payload["masks"] is None else Masks.from_state_dict(payload["masks"])
+        if masks is not None:
+            masks.check_model(model)
+        meta = json.loads(payload["meta"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: damaged pacsim checkpoint ({first[:200]})") from None
+    return model, masks, meta

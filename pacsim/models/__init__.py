@@ -1,0 +1,7 @@
+"""Surrogate models and the registry that rebuilds them from configs."""
+
+from .cnn import CNN
+from .mlp import MLP
+from .registry import Configurable, build, register, registered
+
+__all__ = ["CNN", "MLP", "Configurable", "build", "register", "registered"]

@@ -1,0 +1,78 @@
+"""Step 1 of PAC: magnitude pruning that splits weights into essential and redundant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .masks import Masks, prunable_weights
+
+SCOPES = ("global", "layer")
+
+
+def check_ratio(ratio: float) -> float:
+    """Validate a pruning ratio: a real number strictly between 0 and 1."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (
+        math.isfinite(ratio) and 0.0 < ratio < 1.0
+    ):
+        raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio!r}")
+    return float(ratio)
+
+
+def _redundant_count(ratio: float, n: int) -> int:
+    return int(round(ratio * n))
+
+
+def _keep_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """True except for the k smallest entries; ties go to the lower flat index first."""
+    keep = torch.ones_like(magnitudes, dtype=torch.bool)
+    if k > 0:
+        order = torch.argsort(magnitudes, stable=True)
+        keep[order[:k]] = False
+    return keep
+
+
+@torch.no_grad()
+def prune(model: nn.Module, ratio: float = 0.8, scope: str = "global",
+          exclude: Iterable[str] = ()) -> Masks:
+    """Mark the ``ratio`` share of smallest-magnitude weights as redundant and zero them.
+
+    Only weight tensors of Linear/Conv layers are pruned (biases and normalisation
+    parameters never are); names in ``exclude`` are left out entirely. ``scope="global"``
+    ranks all entries together (exactly ``round(ratio * N)`` become redundant),
+    ``"layer"`` ranks each tensor on its own (``round(ratio * N_l)`` per tensor).
+    Ties are broken deterministically by position.
+    """
+    ratio = check_ratio(ratio)
+    if scope not in SCOPES:
+        raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
+    excluded = set(exclude)
+    weights = prunable_weights(model)
+    unknown = sorted(excluded - set(weights))
+    if unknown:
+        raise ValueError(f"exclude names no prunable weight: {unknown}")
+    weights = {n: w for n, w in weights.items() if n not in excluded}
+    if not weights:
+        raise ValueError("model has no Linear/Conv weight tensors to prune")
+    for name, w in weights.items():
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"weight {name!r} contains NaN or inf; cannot rank by magnitude")
+
+    if scope == "global":
+        flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+        keep_flat = _keep_mask(flat, _redundant_count(ratio, flat.numel()))
+        sizes = [w.numel() for w in weights.values()]
+        keeps = dict(zip(weights, torch.split(keep_flat, sizes)))
+        essential = {n: keeps[n].view(w.shape).clone() for n, w in weights.items()}
+    else:
+        essential = {
+            n: _keep_mask(w.detach().abs().flatten().float(),
+                          _redundant_count(ratio, w.numel())).view(w.shape)
+            for n, w in weights.items()
+        }
+    for name, w in weights.items():
+        w.masked_fill_(~essential[name], 0.0)
+    return Masks(essential=essential, ratio=ratio, scope=scope, stage="pruned")

@@ -1,0 +1,104 @@
+"""Steps 2 and 3 of PAC: allocate (retrain essential entries on the source) and
+calibrate (train only redundant entries on the target). Both run on :func:`pacsim.train.fit`
+with an update mask, so the untouched entries keep their exact values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..train import Data, History, Regularizer, fit, resolve_device
+from .masks import Masks
+
+
+def _combine(*regs: Regularizer | None) -> Regularizer | None:
+    active = [r for r in regs if r is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+    return lambda model: sum(r(model) for r in active)  # type: ignore[return-value]
+
+
+def _prepare(model: nn.Module, masks: Masks, fit_kwargs: dict[str, Any]) -> dict[str, nn.Parameter]:
+    dev = resolve_device(fit_kwargs.get("device", "auto"))
+    fit_kwargs["device"] = dev
+    model.to(dev)
+    masks.to(dev)
+    return masks.check_model(model)
+
+
+def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.0,
+             **fit_kwargs: Any) -> History:
+    """Retrain on ``source`` updating only essential entries (and every other parameter).
+
+    Redundant entries are held at exactly 0.0. ``lam_sp > 0`` adds
+    ``lam_sp * ||w - w_pruned||^2`` pulling the trainable parameters towards their values
+    at the start of this step (the pre-pruning values on essential entries).
+    ``fit_kwargs`` go to :func:`pacsim.train.fit` (``epochs`` is required).
+    """
+    masks.require("pruned", "allocated", action="allocate()")
+    if lam_sp < 0:
+        raise ValueError(f"lam_sp must be >= 0, got {lam_sp}")
+    weights = _prepare(model, masks, fit_kwargs)
+    with torch.no_grad():
+        for name, w in weights.items():
+            w.masked_fill_(~masks.essential[name], 0.0)
+    update: dict[str, bool | torch.Tensor] = {
+        n: p.requires_grad for n, p in model.named_parameters()
+    }
+    update.update(masks.essential)
+    reg = None
+    if lam_sp > 0:
+        anchors = [(p, p.detach().clone()) for n, p in model.named_parameters() if update[n]]
+
+        def reg(_: nn.Module) -> torch.Tensor:
+            return lam_sp * sum((p - a).square().sum() for p, a in anchors)
+
+    history = fit(model, source, update_mask=update,
+                  regularizer=_combine(reg, fit_kwargs.pop("regularizer", None)), **fit_kwargs)
+    masks.stage = "allocated"
+    return history
+
+
+def _bias_names(model: nn.Module, masks: Masks) -> list[str]:
+    return [n for n, _ in model.named_parameters()
+            if n.rsplit(".", 1)[-1] == "bias" and n not in masks.essential]
+
+
+def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
+              train_biases: bool = False, **fit_kwargs: Any) -> History:
+    """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
+
+    Essential entries and every other parameter stay bit-identical. With
+    ``train_biases=True`` the biases are trained too, after their source values are saved
+    in ``masks.source_state``; the model's buffers (BatchNorm running statistics) are
+    saved there as well, so :func:`source_view` reproduces the allocated source model.
+    """
+    masks.require("allocated", "calibrated", action="calibrate()")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    weights = _prepare(model, masks, fit_kwargs)
+    biases = _bias_names(model, masks) if train_biases else []
+    # Anything not yet saved is still at its source value (it was frozen until now).
+    params = dict(model.named_parameters())
+    for name, buf in model.named_buffers():
+        masks.source_state.setdefault(name, buf.detach().clone())
+    for name in biases:
+        masks.source_state.setdefault(name, params[name].detach().clone())
+
+    update: dict[str, bool | torch.Tensor] = {n: ~m for n, m in masks.essential.items()}
+    update.update({n: True for n in biases})
+    reg = None
+    if lam > 0:
+        pairs = [(w, masks.essential[n]) for n, w in weights.items()]
+
+        def reg(_: nn.Module) -> torch.Tensor:
+            return lam * sum(w.masked_fill(ess, 0.0).square().sum() for w, ess in pairs)
+
+    history = fit(model, target, update_mask=update,
+                  regularizer=_combine(reg, fit_kwargs.pop("regularizer", None)), **fit_kwargs)
+    masks.stage = "calibrated"
+    return history

@@ -1,0 +1,1 @@
+"""Simulators of source/target settings."""

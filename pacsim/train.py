@@ -1,0 +1,460 @@
+"""The one trainer: :func:`fit`, plus :func:`predict` and :func:`evaluate`.
+
+Every training loop in pacsim (source training, PAC allocate and calibrate, every
+transfer baseline, the benchmarks) goes through :func:`fit`, so masking, determinism,
+device handling and early stopping are written once.
+
+``update_mask`` is enforced exactly: gradients of frozen entries are zeroed before the
+optimiser step and frozen entries are restored from a snapshot after it, so no
+optimiser (momentum, Adam moments, decoupled weight decay) can move them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .metrics import Accumulator
+
+Data = Union[tuple[Any, Any], Dataset, DataLoader]
+MaskSpec = Mapping[str, Union[bool, torch.Tensor]]
+Regularizer = Callable[[nn.Module], torch.Tensor]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSSES = ("mse", "l1", "huber", "cross_entropy")
+
+
+@dataclass
+class History:
+    """What happened during :func:`fit`: per-epoch losses and the selected epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val: float | None = None
+    epochs_run: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy."""
+        return dict(self.__dict__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _as_tensor(a: Any, what: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(np.ascontiguousarray(a))
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor or numpy array, got {type(a).__name__}")
+    if a.is_floating_point() and a.dtype != torch.float32:
+        a = a.float()
+    return a
+
+
+class _TensorBatches:
+    """Mini-batches from an in-memory pair; the pair moves to the device once."""
+
+    def __init__(self, pair: tuple[Any, Any], batch_size: int, device: torch.device, name: str):
+        x, y = (_as_tensor(a, f"{name} {w}") for a, w in zip(pair, ("inputs", "targets")))
+        if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{name} inputs and targets must have the same number of samples on axis 0, "
+                f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} data has no samples")
+        for t, w in ((x, "inputs"), (y, "targets")):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} {w} contain NaN or inf values")
+        self.x = x.to(device, non_blocking=True)
+        self.y = y.to(device, non_blocking=True)
+        self.n = x.shape[0]
+        self.batch_size = batch_size
+        self.device = device
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def epoch(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if generator is None:
+            for i in range(0, self.n, self.batch_size):
+                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            return
+        perm = torch.randperm(self.n, generator=generator).to(self.device, non_blocking=True)
+        for i in range(0, self.n, self.batch_size):
+            idx = perm[i : i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class _LoaderBatches:
+    """Mini-batches from a Dataset (wrapped in a DataLoader) or a user's DataLoader."""
+
+    def __init__(self, data: Dataset | DataLoader, batch_size: int, device: torch.device,
+                 shuffle: bool):
+        self.device = device
+        if isinstance(data, DataLoader):
+            self._loader: DataLoader | None = data
+            self._dataset = None
+        else:
+            if len(data) == 0:  # type: ignore[arg-type]
+                raise ValueError("dataset has no samples")
+            self._loader = None
+            self._dataset = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        if self._loader is not None:
+            return len(self._loader)
+        return -(-len(self._dataset) // self.batch_size)  # type: ignore[arg-type]
+
+    def epoch(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = self._loader
+        if loader is None:
+            loader = DataLoader(
+                self._dataset, batch_size=self.batch_size,
+                shuffle=self.shuffle and generator is not None, generator=generator,
+                pin_memory=self.device.type == "cuda",
+            )
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def batches(data: Data, batch_size: int, device: torch.device, *, shuffle: bool = True,
+            name: str = "train") -> _TensorBatches | _LoaderBatches:
+    """Wrap any accepted data form: ``(X, Y)``, a Dataset of ``(x, y)``, or a DataLoader."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return _TensorBatches(tuple(data), batch_size, device, name)
+    if isinstance(data, (Dataset, DataLoader)):
+        return _LoaderBatches(data, batch_size, device, shuffle)
+    raise TypeError(
+        f"{name} data must be a pair (X, Y), a torch Dataset or a DataLoader, "
+        f"got {type(data).__name__}"
+    )
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@dataclass
+class _Partial:
+    param: nn.Parameter
+    keep: torch.Tensor  # True where the entry may change
+    frozen: torch.Tensor  # ~keep
+    snapshot: torch.Tensor
+
+
+def _plan_updates(
+    model: nn.Module, update_mask: MaskSpec | None, device: torch.device
+) -> tuple[list[nn.Parameter], list[_Partial], list[nn.Parameter]]:
+    """Split parameters into fully trainable, partially trainable and frozen."""
+    params = dict(model.named_parameters())
+    if update_mask is not None:
+        unknown = sorted(set(update_mask) - set(params))
+        if unknown:
+            raise ValueError(f"update_mask names unknown parameters: {unknown}")
+    full: list[nn.Parameter] = []
+    partial: list[_Partial] = []
+    frozen: list[nn.Parameter] = []
+    for name, p in params.items():
+        spec: bool | torch.Tensor = True if update_mask is None else update_mask.get(name, False)
+        if not p.requires_grad:
+            spec = False
+        if isinstance(spec, torch.Tensor):
+            if spec.dtype != torch.bool or spec.shape != p.shape:
+                raise ValueError(
+                    f"update_mask[{name!r}] must be a bool tensor of shape {tuple(p.shape)}, "
+                    f"got {spec.dtype} {tuple(spec.shape)}"
+                )
+            n_keep = int(spec.sum())
+            if n_keep == p.numel():
+                spec = True
+            elif n_keep == 0:
+                spec = False
+        if spec is True:
+            full.append(p)
+        elif spec is False:
+            frozen.append(p)
+        else:
+            keep = spec.to(device)
+            partial.append(_Partial(p, keep, ~keep, p.detach().clone()))
+    return full, partial, frozen
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def _make_loss(loss: str | Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    if callable(loss):
+        return loss
+    table = {
+        "mse": nn.functional.mse_loss,
+        "l1": nn.functional.l1_loss,
+        "huber": nn.functional.huber_loss,
+        "cross_entropy": nn.functional.cross_entropy,
+    }
+    if loss not in table:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES} or pass a callable")
+    return table[loss]
+
+
+def _make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float
+                    ) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def _bn_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _progress_bar(enabled: bool | None, total: int, desc: str | None) -> Any:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc or "fit", unit="epoch", leave=False)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator | None]:
+    """Seed stochastic layers without touching the caller's global RNG state."""
+    if seed is None:
+        yield torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit(
+    model: nn.Module,
+    train: Data,
+    *,
+    val: Data | None = None,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    optimizer: str = "adam",
+    loss: str | Callable[..., torch.Tensor] = "mse",
+    update_mask: MaskSpec | None = None,
+    regularizer: Regularizer | None = None,
+    device: str | torch.device = "auto",
+    seed: int | None = None,
+    progress: bool | None = None,
+    patience: int | None = None,
+    restore_best: bool = True,
+    lr_schedule: str | None = None,
+    clip_grad: float | None = None,
+    amp: bool = False,
+    freeze_bn_stats: bool = False,
+    desc: str | None = None,
+) -> History:
+    """Train ``model`` in place on ``train`` and return its :class:`History`.
+
+    ``train``/``val``: ``(X, Y)`` tensors or arrays, a Dataset of ``(x, y)``, or a DataLoader.
+    ``update_mask``: parameter name -> bool (whole tensor) or bool tensor (per entry) of
+    what may change; parameters it does not name are frozen. ``None`` trains everything
+    that has ``requires_grad``. Frozen entries keep their exact values.
+    ``regularizer(model)`` is added to the loss at every step. With ``val``, the epoch
+    with the lowest validation loss is selected (``restore_best``) and ``patience``
+    stops after that many epochs without improvement. ``lr_schedule="cosine"`` anneals
+    the learning rate to zero. ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
+    ``freeze_bn_stats`` keeps BatchNorm running statistics fixed while training.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    dev = resolve_device(device)
+    loss_fn = _make_loss(loss)
+    model.to(dev)
+    train_b = batches(train, batch_size, dev, name="train")
+    val_b = batches(val, batch_size, dev, shuffle=False, name="val") if val is not None else None
+
+    full, partial, frozen = _plan_updates(model, update_mask, dev)
+    trainable = full + [p.param for p in partial]
+    history = History()
+    if epochs == 0:
+        return history
+    if not trainable:
+        raise ValueError("nothing to train: update_mask freezes every parameter")
+    opt = _make_optimizer(optimizer, trainable, lr, weight_decay)
+    total_steps = epochs * len(train_b)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+             if lr_schedule == "cosine" else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if amp and dev.type == "cuda" else contextlib.nullcontext())
+    requires_grad = {p: p.requires_grad for p in frozen}
+    bn = _bn_modules(model) if freeze_bn_stats else []
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs = 0
+    bar = _progress_bar(progress, epochs, desc)
+    t0 = time.perf_counter()
+    was_training = model.training
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with _seeded(seed, dev) as gen:
+            for epoch in range(epochs):
+                model.train()
+                for m in bn:
+                    m.eval()
+                running = torch.zeros((), device=dev)
+                count = 0
+                for x, y in train_b.epoch(gen):
+                    with autocast:
+                        pred = model(x)
+                        batch_loss = loss_fn(pred.float(), y)
+                    total = batch_loss + regularizer(model) if regularizer is not None else batch_loss
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    for pp in partial:
+                        if pp.param.grad is not None:
+                            pp.param.grad.masked_fill_(pp.frozen, 0.0)
+                    if clip_grad is not None:
+                        nn.utils.clip_grad_norm_(trainable, clip_grad)
+                    opt.step()
+                    with torch.no_grad():
+                        for pp in partial:
+                            pp.param.copy_(torch.where(pp.keep, pp.param, pp.snapshot))
+                    if sched is not None:
+                        sched.step()
+                    running += batch_loss.detach() * x.shape[0]
+                    count += x.shape[0]
+                    history.steps += 1
+                history.train_loss.append(float(running) / count)
+                history.epochs_run = epoch + 1
+                if val_b is not None:
+                    v = _mean_loss(model, val_b, loss_fn, autocast)
+                    history.val_loss.append(v)
+                    if history.best_val is None or v < history.best_val:
+                        history.best_val, history.best_epoch = v, epoch
+                        bad_epochs = 0
+                        if restore_best:
+                            best_state = copy.deepcopy(model.state_dict())
+                    else:
+                        bad_epochs += 1
+                else:
+                    history.best_epoch = epoch
+                if bar is not None:
+                    bar.update(1)
+                    post = {"loss": f"{history.train_loss[-1]:.4g}"}
+                    if history.val_loss:
+                        post["val"] = f"{history.val_loss[-1]:.4g}"
+                    bar.set_postfix(post)
+                if patience is not None and val_b is not None and bad_epochs >= patience:
+                    history.stopped_early = epoch + 1 < epochs
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    finally:
+        for p, rg in requires_grad.items():
+            p.requires_grad_(rg)
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    history.seconds = time.perf_counter() - t0
+    return history
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, data: _TensorBatches | _LoaderBatches,
+               loss_fn: Callable[..., torch.Tensor], autocast: Any) -> float:
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    count = 0
+    for x, y in data.epoch(None):
+        with autocast:
+            pred = model(x)
+        total += loss_fn(pred.float(), y).double() * x.shape[0]
+        count += x.shape[0]
+    return float(total) / count
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1024,
+            device: str | torch.device | None = None) -> torch.Tensor:
+    """Model outputs for ``inputs`` (tensor or array, samples on axis 0), on the CPU."""
+    dev = _model_device(model) if device is None else resolve_device(device)
+    model.to(dev)
+    x = _as_tensor(inputs, "inputs")
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model(x[i : i + batch_size].to(dev, non_blocking=True))
+                for i in range(0, x.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs).cpu()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, *, batch_size: int = 1024,
+             device: str | torch.device | None = None) -> dict[str, float]:
+    """All metrics of :mod:`pacsim.metrics` for ``model`` on ``data`` (any accepted form)."""
+    dev = _model_device(model) if device is None else resolve_device(device)
+    model.to(dev)
+    acc = Accumulator()
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches(data, batch_size, dev, shuffle=False, name="eval").epoch(None):
+            acc.update(model(x), y)
+    finally:
+        model.train(was_training)
+    return acc.compute()
