@@ -17,9 +17,13 @@ _EPS = 1e-12
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}"
+        )
     if pred.dim() == 0 or pred.shape[0] == 0:
-        raise ValueError(f"metrics need at least one sample on axis 0, got shape {tuple(pred.shape)}")
+        raise ValueError(
+            f"metrics need at least one sample on axis 0, got shape {tuple(pred.shape)}"
+        )
 
 
 class Accumulator:

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .metrics import Accumulator
 
-Data = Union[tuple[Any, Any], Dataset, DataLoader]
-MaskSpec = Mapping[str, Union[bool, torch.Tensor]]
+Data = tuple[Any, Any] | Dataset | DataLoader
+MaskSpec = Mapping[str, bool | torch.Tensor]
 Regularizer = Callable[[nn.Module], torch.Tensor]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -99,7 +99,8 @@ class _TensorBatches:
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def epoch(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, generator: torch.Generator | None
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if generator is None:
             for i in range(0, self.n, self.batch_size):
                 yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
@@ -132,7 +133,8 @@ class _LoaderBatches:
             return len(self._loader)
         return -(-len(self._dataset) // self.batch_size)  # type: ignore[arg-type]
 
-    def epoch(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, generator: torch.Generator | None
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = self._loader
         if loader is None:
             loader = DataLoader(
@@ -351,7 +353,7 @@ def fit(
                     with autocast:
                         pred = model(x)
                         batch_loss = loss_fn(pred.float(), y)
-                    total = batch_loss + regularizer(model) if regularizer is not None else batch_loss
+                    total = batch_loss if regularizer is None else batch_loss + regularizer(model)
                     opt.zero_grad(set_to_none=True)
                     total.backward()
                     for pp in partial:

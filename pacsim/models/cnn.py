@@ -70,7 +70,9 @@ class CNN(Configurable, nn.Module):
         if dim not in (1, 2):
             raise ValueError(f"CNN dim must be 1 or 2, got {dim}")
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"unknown padding_mode {padding_mode!r}; choose one of {PADDING_MODES}")
+            raise ValueError(
+                f"unknown padding_mode {padding_mode!r}; choose one of {PADDING_MODES}"
+            )
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
         if kernel_size < 1 or kernel_size % 2 == 0:

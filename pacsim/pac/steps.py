@@ -52,7 +52,8 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
     update.update(masks.essential)
     reg = None
     if lam_sp > 0:
-        anchors = [(p, p.detach().clone()) for n, p in model.named_parameters() if update[n]]
+        anchors = [(p, p.detach().clone()) for n, p in model.named_parameters()
+                   if update[n] is not False]
 
         def reg(_: nn.Module) -> torch.Tensor:
             return lam_sp * sum((p - a).square().sum() for p, a in anchors)

@@ -1,0 +1,44 @@
+"""Shared tiny models and data for fast, deterministic tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pacsim.models import CNN, MLP
+
+torch.set_num_threads(1)
+
+
+def make_model(kind: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        return MLP(4, 2, hidden=(16, 16))
+    if kind == "cnn1d":
+        return CNN(1, 1, 1, width=6, depth=1, kernel_size=3, padding_mode="circular", norm="batch")
+    if kind == "cnn2d":
+        return CNN(2, 2, 1, width=4, depth=1, kernel_size=3, norm="batch")
+    raise ValueError(kind)
+
+
+def make_data(kind: str, n: int = 48, seed: int = 0, shift: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mlp":
+        x = torch.rand(n, 4, generator=g)
+        y = torch.stack([torch.sin(3 * x[:, 0]) + x[:, 1] + shift, x[:, 2] * x[:, 3] - shift], 1)
+    elif kind == "cnn1d":
+        x = torch.randn(n, 1, 16, generator=g)
+        y = torch.roll(x, 1, dims=-1) * (1 + shift) + 0.1
+    else:
+        x = torch.randn(n, 2, 8, 8, generator=g)
+        y = (x[:, :1] * x[:, 1:] + shift).tanh()
+    return x, y
+
+
+MODEL_KINDS = ("mlp", "cnn1d", "cnn2d")
+
+
+@pytest.fixture(params=MODEL_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param

@@ -1,0 +1,138 @@
+"""The five PAC invariants of the design notes, for MLP and CNN (1D, 2D), both pruning
+scopes, and Adam / AdamW with weight decay."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_data, make_model
+
+from pacsim import pac
+from pacsim.train import predict
+
+OPTIMS = [("adam", 0.0), ("adamw", 0.1), ("adam", 0.05), ("sgd", 0.01)]
+
+
+def _pipeline(kind, scope="global", optimizer="adam", weight_decay=0.0, train_biases=False,
+              seed=0):
+    model = make_model(kind)
+    src, tgt = make_data(kind, seed=1), make_data(kind, seed=2, shift=0.5)
+    kw = dict(epochs=3, batch_size=16, lr=1e-2, optimizer=optimizer,
+              weight_decay=weight_decay, device="cpu", seed=seed)
+    masks = pac.prune(model, ratio=0.7, scope=scope)
+    pac.allocate(model, masks, src, **kw)
+    allocated = copy.deepcopy(model)
+    pac.calibrate(model, masks, tgt, lam=0.01, train_biases=train_biases, **kw)
+    return model, masks, allocated, tgt
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_invariant1_prune_marks_exact_count(kind, scope):
+    model = make_model(kind)
+    weights = pac.prunable_weights(model)
+    before = {n: w.detach().clone() for n, w in weights.items()}
+    masks = pac.prune(model, ratio=0.8, scope=scope)
+    assert set(masks.essential) == set(weights)
+    if scope == "global":
+        n = sum(w.numel() for w in weights.values())
+        assert masks.n_redundant() == round(0.8 * n)
+        kept = torch.cat([before[k].abs().flatten()[masks.essential[k].flatten()] for k in before])
+        cut = torch.cat([before[k].abs().flatten()[~masks.essential[k].flatten()] for k in before])
+        assert kept.min() >= cut.max()
+    else:
+        for name, m in masks.essential.items():
+            assert int((~m).sum()) == round(0.8 * m.numel())
+            assert before[name].abs()[m].min() >= before[name].abs()[~m].max()
+    for name, w in weights.items():
+        assert torch.all(w[~masks.essential[name]] == 0)
+        assert torch.equal(w[masks.essential[name]], before[name][masks.essential[name]])
+
+
+def test_invariant1_biases_and_norms_never_pruned():
+    model = make_model("cnn1d")
+    masks = pac.prune(model, ratio=0.5)
+    assert all(name.endswith(".weight") for name in masks.essential)
+    assert not any("norm" in name for name in masks.essential)
+    assert "lift.bias" not in masks.essential
+
+
+def test_invariant1_ties_broken_deterministically_by_position():
+    model = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    masks = pac.prune(model, ratio=0.5)
+    expected = torch.tensor([False] * 6 + [True] * 6).view(3, 4)
+    assert torch.equal(masks.essential["weight"], expected)
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", OPTIMS)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_invariant2_redundant_stay_zero_after_allocate(kind, optimizer, weight_decay, scope):
+    model = make_model(kind)
+    masks = pac.prune(model, ratio=0.6, scope=scope)
+    pac.allocate(model, masks, make_data(kind), epochs=3, batch_size=16, lr=1e-2,
+                 optimizer=optimizer, weight_decay=weight_decay, device="cpu", seed=0,
+                 lam_sp=0.01)
+    assert masks.stage == "allocated"
+    for name, w in pac.prunable_weights(model).items():
+        red = w[~masks.essential[name]]
+        assert torch.equal(red, torch.zeros_like(red)), name
+        # essential entries did train
+    assert any(not torch.equal(w, make_model(kind).state_dict()[n])
+               for n, w in model.state_dict().items() if n in masks.essential)
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", OPTIMS)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("train_biases", [False, True])
+def test_invariant3_calibrate_touches_only_redundant(kind, optimizer, weight_decay, scope,
+                                                     train_biases):
+    model, masks, allocated, _ = _pipeline(kind, scope, optimizer, weight_decay, train_biases)
+    after = dict(model.named_parameters())
+    changed_redundant = False
+    for name, p0 in allocated.named_parameters():
+        p1 = after[name]
+        if name in masks.essential:
+            ess = masks.essential[name]
+            assert torch.equal(p1[ess], p0[ess]), name
+            changed_redundant |= not torch.equal(p1[~ess], p0[~ess])
+        elif train_biases and name.endswith(".bias"):
+            continue
+        else:
+            assert torch.equal(p1, p0), name
+    assert changed_redundant, "calibrate did not train the redundant entries"
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", OPTIMS[:2])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("train_biases", [False, True])
+def test_invariant4_source_view_reproduces_allocated_model(kind, optimizer, weight_decay, scope,
+                                                           train_biases):
+    model, masks, allocated, tgt = _pipeline(kind, scope, optimizer, weight_decay, train_biases)
+    x = torch.cat([make_data(kind, n=20, seed=9)[0], 100 * make_data(kind, n=4, seed=8)[0]])
+    target_out = predict(model, x)
+    with pac.source_view(model, masks) as m:
+        assert torch.equal(predict(m, x), predict(allocated, x))
+    assert torch.equal(predict(model, x), target_out)
+    assert not torch.equal(target_out, predict(allocated, x))
+
+
+def test_source_view_restores_after_exception(kind):
+    model, masks, _, _ = _pipeline(kind)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match="boom"), pac.source_view(model, masks):
+        raise RuntimeError("boom")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_invariant5_same_seed_same_bits(kind, scope):
+    a, masks_a, _, _ = _pipeline(kind, scope, seed=3)
+    b, masks_b, _, _ = _pipeline(kind, scope, seed=3)
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), na
+    for name in masks_a.essential:
+        assert torch.equal(masks_a.essential[name], masks_b.essential[name])

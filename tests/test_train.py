@@ -1,0 +1,166 @@
+"""The trainer: data forms, exact update masks, early stopping, determinism, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_data, make_model
+from torch.utils.data import DataLoader, TensorDataset
+
+from pacsim.train import History, evaluate, fit, predict
+
+
+def _data(n=64):
+    return make_data("mlp", n=n)
+
+
+@pytest.mark.parametrize("form", ["tensors", "numpy", "dataset", "loader"])
+def test_accepts_every_data_form_and_learns(form):
+    x, y = _data(128)
+    data = {
+        "tensors": (x, y),
+        "numpy": (x.numpy(), y.numpy()),
+        "dataset": TensorDataset(x, y),
+        "loader": DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
+                             generator=torch.Generator().manual_seed(0)),
+    }[form]
+    model = make_model("mlp")
+    before = evaluate(model, (x, y))["rmse"]
+    hist = fit(model, data, epochs=40, lr=1e-2, batch_size=16, device="cpu", seed=0)
+    assert isinstance(hist, History) and hist.epochs_run == 40 and len(hist.train_loss) == 40
+    assert hist.train_loss[-1] < hist.train_loss[0]
+    assert evaluate(model, (x, y))["rmse"] < 0.5 * before
+
+
+@pytest.mark.parametrize("optimizer,wd", [("adam", 0.0), ("adamw", 0.5), ("sgd", 0.1),
+                                          ("adam", 0.1)])
+def test_update_mask_is_exact(optimizer, wd):
+    model = make_model("mlp")
+    w = model.net[0].weight
+    keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    mask = {"net.0.weight": keep, "net.2.bias": True}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, _data(), epochs=5, lr=0.05, optimizer=optimizer, weight_decay=wd,
+        update_mask=mask, device="cpu", seed=0, batch_size=8)
+    after = dict(model.named_parameters())
+    assert torch.equal(after["net.0.weight"][~keep], before["net.0.weight"][~keep])
+    assert not torch.equal(after["net.0.weight"][keep], before["net.0.weight"][keep])
+    assert not torch.equal(after["net.2.bias"], before["net.2.bias"])
+    for name in before:
+        if name not in mask:
+            assert torch.equal(after[name], before[name]), name
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_requires_grad_false_is_respected_and_restored():
+    model = make_model("mlp")
+    model.net[0].bias.requires_grad_(False)
+    b0 = model.net[0].bias.detach().clone()
+    fit(model, _data(), epochs=2, device="cpu", seed=0)
+    assert torch.equal(model.net[0].bias, b0)
+    assert not model.net[0].bias.requires_grad
+    assert model.net[0].weight.requires_grad
+
+
+def test_update_mask_errors():
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="unknown parameters.*nope"):
+        fit(model, _data(), epochs=1, update_mask={"nope": True}, device="cpu")
+    with pytest.raises(ValueError, match=r"update_mask\['net.0.weight'\] must be a bool tensor"):
+        fit(model, _data(), epochs=1, update_mask={"net.0.weight": torch.ones(2, 2, dtype=bool)},
+            device="cpu")
+    with pytest.raises(ValueError, match="nothing to train"):
+        fit(model, _data(), epochs=1, update_mask={"net.0.weight": False}, device="cpu")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"epochs": -1}, "epochs"), ({"epochs": 1, "lr": 0}, "lr"),
+    ({"epochs": 1, "optimizer": "lbfgs"}, "unknown optimizer"),
+    ({"epochs": 1, "loss": "hinge"}, "unknown loss"),
+    ({"epochs": 1, "batch_size": 0}, "batch_size"),
+    ({"epochs": 1, "lr_schedule": "step"}, "lr_schedule"),
+    ({"epochs": 1, "weight_decay": -1}, "weight_decay"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(make_model("mlp"), _data(), device="cpu", **kwargs)
+
+
+def test_bad_data_raises():
+    x, y = _data()
+    with pytest.raises(ValueError, match="same number of samples"):
+        fit(make_model("mlp"), (x, y[:-1]), epochs=1, device="cpu")
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="train inputs contain NaN"):
+        fit(make_model("mlp"), (x, y), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="val targets contain NaN"):
+        fit(make_model("mlp"), _data(), val=(y.new_zeros(4, 4), torch.full((4, 2), np.inf)),
+            epochs=1, device="cpu")
+    with pytest.raises(TypeError, match="pair"):
+        fit(make_model("mlp"), [1, 2, 3], epochs=1, device="cpu")
+
+
+def test_early_stopping_selects_best_epoch():
+    x, y = _data(64)
+    xv, yv = make_data("mlp", n=32, seed=5, shift=3.0)  # a val set the model cannot fit
+    model = make_model("mlp")
+    hist = fit(model, (x, y), val=(xv, yv), epochs=200, lr=3e-2, patience=3, device="cpu", seed=0)
+    assert hist.stopped_early and hist.epochs_run < 200
+    assert hist.best_val == min(hist.val_loss)
+    assert hist.best_epoch == int(np.argmin(hist.val_loss))
+    assert hist.epochs_run == hist.best_epoch + 1 + 3
+    # restore_best: the model is the one from the best epoch
+    assert evaluate(model, (xv, yv))["rmse"] ** 2 == pytest.approx(hist.best_val, rel=1e-5)
+
+
+def test_same_seed_same_bits_and_rng_untouched():
+    def run():
+        model = make_model("mlp")
+        fit(model, _data(), epochs=3, batch_size=8, device="cpu", seed=11)
+        return model
+
+    state = torch.random.get_rng_state()
+    a, b = run(), run()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    c = make_model("mlp")
+    fit(c, _data(), epochs=3, batch_size=8, device="cpu", seed=12)
+    assert not torch.equal(c.net[0].weight, a.net[0].weight)
+    torch.random.set_rng_state(state)
+
+
+def test_regularizer_is_applied():
+    norms = []
+    for reg in (None, lambda m: 10.0 * m.net[0].weight.square().sum()):
+        model = make_model("mlp")
+        fit(model, _data(), epochs=30, lr=1e-2, device="cpu", seed=0, regularizer=reg)
+        norms.append(float(model.net[0].weight.detach().norm()))
+    assert norms[1] < 0.3 * norms[0]
+
+
+def test_predict_and_evaluate_restore_mode():
+    model = make_model("cnn1d")
+    model.train()
+    x, y = make_data("cnn1d", n=10)
+    out = predict(model, x, batch_size=3)
+    assert out.shape == y.shape and model.training
+    assert set(evaluate(model, (x, y), batch_size=4)) == {"rmse", "nrmse", "mae", "max_error",
+                                                          "r2"}
+
+
+def test_epochs_zero_trains_nothing():
+    model = make_model("mlp")
+    w = model.net[0].weight.detach().clone()
+    hist = fit(model, _data(), epochs=0, device="cpu")
+    assert hist.epochs_run == 0 and torch.equal(model.net[0].weight, w)
+
+
+def test_freeze_bn_stats():
+    model = make_model("cnn1d")
+    bn = model.blocks[0].norm1
+    mean = bn.running_mean.clone()
+    fit(model, make_data("cnn1d"), epochs=1, device="cpu", freeze_bn_stats=True)
+    assert torch.equal(bn.running_mean, mean)
+    fit(model, make_data("cnn1d"), epochs=1, device="cpu")
+    assert not torch.equal(bn.running_mean, mean)
