@@ -34,6 +34,24 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber", "cross_entropy")
 
 
+@dataclass(frozen=True)
+class L2Penalty:
+    """``weight * sum ||p - anchor||^2`` over the named parameters (anchor None: zero).
+
+    Applied as its exact gradient ``2 * weight * (p - anchor)``, added to the parameter
+    gradients inside the update step rather than built into the autograd graph, which
+    keeps it almost free. Frozen entries are unaffected (their gradient is discarded).
+    ``History.train_loss`` reports the data loss without this term.
+    """
+
+    weight: float
+    anchors: Mapping[str, torch.Tensor | None]
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ValueError(f"penalty weight must be >= 0, got {self.weight}")
+
+
 @dataclass
 class History:
     """What happened during :func:`fit`: per-epoch losses and the selected epoch."""
@@ -210,6 +228,51 @@ def _plan_updates(
     return full, partial, frozen
 
 
+class _Pull:
+    """Adds ``2 w (p - a)`` to the gradients of the penalised trainable parameters."""
+
+    def __init__(self, weight: float, params: list[nn.Parameter], anchors: list[torch.Tensor]):
+        self.scale = 2.0 * weight
+        self.params = params
+        self.anchors = anchors  # already multiplied by 2w; empty where the anchor is zero
+        self.anchored = params[: len(anchors)]
+
+    def apply(self) -> None:
+        with torch.no_grad():
+            params = [p for p in self.params if p.grad is not None]
+            if len(params) != len(self.params):
+                raise RuntimeError("a penalised parameter received no gradient")
+            torch._foreach_add_([p.grad for p in params], params, alpha=self.scale)
+            if self.anchors:
+                torch._foreach_sub_([p.grad for p in self.anchored], self.anchors)
+
+
+def _plan_penalty(model: nn.Module, penalty: L2Penalty | None, trainable: set[nn.Parameter],
+                  device: torch.device) -> _Pull | None:
+    if penalty is None or penalty.weight == 0:
+        return None
+    params = dict(model.named_parameters())
+    unknown = sorted(set(penalty.anchors) - set(params))
+    if unknown:
+        raise ValueError(f"penalty names unknown parameters: {unknown}")
+    with_anchor, without = [], []
+    for name, anchor in penalty.anchors.items():
+        p = params[name]
+        if p not in trainable:
+            continue
+        if anchor is None:
+            without.append(p)
+        else:
+            if anchor.shape != p.shape:
+                raise ValueError(f"penalty anchor {name!r} has shape {tuple(anchor.shape)}, "
+                                 f"the parameter has {tuple(p.shape)}")
+            with_anchor.append((p, anchor.detach().to(device, p.dtype) * (2.0 * penalty.weight)))
+    if not with_anchor and not without:
+        return None
+    return _Pull(penalty.weight, [p for p, _ in with_anchor] + without,
+                 [a for _, a in with_anchor])
+
+
 # ----------------------------------------------------------------------------- pieces
 
 
@@ -280,6 +343,7 @@ def fit(
     loss: str | Callable[..., torch.Tensor] = "mse",
     update_mask: MaskSpec | None = None,
     regularizer: Regularizer | None = None,
+    penalty: L2Penalty | None = None,
     device: str | torch.device = "auto",
     seed: int | None = None,
     progress: bool | None = None,
@@ -297,7 +361,8 @@ def fit(
     ``update_mask``: parameter name -> bool (whole tensor) or bool tensor (per entry) of
     what may change; parameters it does not name are frozen. ``None`` trains everything
     that has ``requires_grad``. Frozen entries keep their exact values.
-    ``regularizer(model)`` is added to the loss at every step. With ``val``, the epoch
+    ``regularizer(model)`` is added to the loss at every step; ``penalty`` adds an L2
+    pull (see :class:`L2Penalty`) at almost no cost. With ``val``, the epoch
     with the lowest validation loss is selected (``restore_best``) and ``patience``
     stops after that many epochs without improvement. ``lr_schedule="cosine"`` anneals
     the learning rate to zero. ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
@@ -321,6 +386,7 @@ def fit(
 
     full, partial, frozen = _plan_updates(model, update_mask, dev)
     trainable = full + [p.param for p in partial]
+    pull = _plan_penalty(model, penalty, set(trainable), dev)
     history = History()
     if epochs == 0:
         return history
@@ -356,15 +422,20 @@ def fit(
                     total = batch_loss if regularizer is None else batch_loss + regularizer(model)
                     opt.zero_grad(set_to_none=True)
                     total.backward()
-                    for pp in partial:
-                        if pp.param.grad is not None:
-                            pp.param.grad.masked_fill_(pp.frozen, 0.0)
+                    if pull is not None:
+                        pull.apply()
                     if clip_grad is not None:
+                        # Frozen entries must not count towards the clipping norm.
+                        for pp in partial:
+                            if pp.param.grad is not None:
+                                pp.param.grad.masked_fill_(pp.frozen, 0.0)
                         nn.utils.clip_grad_norm_(trainable, clip_grad)
                     opt.step()
+                    # Exactness comes from restoring, not from zero gradients: momentum and
+                    # decoupled weight decay move entries whose gradient is zero.
                     with torch.no_grad():
                         for pp in partial:
-                            pp.param.copy_(torch.where(pp.keep, pp.param, pp.snapshot))
+                            torch.where(pp.keep, pp.param, pp.snapshot, out=pp.param)
                     if sched is not None:
                         sched.step()
                     running += batch_loss.detach() * x.shape[0]

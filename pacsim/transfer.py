@@ -26,7 +26,7 @@ from torch import nn
 
 from . import pac
 from .models.registry import build
-from .train import Data, History, MaskSpec, fit
+from .train import Data, History, L2Penalty, MaskSpec, fit
 
 METHODS = ("scratch", "finetune", "head", "l2sp", "bitfit", "pac")
 
@@ -115,12 +115,8 @@ def _l2sp(model: nn.Module, target: Data, *, alpha: float = 0.01,
           **fit_kwargs: Any) -> TransferResult:
     if alpha < 0:
         raise ValueError(f"l2sp alpha must be >= 0, got {alpha}")
-    anchors = [(p, p.detach().clone()) for p in model.parameters()]
-
-    def penalty(_: nn.Module) -> torch.Tensor:
-        return 0.5 * alpha * sum((p - a).square().sum() for p, a in anchors)
-
-    result = _plain(_all)(model, target, regularizer=penalty, **fit_kwargs)
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = _plain(_all)(model, target, penalty=L2Penalty(alpha / 2, anchors), **fit_kwargs)
     result.extra["alpha"] = alpha
     return result
 

@@ -136,3 +136,55 @@ def test_invariant5_same_seed_same_bits(kind, scope):
         assert torch.equal(pa, pb), na
     for name in masks_a.essential:
         assert torch.equal(masks_a.essential[name], masks_b.essential[name])
+
+
+def test_calibrate_lambda_shrinks_redundant_weights():
+    norms = []
+    for lam in (0.0, 1.0):
+        model = make_model("mlp")
+        masks = pac.prune(model, ratio=0.5)
+        pac.allocate(model, masks, make_data("mlp"), epochs=0, device="cpu")
+        pac.calibrate(model, masks, make_data("mlp", shift=2.0), lam=lam, epochs=20, lr=1e-2,
+                      device="cpu", seed=0)
+        norms.append(sum(float(w.detach()[~masks.essential[n]].norm())
+                         for n, w in pac.prunable_weights(model).items()))
+    assert norms[1] < 0.7 * norms[0]
+
+
+def test_stage_order_is_enforced():
+    model = make_model("mlp")
+    masks = pac.prune(model, ratio=0.5)
+    with pytest.raises(pac.StageError, match=r"calibrate\(\) needs masks in stage allocated"):
+        pac.calibrate(model, masks, make_data("mlp"), epochs=1, device="cpu")
+    pac.allocate(model, masks, make_data("mlp"), epochs=1, device="cpu")
+    pac.calibrate(model, masks, make_data("mlp"), epochs=1, device="cpu")
+    with pytest.raises(pac.StageError, match=r"allocate\(\) needs masks in stage"):
+        pac.allocate(model, masks, make_data("mlp"), epochs=1, device="cpu")
+
+
+@pytest.mark.parametrize("bad", [0, 1, 0.0, 1.0, -0.5, 2, float("nan"), float("inf"), True, "0.5"])
+def test_ratio_outside_open_interval_is_refused(bad):
+    model = make_model("mlp")
+    w = model.net[0].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"pruning ratio must lie in \(0, 1\), got"):
+        pac.prune(model, ratio=bad)
+    assert torch.equal(model.net[0].weight, w)
+
+
+def test_prune_errors_and_masks_serialisation():
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="unknown pruning scope"):
+        pac.prune(model, scope="channel")
+    with pytest.raises(ValueError, match="exclude names no prunable weight"):
+        pac.prune(model, exclude=["net.0.bias"])
+    masks = pac.prune(model, ratio=0.25, scope="layer", exclude=["net.4.weight"])
+    assert "net.4.weight" not in masks.essential
+    rows = masks.summary()
+    assert [r["name"] for r in rows] == ["net.0.weight", "net.2.weight"]
+    assert all(abs(r["essential_share"] - 0.75) < 0.02 for r in rows)
+    copy_ = pac.Masks.from_state_dict(masks.state_dict())
+    assert copy_.scope == "layer" and copy_.ratio == 0.25 and copy_.stage == "pruned"
+    assert all(torch.equal(copy_.essential[n], m) for n, m in masks.essential.items())
+    other = pac.prune(make_model("cnn1d"), ratio=0.5)
+    with pytest.raises(ValueError, match="masks do not fit this model"):
+        pac.source_view(model, other).__enter__()

@@ -33,16 +33,17 @@ def test_accepts_every_data_form_and_learns(form):
     assert evaluate(model, (x, y))["rmse"] < 0.5 * before
 
 
-@pytest.mark.parametrize("optimizer,wd", [("adam", 0.0), ("adamw", 0.5), ("sgd", 0.1),
-                                          ("adam", 0.1)])
-def test_update_mask_is_exact(optimizer, wd):
+@pytest.mark.parametrize("optimizer,wd,clip", [("adam", 0.0, None), ("adamw", 0.5, None),
+                                               ("sgd", 0.1, None), ("adam", 0.1, None),
+                                               ("adamw", 0.5, 0.01)])
+def test_update_mask_is_exact(optimizer, wd, clip):
     model = make_model("mlp")
     w = model.net[0].weight
     keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.3
     mask = {"net.0.weight": keep, "net.2.bias": True}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit(model, _data(), epochs=5, lr=0.05, optimizer=optimizer, weight_decay=wd,
-        update_mask=mask, device="cpu", seed=0, batch_size=8)
+        update_mask=mask, device="cpu", seed=0, batch_size=8, clip_grad=clip)
     after = dict(model.named_parameters())
     assert torch.equal(after["net.0.weight"][~keep], before["net.0.weight"][~keep])
     assert not torch.equal(after["net.0.weight"][keep], before["net.0.weight"][keep])
@@ -164,3 +165,27 @@ def test_freeze_bn_stats():
     assert torch.equal(bn.running_mean, mean)
     fit(model, make_data("cnn1d"), epochs=1, device="cpu")
     assert not torch.equal(bn.running_mean, mean)
+
+
+def test_l2_penalty_matches_the_autograd_regularizer():
+    from pacsim.train import L2Penalty
+
+    anchor = make_model("mlp", seed=5).net[0].weight.detach().clone()
+    models = []
+    for use_penalty in (True, False):
+        model = make_model("mlp")
+        kw = dict(epochs=3, lr=0.05, optimizer="sgd", batch_size=16, device="cpu", seed=0)
+        if use_penalty:
+            fit(model, _data(), penalty=L2Penalty(0.3, {"net.0.weight": anchor,
+                                                        "net.2.weight": None}), **kw)
+        else:
+            fit(model, _data(), regularizer=lambda m: 0.3 * (
+                (m.net[0].weight - anchor).square().sum() + m.net[2].weight.square().sum()), **kw)
+        models.append(model)
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    with pytest.raises(ValueError, match="penalty names unknown"):
+        fit(make_model("mlp"), _data(), epochs=1, device="cpu",
+            penalty=L2Penalty(0.1, {"x": None}))
+    with pytest.raises(ValueError, match="penalty weight"):
+        L2Penalty(-1.0, {})

@@ -9,17 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train import Data, History, Regularizer, fit, resolve_device
+from ..train import Data, History, L2Penalty, fit, resolve_device
 from .masks import Masks
-
-
-def _combine(*regs: Regularizer | None) -> Regularizer | None:
-    active = [r for r in regs if r is not None]
-    if not active:
-        return None
-    if len(active) == 1:
-        return active[0]
-    return lambda model: sum(r(model) for r in active)  # type: ignore[return-value]
 
 
 def _prepare(model: nn.Module, masks: Masks, fit_kwargs: dict[str, Any]) -> dict[str, nn.Parameter]:
@@ -50,16 +41,10 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
         n: p.requires_grad for n, p in model.named_parameters()
     }
     update.update(masks.essential)
-    reg = None
-    if lam_sp > 0:
-        anchors = [(p, p.detach().clone()) for n, p in model.named_parameters()
-                   if update[n] is not False]
-
-        def reg(_: nn.Module) -> torch.Tensor:
-            return lam_sp * sum((p - a).square().sum() for p, a in anchors)
-
-    history = fit(model, source, update_mask=update,
-                  regularizer=_combine(reg, fit_kwargs.pop("regularizer", None)), **fit_kwargs)
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()
+               if update[n] is not False}
+    history = fit(model, source, update_mask=update, penalty=L2Penalty(lam_sp, anchors),
+                  **fit_kwargs)
     masks.stage = "allocated"
     return history
 
@@ -92,14 +77,9 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
 
     update: dict[str, bool | torch.Tensor] = {n: ~m for n, m in masks.essential.items()}
     update.update({n: True for n in biases})
-    reg = None
-    if lam > 0:
-        pairs = [(w, masks.essential[n]) for n, w in weights.items()]
-
-        def reg(_: nn.Module) -> torch.Tensor:
-            return lam * sum(w.masked_fill(ess, 0.0).square().sum() for w, ess in pairs)
-
-    history = fit(model, target, update_mask=update,
-                  regularizer=_combine(reg, fit_kwargs.pop("regularizer", None)), **fit_kwargs)
+    # Penalising whole tensors is exact: essential entries are frozen, so only the
+    # redundant entries' share of the gradient is used.
+    penalty = L2Penalty(lam, {n: None for n in weights})
+    history = fit(model, target, update_mask=update, penalty=penalty, **fit_kwargs)
     masks.stage = "calibrated"
     return history
