@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 
 import torch
 
 from pacsim import pac
 from pacsim.models import CNN, MLP
+from pacsim.sysinfo import one_line
 from pacsim.train import resolve_device
 from pacsim.transfer import adapt
 
@@ -65,9 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
-    dev = resolve_device(args.device)
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
-    print(f"device {dev} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(one_line(resolve_device(args.device)))
     print(f"{'model':<34} {'finetune ms/step':>17} {'calibrate ms/step':>18} {'ratio':>6}")
     for r in measure(args.device, args.repeats, args.epochs):
         print(f"{r['model']:<34} {r['finetune_ms']:>17.3f} {r['calibrate_ms']:>18.3f} "

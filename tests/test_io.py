@@ -37,6 +37,7 @@ class _Payload:
         return (exec, ("open(__import__('os').environ['PACSIM_PWNED'], 'w').write('x')",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     monkeypatch.setenv("PACSIM_PWNED", str(marker))

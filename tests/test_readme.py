@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import torch
-
 from conftest import make_data
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -189,3 +189,10 @@ def test_l2_penalty_matches_the_autograd_regularizer():
             penalty=L2Penalty(0.1, {"x": None}))
     with pytest.raises(ValueError, match="penalty weight"):
         L2Penalty(-1.0, {})
+
+
+def test_progress_bar_only_when_asked(capsys):
+    fit(make_model("mlp"), _data(), epochs=2, device="cpu", progress=True, desc="demo-fit")
+    assert "demo-fit" in capsys.readouterr().err
+    fit(make_model("mlp"), _data(), epochs=2, device="cpu")  # not a terminal: silent
+    assert capsys.readouterr().err == ""
