@@ -24,7 +24,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--source-epochs", type=int, default=60)
     demo.add_argument("--target-steps", type=int, default=600)
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    ins = sub.add_parser("inspect", help="describe a pacsim-h5 or PDEBench HDF5 file")
+    ins.add_argument("file", help="path of the HDF5 file")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ins.add_argument("--check", action="store_true",
+                     help="also scan every value for NaN or inf (reads the whole file)")
     return p
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import describe, render
+
+    d = describe(args.file, check=args.check)
+    print(json.dumps(d, indent=2) if args.json else render(d))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -45,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"demo": _demo}
+    handlers = {"demo": _demo, "inspect": _inspect}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:

@@ -9,10 +9,8 @@ renamed into place, so an interrupted save never leaves a half-written checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ import torch
 from torch import nn
 
 from . import __version__
+from .data.stats import Normalizer, PhysicalModel
+from .fsutil import atomic_write
 from .models.registry import build
 from .pac.masks import Masks
 
@@ -31,31 +31,14 @@ class CheckpointError(ValueError):
     """A file is missing, unreadable, or not a pacsim checkpoint."""
 
 
-def atomic_write(path: str | os.PathLike[str], write: Any, *, overwrite: bool = True) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
-
-    The temporary file lives in the destination folder (same file system, atomic
-    rename) and is removed if ``write`` fails.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (a registered pacsim model), optional PAC ``masks`` and JSON ``meta``."""
+                    meta: dict[str, Any] | None = None,
+                    normalizer: Normalizer | None = None) -> Path:
+    """Save ``model`` (a registered pacsim model), optional PAC ``masks`` and JSON ``meta``.
+
+    ``normalizer``: the data statistics the model was trained with; they come back as
+    ``meta["normalizer"]`` and :func:`load_predictor` uses them to predict in physical units.
+    """
     if not hasattr(model, "config"):
         raise ValueError(
             f"{type(model).__name__} has no config(); register it with "
@@ -73,6 +56,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "masks": None if masks is None else masks.state_dict(),
         "meta": meta_json,
+        "normalizer": None if normalizer is None else json.dumps(normalizer.to_dict()),
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -102,7 +86,22 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         if masks is not None:
             masks.check_model(model)
         meta = json.loads(payload["meta"])
+        if payload.get("normalizer") is not None:
+            meta["normalizer"] = json.loads(payload["normalizer"])
+            Normalizer.from_dict(meta["normalizer"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: damaged pacsim checkpoint ({first[:200]})") from None
     return model, masks, meta
+
+
+def load_predictor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+                   ) -> nn.Module:
+    """The checkpoint's model in eval mode, mapping physical inputs to physical outputs.
+
+    Without saved statistics this is the bare model.
+    """
+    model, _, meta = load_checkpoint(path, map_location)
+    if "normalizer" in meta:
+        model = PhysicalModel(model, Normalizer.from_dict(meta["normalizer"]))
+    return model.eval()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .data.reader import loader as make_loader
 from .metrics import Accumulator
 
 Data = tuple[Any, Any] | Dataset | DataLoader
@@ -155,11 +156,9 @@ class _LoaderBatches:
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = self._loader
         if loader is None:
-            loader = DataLoader(
-                self._dataset, batch_size=self.batch_size,
-                shuffle=self.shuffle and generator is not None, generator=generator,
-                pin_memory=self.device.type == "cuda",
-            )
+            loader = make_loader(self._dataset, self.batch_size,
+                                 shuffle=self.shuffle and generator is not None,
+                                 generator=generator, pin_memory=self.device.type == "cuda")
         for batch in loader:
             x, y = batch[0], batch[1]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

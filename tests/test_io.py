@@ -9,7 +9,8 @@ import torch
 from conftest import make_data, make_model
 
 from pacsim import pac
-from pacsim.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from pacsim.fsutil import atomic_write
+from pacsim.io import CheckpointError, load_checkpoint, save_checkpoint
 from pacsim.train import predict
 
 

@@ -1,0 +1,153 @@
+"""The ``pacsim-h5`` file format, version 1: constants, chunking and validation.
+
+Root attributes: ``format="pacsim-h5"``, ``format_version=1``, ``simulator``,
+``setting``, ``params`` (JSON of the simulation setting), ``seed``, ``created_with``.
+Datasets: ``inputs`` and ``targets`` (float32, samples on axis 0), optional ``params``
+(N, P) with attribute ``names``, optional ``coords/<name>``, ``splits/{train,val,test}``
+(int64 sample indices, sorted), optional ``stats/{inputs,targets}_{mean,std}`` computed
+on the train split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import DatasetError
+from .stats import Normalizer
+
+FORMAT = "pacsim-h5"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+ROOT_ATTRS = ("format", "format_version", "simulator", "setting", "params", "seed",
+              "created_with")
+CHUNK_BYTES = 32 * 1024
+
+
+def chunk_rows(sample_shape: tuple[int, ...], itemsize: int = 4,
+               target_bytes: int = CHUNK_BYTES) -> int:
+    """Samples per chunk: about ``target_bytes`` per chunk, at least one sample.
+
+    Chunks hold whole samples along axis 0, so a shuffled mini-batch read touches at
+    most one chunk per sample, and small chunks keep that read close to the batch size.
+    """
+    sample_bytes = itemsize * int(np.prod(sample_shape, dtype=np.int64))
+    return max(1, target_bytes // max(sample_bytes, 1))
+
+
+def open_h5(path: str | Path, mode: str = "r", **kwargs: Any) -> h5py.File:
+    """``h5py.File`` with one-line :class:`DatasetError` messages for unreadable files."""
+    path = Path(path)
+    if mode == "r" and not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg:
+            why = "truncated HDF5 file (was it written completely?)"
+        elif "signature" in msg or "not an HDF5" in msg.lower():
+            why = "not an HDF5 file"
+        else:
+            why = f"cannot open as HDF5 ({msg.splitlines()[0][:160]})"
+        raise DatasetError(f"{path}: {why}") from None
+
+
+def attr_value(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (str, int, float, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [attr_value(v) for v in value.tolist()]
+    return value
+
+
+@dataclass
+class FileInfo:
+    """What :func:`validate` learned about a pacsim-h5 file."""
+
+    path: Path
+    attrs: dict[str, Any]
+    n: int
+    input_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]
+    splits: dict[str, np.ndarray]
+    normalizer: Normalizer | None
+    sample_param_names: list[str] | None = None
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The simulation setting (decoded from the root ``params`` JSON)."""
+        return json.loads(self.attrs["params"])
+
+
+def validate(f: h5py.File, path: str | Path) -> FileInfo:
+    """Check an open file against the schema; one-line :class:`DatasetError` otherwise."""
+    path = Path(path)
+    fmt = attr_value(f.attrs.get("format"))
+    if fmt != FORMAT:
+        hint = ("; PDEBench files are read with pacsim.data.pdebench"
+                if "tensor" in f or any(k.isdigit() for k in f) else "")
+        raise DatasetError(f"{path}: not a pacsim-h5 file (format attribute is {fmt!r}){hint}")
+    version = attr_value(f.attrs.get("format_version"))
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"{path}: unsupported pacsim-h5 format_version {version!r} "
+                           f"(this pacsim reads version {FORMAT_VERSION})")
+    attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+    missing = [a for a in ROOT_ATTRS if a not in attrs]
+    if missing:
+        raise DatasetError(f"{path}: missing root attribute(s) {missing}")
+    try:
+        json.loads(attrs["params"])
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: root attribute 'params' is not valid JSON") from None
+    for name in ("inputs", "targets"):
+        if not isinstance(f.get(name), h5py.Dataset):
+            raise DatasetError(f"{path}: missing dataset '{name}'")
+        if f[name].dtype != np.float32:
+            raise DatasetError(f"{path}: dataset '{name}' is {f[name].dtype}, expected float32")
+        if f[name].ndim < 1:
+            raise DatasetError(f"{path}: dataset '{name}' has no sample axis")
+    n = f["inputs"].shape[0]
+    if f["targets"].shape[0] != n:
+        raise DatasetError(f"{path}: inputs have {n} samples but targets have "
+                           f"{f['targets'].shape[0]}")
+    splits = {}
+    for s in SPLITS:
+        ds = f.get(f"splits/{s}")
+        if not isinstance(ds, h5py.Dataset):
+            raise DatasetError(f"{path}: missing dataset 'splits/{s}'")
+        idx = ds[()]
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise DatasetError(f"{path}: 'splits/{s}' must be a 1-D integer array")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise DatasetError(f"{path}: 'splits/{s}' has indices outside [0, {n}) "
+                               f"(min {idx.min()}, max {idx.max()})")
+        splits[s] = idx.astype(np.int64)
+    sample_names = None
+    if "params" in f:
+        p = f["params"]
+        if not isinstance(p, h5py.Dataset) or p.ndim != 2 or p.shape[0] != n:
+            raise DatasetError(f"{path}: dataset 'params' must have shape (N={n}, P)")
+        sample_names = [attr_value(x) for x in p.attrs.get("names", [])]
+        if len(sample_names) != p.shape[1]:
+            raise DatasetError(f"{path}: 'params' has {p.shape[1]} columns but "
+                               f"{len(sample_names)} names")
+    normalizer = None
+    if "stats" in f:
+        try:
+            normalizer = Normalizer(*(f[f"stats/{a}_{b}"][()].astype(np.float32)
+                                      for a in ("inputs", "targets") for b in ("mean", "std")))
+        except KeyError as exc:
+            raise DatasetError(f"{path}: incomplete 'stats' group ({exc})") from None
+    coords = {k: v[()] for k, v in f["coords"].items()} if "coords" in f else {}
+    return FileInfo(path, attrs, n, tuple(f["inputs"].shape[1:]), tuple(f["targets"].shape[1:]),
+                    splits, normalizer, sample_names, coords)

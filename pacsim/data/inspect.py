@@ -1,0 +1,104 @@
+"""``pacsim inspect``: describe a pacsim-h5 or PDEBench file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import DatasetError
+from .format import FORMAT, open_h5, validate
+from .pdebench import PDEBenchFile, detect
+
+
+def _dataset_info(ds: h5py.Dataset) -> dict[str, Any]:
+    return {"shape": list(ds.shape), "dtype": str(ds.dtype),
+            "chunks": None if ds.chunks is None else list(ds.chunks),
+            "compression": ds.compression}
+
+
+def _summary(a: np.ndarray) -> Any:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    if a.size <= 8:
+        return [round(float(v), 6) for v in a]
+    return {"n": int(a.size), "min": float(a.min()), "max": float(a.max())}
+
+
+def check_values(f: h5py.File, path: Path, names: tuple[str, ...] = ("inputs", "targets"),
+                 block_bytes: int = 64 * 2**20) -> None:
+    """Scan datasets block by block; :class:`DatasetError` at the first NaN or inf."""
+    for name in names:
+        ds = f[name]
+        step = max(1, block_bytes // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+        for lo in range(0, ds.shape[0], step):
+            block = ds[lo:lo + step]
+            finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                raise DatasetError(f"{path}: {name} contain NaN or inf "
+                                   f"(sample {lo + int(np.argmin(finite))})")
+
+
+def describe(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any]:
+    """A JSON-able description of a data file; ``check`` also scans every value."""
+    path = Path(path)
+    with open_h5(path) as f:
+        base: dict[str, Any] = {"path": str(path), "file_size": path.stat().st_size}
+        if f.attrs.get("format") in (FORMAT, FORMAT.encode()):
+            info = validate(f, path)
+            if check:
+                check_values(f, path)
+            out = {**base, "format": FORMAT, "format_version": info.attrs["format_version"],
+                   "simulator": info.attrs["simulator"], "setting": info.attrs["setting"],
+                   "params": info.params, "seed": int(info.attrs["seed"]),
+                   "created_with": info.attrs["created_with"], "n_samples": info.n,
+                   "datasets": {n: _dataset_info(f[n]) for n in ("inputs", "targets", "params")
+                                if n in f},
+                   "splits": {k: int(v.size) for k, v in info.splits.items()},
+                   "coords": {k: _summary(v) for k, v in info.coords.items()}}
+            if info.sample_param_names is not None:
+                out["sample_param_names"] = info.sample_param_names
+            if info.normalizer is not None:
+                out["stats"] = {k: _summary(v) for k, v in info.normalizer.__dict__.items()}
+            return out
+        if detect(f) is None:
+            raise DatasetError(f"{path}: neither a pacsim-h5 nor a PDEBench file "
+                               f"(top-level keys: {sorted(f.keys())[:8]})")
+    with PDEBenchFile(path) as pb:
+        return {**base, "format": f"pdebench ({pb.layout} layout)", "n_trajectories": pb.n,
+                "n_times": pb.n_times, "state_shape": list(pb.state_shape),
+                "fields": list(pb.fields), "params": pb.attrs,
+                "coords": {k: _summary(v) for k, v in pb.coords.items()}}
+
+
+def render(d: dict[str, Any]) -> str:
+    """Human-readable text for :func:`describe`'s output."""
+    size = d["file_size"]
+    unit = next(u for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 0)) if size >= s)
+    scale = {"GB": 1e9, "MB": 1e6, "kB": 1e3, "B": 1}[unit]
+    lines = [f"{d['path']}  ({size / scale:.1f} {unit})", f"format      {d['format']}"
+             + (f" v{d['format_version']}" if "format_version" in d else "")]
+    if "simulator" in d:
+        lines += [f"simulator   {d['simulator']} / setting {d['setting']} / seed {d['seed']}",
+                  f"created     pacsim {d['created_with']}",
+                  f"params      {json.dumps(d['params'])}",
+                  f"samples     {d['n_samples']}  (splits: "
+                  + ", ".join(f"{k} {v}" for k, v in d["splits"].items()) + ")"]
+        for name, ds in d["datasets"].items():
+            lines.append(f"{name:<11} {tuple(ds['shape'])} {ds['dtype']}  chunks "
+                         f"{None if ds['chunks'] is None else tuple(ds['chunks'])}  "
+                         f"compression {ds['compression']}")
+        if "sample_param_names" in d:
+            lines.append(f"param names {d['sample_param_names']}")
+        for k, v in d.get("stats", {}).items():
+            lines.append(f"stats       {k} = {v}")
+    else:
+        lines += [f"trajectories {d['n_trajectories']} x {d['n_times']} time steps, state "
+                  f"{tuple(d['state_shape'])} (fields {d['fields']})",
+                  f"params      {json.dumps(d['params'])}"]
+    for k, v in d["coords"].items():
+        lines.append(f"coords/{k:<4} {v}")
+    return "\n".join(lines)

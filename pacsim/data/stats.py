@@ -1,0 +1,118 @@
+"""Normalisation statistics: computed in one streaming pass, applied the same way at
+train and predict time, inverted for outputs, and saved with checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+_TINY = 1e-12
+
+
+def stat_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of per-feature statistics for samples of ``sample_shape``.
+
+    Tabular samples ``(d,)`` get one value per feature; fields ``(C, X[, Y])`` one per
+    channel, shaped ``(C, 1[, 1])`` so they broadcast over the grid; scalars one value.
+    """
+    if len(sample_shape) == 0:
+        return ()
+    if len(sample_shape) == 1:
+        return (sample_shape[0],)
+    return (sample_shape[0],) + (1,) * (len(sample_shape) - 1)
+
+
+class RunningMoments:
+    """Mean and variance per feature/channel over blocks of samples (Chan's merge, float64)."""
+
+    def __init__(self, sample_shape: tuple[int, ...]) -> None:
+        self.shape = stat_shape(tuple(sample_shape))
+        self._axes = (0,) + tuple(range(2, len(sample_shape) + 1)) if len(sample_shape) > 1 \
+            else (0,)
+        self.count = 0
+        self.mean = np.zeros(self.shape)
+        self.m2 = np.zeros(self.shape)
+
+    def update(self, block: np.ndarray) -> None:
+        """Add a block of samples (samples on axis 0)."""
+        if block.shape[0] == 0:
+            return
+        b = block.astype(np.float64, copy=False)
+        n_b = b.size // int(np.prod(self.shape, dtype=np.int64) or 1)
+        mean_b = b.mean(axis=self._axes).reshape(self.shape)
+        m2_b = ((b - mean_b) ** 2).sum(axis=self._axes).reshape(self.shape)
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / n)
+        self.count = n
+
+    def std(self) -> np.ndarray:
+        """Population standard deviation; constant features get 1 so nothing divides by 0."""
+        std = np.sqrt(self.m2 / max(self.count, 1))
+        return np.where(std > _TINY * np.maximum(np.abs(self.mean), 1.0), std, 1.0)
+
+
+@dataclass
+class Normalizer:
+    """``(x - mean) / std`` for inputs and targets, with the inverse for outputs."""
+
+    input_mean: np.ndarray
+    input_std: np.ndarray
+    target_mean: np.ndarray
+    target_std: np.ndarray
+
+    def inputs(self, x: Any) -> Any:
+        """Normalise inputs (numpy array or tensor, samples on axis 0)."""
+        return (x - self._like(self.input_mean, x)) / self._like(self.input_std, x)
+
+    def targets(self, y: Any) -> Any:
+        """Normalise targets."""
+        return (y - self._like(self.target_mean, y)) / self._like(self.target_std, y)
+
+    def inverse_targets(self, y: Any) -> Any:
+        """Map normalised outputs back to physical units."""
+        return y * self._like(self.target_std, y) + self._like(self.target_mean, y)
+
+    @staticmethod
+    def _like(stat: np.ndarray, ref: Any) -> Any:
+        if isinstance(ref, torch.Tensor):
+            return torch.as_tensor(stat, dtype=ref.dtype, device=ref.device)
+        return stat.astype(ref.dtype, copy=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (nested lists keep the broadcasting shapes)."""
+        return {k: np.asarray(getattr(self, k), dtype=np.float64).tolist()
+                for k in ("input_mean", "input_std", "target_mean", "target_std")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return cls(**{k: np.asarray(d[k], dtype=np.float32)
+                          for k in ("input_mean", "input_std", "target_mean", "target_std")})
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a normalizer description: {exc}") from exc
+
+    def wrap(self, model: nn.Module) -> PhysicalModel:
+        """A module mapping physical inputs to physical outputs through ``model``."""
+        return PhysicalModel(model, self)
+
+
+class PhysicalModel(nn.Module):
+    """``model`` trained on normalised data, wrapped to take and give physical units."""
+
+    def __init__(self, model: nn.Module, normalizer: Normalizer) -> None:
+        super().__init__()
+        self.model = model
+        for name in ("input_mean", "input_std", "target_mean", "target_std"):
+            self.register_buffer(name, torch.as_tensor(getattr(normalizer, name),
+                                                       dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model((x - self.input_mean) / self.input_std)
+        return y * self.target_std + self.target_mean

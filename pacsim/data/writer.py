@@ -1,0 +1,222 @@
+"""Writing pacsim-h5 files: streamed in blocks, validated first, renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..fsutil import AtomicFile
+from .errors import DatasetError
+from .format import FORMAT, FORMAT_VERSION, SPLITS, chunk_rows
+from .stats import RunningMoments
+
+STATS_BLOCK_BYTES = 64 * 2**20
+_OVERWRITE_HINT = "pass overwrite=True (--overwrite) to replace it"
+
+
+def _check_finite(block: np.ndarray, what: str, path: Path, offset: int) -> None:
+    if not np.isfinite(block).all():
+        bad = int(np.argwhere(~np.isfinite(block.reshape(block.shape[0], -1)))[0, 0])
+        raise DatasetError(f"{path}: {what} contain NaN or inf (sample {offset + bad}); "
+                           "nothing was written")
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Sorted train/val/test indices of ``n`` samples, fixed by ``seed``."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = min(int(round(fractions[1] * n)), n - n_train)
+    cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
+            "test": perm[n_train + n_val:]}
+    return {k: np.sort(v).astype(np.int64) for k, v in cuts.items()}
+
+
+class DatasetWriter:
+    """Stream samples into a new pacsim-h5 file.
+
+    ``append`` blocks of samples as they are produced; ``close`` (or leaving the
+    ``with`` block normally) writes the splits and the train-split statistics and renames
+    the temporary file onto ``path``. Leaving the block by an exception, or ``abort``,
+    removes the temporary file, so ``path`` never holds a partial dataset.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        input_shape: Sequence[int],
+        target_shape: Sequence[int],
+        simulator: str,
+        setting: str,
+        params: Mapping[str, Any],
+        seed: int,
+        coords: Mapping[str, Any] | None = None,
+        sample_param_names: Sequence[str] | None = None,
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        overwrite: bool = False,
+        compression: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path}: exists; {_OVERWRITE_HINT}")
+        if len(split) != 3 or any(not (0 <= s <= 1) for s in split) or abs(sum(split) - 1) > 1e-9:
+            raise DatasetError(f"{self.path}: split must be three fractions in [0, 1] summing "
+                               f"to 1, got {tuple(split)}")
+        try:
+            self._params_json = json.dumps(dict(params), sort_keys=True)
+        except TypeError as exc:
+            raise DatasetError(f"{self.path}: params must be JSON-serialisable ({exc})") from None
+        if compression not in (None, "gzip", "lzf"):
+            raise DatasetError(f"{self.path}: compression must be None, 'gzip' or 'lzf'")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.target_shape = tuple(int(s) for s in target_shape)
+        coords_np = {k: np.asarray(v) for k, v in (coords or {}).items()}
+        for k, v in coords_np.items():
+            if not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
+                raise DatasetError(f"{self.path}: coordinate '{k}' must be finite numbers")
+        self.split = tuple(float(s) for s in split)
+        self.seed = int(seed)
+        self.n = 0
+        self._n_params = None if sample_param_names is None else len(sample_param_names)
+        self._target = AtomicFile(self.path, overwrite=overwrite, hint=_OVERWRITE_HINT)
+        self._f: h5py.File | None = h5py.File(self._target.tmp, "w")
+        try:
+            f = self._f
+            f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                            "simulator": simulator, "setting": setting,
+                            "params": self._params_json, "seed": self.seed,
+                            "created_with": __version__})
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+            for name, shape in (("inputs", self.input_shape), ("targets", self.target_shape)):
+                f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                 dtype=np.float32, chunks=(chunk_rows(shape), *shape),
+                                 compression=compression)
+            if sample_param_names is not None:
+                p = f.create_dataset("params", shape=(0, self._n_params),
+                                     maxshape=(None, self._n_params), dtype=np.float64,
+                                     chunks=(chunk_rows((self._n_params,), 8), self._n_params))
+                p.attrs["names"] = [str(s) for s in sample_param_names]
+            for k, v in coords_np.items():
+                f.create_dataset(f"coords/{k}", data=v)
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def append(self, inputs: Any, targets: Any, sample_params: Any = None) -> None:
+        """Add a block of samples (axis 0), checked before anything is written."""
+        if self._f is None:
+            raise DatasetError(f"{self.path}: writer is closed")
+        x = np.asarray(inputs, dtype=np.float32)
+        y = np.asarray(targets, dtype=np.float32)
+        if x.shape[1:] != self.input_shape or y.shape[1:] != self.target_shape:
+            raise DatasetError(
+                f"{self.path}: block shapes {x.shape} / {y.shape} do not match samples of "
+                f"{self.input_shape} / {self.target_shape}"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise DatasetError(f"{self.path}: block has {x.shape[0]} inputs but "
+                               f"{y.shape[0]} targets")
+        _check_finite(x, "inputs", self.path, self.n)
+        _check_finite(y, "targets", self.path, self.n)
+        p = None
+        if self._n_params is not None:
+            if sample_params is None:
+                raise DatasetError(f"{self.path}: this file records per-sample params; "
+                                   "pass sample_params")
+            p = np.asarray(sample_params, dtype=np.float64)
+            if p.shape != (x.shape[0], self._n_params):
+                raise DatasetError(f"{self.path}: sample_params shape {p.shape}, expected "
+                                   f"({x.shape[0]}, {self._n_params})")
+        elif sample_params is not None:
+            raise DatasetError(f"{self.path}: sample_params given but no sample_param_names")
+        lo, hi = self.n, self.n + x.shape[0]
+        for name, block in (("inputs", x), ("targets", y), ("params", p)):
+            if block is None:
+                continue
+            ds = self._f[name]
+            ds.resize(hi, axis=0)
+            ds[lo:hi] = block
+        self.n = hi
+
+    def close(self) -> Path:
+        """Write splits and statistics, then rename into place; returns the path."""
+        if self._f is None:
+            raise DatasetError(f"{self.path}: writer is closed")
+        try:
+            if self.n == 0:
+                raise DatasetError(f"{self.path}: no samples were written")
+            f = self._f
+            splits = split_indices(self.n, self.split, self.seed)
+            for name in SPLITS:
+                f.create_dataset(f"splits/{name}", data=splits[name])
+            if splits["train"].size:
+                self._write_stats(f, splits["train"])
+            f.close()
+            self._f = None
+            self._target.commit()
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def _write_stats(self, f: h5py.File, train: np.ndarray) -> None:
+        is_train = np.zeros(self.n, dtype=bool)
+        is_train[train] = True
+        for name in ("inputs", "targets"):
+            ds = f[name]
+            moments = RunningMoments(ds.shape[1:])
+            step = max(1, STATS_BLOCK_BYTES // (4 * max(1, int(np.prod(ds.shape[1:])))))
+            for lo in range(0, self.n, step):
+                sel = is_train[lo:lo + step]
+                if sel.any():
+                    moments.update(ds[lo:lo + step][sel])
+            f.create_dataset(f"stats/{name}_mean", data=moments.mean.astype(np.float32))
+            f.create_dataset(f"stats/{name}_std", data=moments.std().astype(np.float32))
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        if self._f is not None:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self._f = None
+        self._target.discard()
+
+
+def write_dataset(path: str | os.PathLike[str], inputs: Any, targets: Any, *, simulator: str,
+                  setting: str, params: Mapping[str, Any], seed: int,
+                  coords: Mapping[str, Any] | None = None, sample_params: Any = None,
+                  sample_param_names: Sequence[str] | None = None,
+                  split: Sequence[float] = (0.8, 0.1, 0.1), overwrite: bool = False,
+                  compression: str | None = None) -> Path:
+    """Write a whole dataset at once (see :class:`DatasetWriter` for streaming)."""
+    x = np.asarray(inputs, dtype=np.float32)
+    y = np.asarray(targets, dtype=np.float32)
+    if x.ndim < 1 or y.ndim < 1:
+        raise DatasetError(f"{path}: inputs and targets need a sample axis")
+    if sample_params is not None and sample_param_names is None:
+        sample_param_names = [f"p{i}" for i in range(np.asarray(sample_params).shape[-1])]
+    with DatasetWriter(path, input_shape=x.shape[1:], target_shape=y.shape[1:],
+                       simulator=simulator, setting=setting, params=params, seed=seed,
+                       coords=coords, sample_param_names=sample_param_names, split=split,
+                       overwrite=overwrite, compression=compression) as w:
+        w.append(x, y, sample_params)
+    return Path(path)
