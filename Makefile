@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-overhead clean
+.PHONY: demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pacsim tests benchmarks
-
-bench-overhead: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

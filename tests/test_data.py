@@ -254,3 +254,16 @@ def test_inspect_reports_everything(tab):
     out = subprocess.run([sys.executable, "-m", "pacsim.cli", "inspect", "--json", str(tab[0])],
                          capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout)["n_samples"] == 50
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.parametrize("shape", [(3,), (2, 40)])
+def test_lazy_reads_match_h5py_for_every_layout(tmp_path, compression, shape):
+    x, y = _arrays(n=37, in_shape=shape, out_shape=(1,))
+    path = write_dataset(tmp_path / "l.h5", x, y, **META, compression=compression)
+    ds = H5Dataset(path, normalize=False, in_memory=False)
+    assert (ds._maps is None) == (compression is not None)
+    order = np.random.default_rng(0).permutation(len(ds))[:11]
+    xb, yb = ds[order]
+    assert np.array_equal(xb.numpy(), x[ds.indices[order]])
+    assert np.array_equal(yb.numpy(), y[ds.indices[order]])

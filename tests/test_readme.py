@@ -32,3 +32,23 @@ def test_readme_example_runs(capsys):
     exec(compile(block, str(README), "exec"), env)
     out = capsys.readouterr().out
     assert "target {" in out and "source {" in out
+
+
+def test_readme_data_example_runs(tmp_path, monkeypatch):
+    import numpy as np
+
+    block = re.search(r"## Data: the `pacsim-h5` format\n.*?```python\n(.*?)```",
+                      README.read_text(), re.S).group(1)
+    rng = np.random.default_rng(0)
+
+    def blocks():
+        for _ in range(3):
+            x = rng.normal(size=(20, 1, 256)).astype(np.float32)
+            yield x, 2 * x
+
+    monkeypatch.chdir(tmp_path)
+    env = {"X": rng.normal(size=(40, 3)), "Y": rng.normal(size=(40, 1)), "blocks": blocks}
+    exec(compile(block, str(README), "exec"), env)
+    xb, yb = next(iter(env["batches"]))
+    assert xb.shape == (32, 3) and yb.shape == (32, 1)
+    assert (tmp_path / "big.h5").exists()

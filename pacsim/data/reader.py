@@ -21,10 +21,10 @@ CHUNK_CACHE_BYTES = 64 * 2**20
 
 
 def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """``ds[rows]`` for sorted, unique ``rows`` with as few HDF5 calls as practical.
+    """``ds[rows]`` for sorted, unique ``rows`` through h5py.
 
     Dense selections are read as one slice and picked in memory; sparse ones use a
-    single h5py point-list read.
+    single h5py point-list read. Used where :class:`SampleMap` cannot map the file.
     """
     if rows.size == 0:
         return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
@@ -32,6 +32,60 @@ def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     if hi - lo <= 4 * rows.size:
         return ds[lo:hi][rows - lo]
     return ds[rows]
+
+
+class SampleMap:
+    """File byte offset of every sample of an uncompressed float32 dataset.
+
+    pacsim-h5 chunks hold whole samples, so once the chunk addresses are known a
+    sample is a fixed-size run of bytes in the file, and a shuffled batch is gathered
+    from a read-only memory map at memory speed instead of through one HDF5 selection
+    per batch. Returns None from :meth:`build` for layouts it cannot map (compression,
+    filters, other dtypes, chunks that split samples); readers then fall back to h5py.
+    """
+
+    def __init__(self, offsets: np.ndarray, sample_shape: tuple[int, ...]) -> None:
+        self.offsets = offsets
+        self.sample_shape = sample_shape
+        self.nbytes = 4 * int(np.prod(sample_shape, dtype=np.int64))
+
+    @classmethod
+    def build(cls, ds: h5py.Dataset) -> SampleMap | None:
+        if ds.dtype != np.dtype("<f4") or ds.shape[0] == 0:
+            return None
+        n, sample_shape = ds.shape[0], tuple(ds.shape[1:])
+        nbytes = 4 * int(np.prod(sample_shape, dtype=np.int64))
+        if ds.chunks is None:
+            start = ds.id.get_offset()
+            return None if start is None else cls(start + nbytes * np.arange(n), sample_shape)
+        if ds.id.get_create_plist().get_nfilters() or tuple(ds.chunks[1:]) != sample_shape:
+            return None
+        rows = ds.chunks[0]
+        starts = np.full(-(-n // rows), -1, dtype=np.int64)
+
+        def note(info: Any) -> None:
+            starts[info.chunk_offset[0] // rows] = info.byte_offset
+
+        try:
+            ds.id.chunk_iter(note)
+        except (AttributeError, RuntimeError):
+            for i in range(ds.id.get_num_chunks()):
+                note(ds.id.get_chunk_info(i))
+        if (starts < 0).any():
+            return None
+        i = np.arange(n, dtype=np.int64)
+        return cls(starts[i // rows] + (i % rows) * nbytes, sample_shape)
+
+    def gather(self, mm: np.memmap, rows: np.ndarray) -> np.ndarray:
+        """Samples ``rows`` (any order) as a new float32 array."""
+        offs = self.offsets[rows]
+        if self.nbytes <= 256:
+            raw = mm[offs[:, None] + np.arange(self.nbytes)]
+        else:
+            raw = np.empty((offs.size, self.nbytes), dtype=np.uint8)
+            for j, o in enumerate(offs.tolist()):
+                raw[j] = mm[o:o + self.nbytes]
+        return raw.view(np.float32).reshape(offs.size, *self.sample_shape)
 
 
 class H5Dataset(Dataset):
@@ -68,12 +122,17 @@ class H5Dataset(Dataset):
         self.in_memory = bool(in_memory)
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._mm: np.memmap | None = None
+        self._maps: dict[str, SampleMap] | None = None
         self._x: np.ndarray | None = None
         self._y: np.ndarray | None = None
         if self.in_memory:
-            f = self._h5()
-            self._x, self._y = self._read(f, self.indices)
+            self._x, self._y = self._read(self.indices)
             self.close()
+        else:
+            with open_h5(self.path) as f:
+                maps = {k: SampleMap.build(f[k]) for k in ("inputs", "targets")}
+            self._maps = maps if all(maps.values()) else None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ plumbing
     def _h5(self) -> h5py.File:
@@ -82,16 +141,22 @@ class H5Dataset(Dataset):
             self._pid = os.getpid()
         return self._file
 
+    def _memmap(self) -> np.memmap:
+        if self._mm is None or self._pid != os.getpid():
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._pid = os.getpid()
+        return self._mm
+
     def close(self) -> None:
-        """Close this process's file handle (it reopens on next use)."""
+        """Close this process's file handle and memory map (they reopen on next use)."""
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
+        self._mm = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_file"] = None
-        state["_pid"] = None
+        state.update(_file=None, _pid=None, _mm=None)
         return state
 
     def __del__(self) -> None:
@@ -100,18 +165,28 @@ class H5Dataset(Dataset):
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def _read(self, f: h5py.File, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows (sorted, unique file indices) of inputs and targets, normalised, checked."""
-        x = read_rows(f["inputs"], rows)
-        y = read_rows(f["targets"], rows)
-        for arr, what in ((x, "inputs"), (y, "targets")):
-            finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-            if not finite.all():
-                raise DatasetError(f"{self.path}: {what} contain NaN or inf "
-                                   f"(sample {int(rows[np.argmin(finite)])})")
+    def _read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """File rows (any order) of inputs and targets, normalised and checked."""
+        if self._maps is not None:
+            mm = self._memmap()
+            x = self._maps["inputs"].gather(mm, rows)
+            y = self._maps["targets"].gather(mm, rows)
+        else:
+            order = np.argsort(rows, kind="stable")
+            uniq, inverse = np.unique(rows[order], return_inverse=True)
+            f = self._h5()
+            back = np.empty_like(order)
+            back[order] = np.arange(order.size)
+            x = read_rows(f["inputs"], uniq)[inverse][back]
+            y = read_rows(f["targets"], uniq)[inverse][back]
         if self.normalizer is not None:
             x = self.normalizer.inputs(x)
             y = self.normalizer.targets(y)
+        for arr, what in ((x, "inputs"), (y, "targets")):
+            if not np.isfinite(arr).all():
+                finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+                raise DatasetError(f"{self.path}: {what} contain NaN or inf "
+                                   f"(sample {int(rows[np.argmin(finite)])})")
         return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
 
     # ------------------------------------------------------------------ Dataset API
@@ -130,17 +205,14 @@ class H5Dataset(Dataset):
         if self.in_memory:
             x, y = self._x[pos], self._y[pos]  # type: ignore[index]
         else:
-            flat = pos.reshape(-1)
-            rows, inverse = np.unique(self.indices[flat], return_inverse=True)
-            x, y = self._read(self._h5(), rows)
-            x, y = x[inverse], y[inverse]
+            x, y = self._read(self.indices[pos.reshape(-1)])
             if pos.ndim == 0:
                 x, y = x[0], y[0]
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole split as arrays (normalised if asked)."""
-        return (self._x, self._y) if self.in_memory else self._read(self._h5(), self.indices)
+        return (self._x, self._y) if self.in_memory else self._read(self.indices)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as a ``(X, Y)`` tensor pair, the trainer's fastest input."""
