@@ -24,12 +24,46 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--source-epochs", type=int, default=60)
     demo.add_argument("--target-steps", type=int, default=600)
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    sim = sub.add_parser("simulate", help="run a simulator and write a pacsim-h5 file",
+                         description="Run a simulator for one setting and write its samples "
+                                     "to a pacsim-h5 file. --list shows every simulator.")
+    sim.add_argument("name", nargs="?", help="simulator name (see --list)")
+    sim.add_argument("--list", action="store_true", help="list simulators and their parameters")
+    sim.add_argument("--setting", default="source", help="source or target (default source)")
+    sim.add_argument("--n", type=int, help="number of samples")
+    sim.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    sim.add_argument("--out", help="output file")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter (repeatable); lists as 1,2,3")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing file")
     ins = sub.add_parser("inspect", help="describe a pacsim-h5 or PDEBench HDF5 file")
     ins.add_argument("file", help="path of the HDF5 file")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
     ins.add_argument("--check", action="store_true",
                      help="also scan every value for NaN or inf (reads the whole file)")
     return p
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from . import sims
+
+    if args.list:
+        print(sims.listing())
+        return 0
+    missing = [f for f, v in (("NAME", args.name), ("--n", args.n), ("--out", args.out))
+               if v is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or use --list)")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = sims.parse_value(value)
+    path = sims.simulate(args.name, setting=args.setting, n=args.n, seed=args.seed,
+                         out=args.out, overwrite=args.overwrite, **overrides)
+    print(f"wrote {path}")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -60,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"demo": _demo, "inspect": _inspect}
+    handlers = {"demo": _demo, "inspect": _inspect, "simulate": _simulate}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:

@@ -81,6 +81,7 @@ class FileInfo:
     splits: dict[str, np.ndarray]
     normalizer: Normalizer | None
     sample_param_names: list[str] | None = None
+    input_names: list[str] | None = None
     coords: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -149,5 +150,7 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
         except KeyError as exc:
             raise DatasetError(f"{path}: incomplete 'stats' group ({exc})") from None
     coords = {k: v[()] for k, v in f["coords"].items()} if "coords" in f else {}
+    input_names = ([attr_value(x) for x in f["inputs"].attrs["names"]]
+                   if "names" in f["inputs"].attrs else None)
     return FileInfo(path, attrs, n, tuple(f["inputs"].shape[1:]), tuple(f["targets"].shape[1:]),
-                    splits, normalizer, sample_names, coords)
+                    splits, normalizer, sample_names, input_names, coords)

@@ -59,6 +59,8 @@ def describe(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any
                                 if n in f},
                    "splits": {k: int(v.size) for k, v in info.splits.items()},
                    "coords": {k: _summary(v) for k, v in info.coords.items()}}
+            if info.input_names is not None:
+                out["input_names"] = info.input_names
             if info.sample_param_names is not None:
                 out["sample_param_names"] = info.sample_param_names
             if info.normalizer is not None:
@@ -91,6 +93,8 @@ def render(d: dict[str, Any]) -> str:
             lines.append(f"{name:<11} {tuple(ds['shape'])} {ds['dtype']}  chunks "
                          f"{None if ds['chunks'] is None else tuple(ds['chunks'])}  "
                          f"compression {ds['compression']}")
+        if "input_names" in d:
+            lines.append(f"input names {d['input_names']}")
         if "sample_param_names" in d:
             lines.append(f"param names {d['sample_param_names']}")
         for k, v in d.get("stats", {}).items():

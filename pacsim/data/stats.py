@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 _TINY = 1e-12
 
@@ -80,9 +78,11 @@ class Normalizer:
 
     @staticmethod
     def _like(stat: np.ndarray, ref: Any) -> Any:
-        if isinstance(ref, torch.Tensor):
-            return torch.as_tensor(stat, dtype=ref.dtype, device=ref.device)
-        return stat.astype(ref.dtype, copy=False)
+        if isinstance(ref, np.ndarray):
+            return stat.astype(ref.dtype, copy=False)
+        import torch
+
+        return torch.as_tensor(stat, dtype=ref.dtype, device=ref.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (nested lists keep the broadcasting shapes)."""
@@ -98,21 +98,9 @@ class Normalizer:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a normalizer description: {exc}") from exc
 
-    def wrap(self, model: nn.Module) -> PhysicalModel:
-        """A module mapping physical inputs to physical outputs through ``model``."""
+    def wrap(self, model: Any) -> Any:
+        """A module mapping physical inputs to physical outputs through ``model``
+        (a :class:`pacsim.io.PhysicalModel`)."""
+        from ..io import PhysicalModel
+
         return PhysicalModel(model, self)
-
-
-class PhysicalModel(nn.Module):
-    """``model`` trained on normalised data, wrapped to take and give physical units."""
-
-    def __init__(self, model: nn.Module, normalizer: Normalizer) -> None:
-        super().__init__()
-        self.model = model
-        for name in ("input_mean", "input_std", "target_mean", "target_std"):
-            self.register_buffer(name, torch.as_tensor(getattr(normalizer, name),
-                                                       dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model((x - self.input_mean) / self.input_std)
-        return y * self.target_std + self.target_mean

@@ -60,6 +60,7 @@ class DatasetWriter:
         seed: int,
         coords: Mapping[str, Any] | None = None,
         sample_param_names: Sequence[str] | None = None,
+        input_names: Sequence[str] | None = None,
         split: Sequence[float] = (0.8, 0.1, 0.1),
         overwrite: bool = False,
         compression: str | None = None,
@@ -101,6 +102,11 @@ class DatasetWriter:
                 f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
                                  dtype=np.float32, chunks=(chunk_rows(shape), *shape),
                                  compression=compression)
+            if input_names is not None:
+                if len(self.input_shape) != 1 or len(input_names) != self.input_shape[0]:
+                    raise DatasetError(f"{self.path}: {len(input_names)} input names for "
+                                       f"inputs of shape {self.input_shape}")
+                f["inputs"].attrs["names"] = [str(s) for s in input_names]
             if sample_param_names is not None:
                 p = f.create_dataset("params", shape=(0, self._n_params),
                                      maxshape=(None, self._n_params), dtype=np.float64,

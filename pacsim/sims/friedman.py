@@ -9,7 +9,12 @@ target draws ``a, b ~ N(1, 0.1 q)`` and ``c ~ N(0, 0.05 q)`` from a fixed task s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
+
+from .base import Param, Simulator, blocks_of, register
 
 N_FEATURES = 10
 SETTINGS = ("source", "target")
@@ -46,3 +51,38 @@ def sample(n: int, params: dict[str, list[float]], rng: np.random.Generator,
     x = rng.uniform(0.0, 1.0, size=(n, N_FEATURES))
     y = friedman(x, **params) + noise * rng.standard_normal(n)
     return x.astype(np.float32), y[:, None].astype(np.float32)
+
+
+def _finalize(p: dict[str, Any], setting: str) -> dict[str, Any]:
+    drawn = task_params("target" if setting == "target" else "source", p["q"], p["task_seed"])
+    return {**p, **{k: drawn[k] for k in ("a", "b", "c") if p[k] is None}}
+
+
+def _generate(n: int, p: dict[str, Any], rng: np.random.Generator) -> Iterator[tuple[Any, ...]]:
+    coeffs = {k: p[k] for k in ("a", "b", "c")}
+    for lo, hi in blocks_of(n, 100_000):
+        yield sample(hi - lo, coeffs, rng, p["noise"])
+
+
+SIMULATOR = register(Simulator(
+    name="friedman",
+    summary="Friedman #1 regression with transfer coefficients (10 inputs -> 1 output)",
+    params=(
+        Param("a", "-", "output weights of the four terms (derived from q for the target)",
+              [1.0] * 4, -10, 10, kind="floats", length=4),
+        Param("b", "-", "input scales (derived from q for the target)", [1.0] * 5, -10, 10,
+              kind="floats", length=5),
+        Param("c", "-", "input shifts (derived from q for the target)", [0.0] * 5, -10, 10,
+              kind="floats", length=5),
+        Param("q", "-", "relatedness: spread of the target coefficients", 0.0, 0, 10),
+        Param("task_seed", "-", "seed that draws the target coefficients", 0, 0, 2**31 - 1,
+              kind="int"),
+        Param("noise", "-", "standard deviation of the added Gaussian noise", 1.0, 0, 100),
+    ),
+    settings={"source": {}, "target": {"a": None, "b": None, "c": None, "q": 1.0}},
+    generate=_generate,
+    input_names=lambda p: [f"x{i + 1}" for i in range(N_FEATURES)],
+    finalize=_finalize,
+    describe="the coefficients a, b, c move by q (N(1, 0.1q), N(0, 0.05q)); the shape of "
+             "every term changes a little, so the source is a good but biased start",
+))

@@ -1,0 +1,232 @@
+"""The simulator interface: parameters with units and ranges, settings, and
+:func:`simulate`, which streams a simulator's samples into a pacsim-h5 file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.writer import DatasetWriter
+
+Block = tuple[np.ndarray, np.ndarray]
+
+
+class SimulationError(ValueError):
+    """Unknown simulator, parameter or setting, or a value out of range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One physical or sampling parameter of a simulator."""
+
+    name: str
+    unit: str
+    help: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    kind: str = "float"  # "float", "int" or "floats" (a list; None = derived)
+    length: int | None = None  # for "floats"
+
+    def coerce(self, value: Any, simulator: str) -> Any:
+        """Validate and convert a value; :class:`SimulationError` naming it otherwise."""
+        where = f"{simulator}: parameter {self.name!r}"
+        if value is None and self.kind == "floats":
+            return None  # derived by the simulator's finalize step
+        try:
+            if self.kind == "floats":
+                vals = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+                if self.length is not None and len(vals) != self.length:
+                    raise SimulationError(f"{where} needs {self.length} values, got {len(vals)}")
+                for v in vals:
+                    self._check_range(v, where)
+                return vals
+            if self.kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise SimulationError(f"{where} must be an integer, got {value!r}")
+                v = int(value)
+            else:
+                v = float(value)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SimulationError):
+                raise
+            raise SimulationError(f"{where}: cannot use {value!r} ({self.kind})") from None
+        self._check_range(v, where)
+        return v
+
+    def _check_range(self, v: float, where: str) -> None:
+        if not math.isfinite(v):
+            raise SimulationError(f"{where} must be finite, got {v!r}")
+        if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+            raise SimulationError(f"{where} = {v!r} is outside [{self.low}, {self.high}]")
+
+
+@dataclass
+class Simulator:
+    """A family of simulations with a source and a target setting.
+
+    ``generate(n, params, rng)`` yields blocks ``(inputs, targets)`` (or with a third
+    entry, per-sample parameters); ``coords(params)`` returns the grids; ``describe``
+    is what changes between settings and why it is hard.
+    """
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    settings: dict[str, dict[str, Any]]
+    generate: Callable[[int, dict[str, Any], np.random.Generator], Iterator[tuple[Any, ...]]]
+    coords: Callable[[dict[str, Any]], dict[str, np.ndarray]] = lambda p: {}
+    input_names: Callable[[dict[str, Any]], Sequence[str] | None] = lambda p: None
+    sample_param_names: Sequence[str] | None = None
+    finalize: Callable[[dict[str, Any], str], dict[str, Any]] = lambda p, s: p
+    describe: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise SimulationError(f"{self.name}: unknown parameter {name!r}; known: "
+                              f"{[p.name for p in self.params]}")
+
+    def resolve(self, setting: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Every parameter's value for ``setting`` with ``overrides`` applied, validated."""
+        if setting not in self.settings:
+            raise SimulationError(f"{self.name}: unknown setting {setting!r}; choose one of "
+                                  f"{sorted(self.settings)}")
+        values = {p.name: p.default for p in self.params}
+        values.update(self.settings[setting])
+        for k, v in overrides.items():
+            self.param(k)
+            values[k] = v
+        values = {k: self.param(k).coerce(v, self.name) for k, v in values.items()}
+        return self.finalize(values, setting)
+
+
+_REGISTRY: dict[str, Simulator] = {}
+
+
+def register(sim: Simulator) -> Simulator:
+    """Add a simulator to the registry used by :func:`simulate` and the CLI."""
+    _REGISTRY[sim.name] = sim
+    return sim
+
+
+def get(name: str) -> Simulator:
+    """The registered simulator ``name``."""
+    from . import load_all
+
+    load_all()
+    if name not in _REGISTRY:
+        raise SimulationError(f"unknown simulator {name!r}; choose one of {names()}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Names of all registered simulators."""
+    from . import load_all
+
+    load_all()
+    return sorted(_REGISTRY)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON (numbers, lists) or comma-separated numbers."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        vals = [float(t) for t in parts]
+    except ValueError:
+        raise SimulationError(f"cannot parse value {text!r}; use a number or a comma-separated "
+                              "list of numbers") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _progress(enabled: bool | None, total: int, desc: str) -> Any:
+    if enabled is None:
+        enabled = sys.stderr.isatty() and total >= 1000
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample")
+
+
+def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLike[str],
+             overwrite: bool = False, progress: bool | None = None,
+             split: Sequence[float] = (0.8, 0.1, 0.1), **overrides: Any) -> Path:
+    """Run simulator ``name`` for ``n`` samples of ``setting`` and write ``out``.
+
+    Parameters are validated before anything runs; the file appears only when every
+    sample is written. ``seed`` draws the samples (and the file's splits); the physics
+    is fixed by ``setting`` and ``overrides``.
+    """
+    sim = get(name)
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out}: exists; pass overwrite=True (--overwrite) to replace it")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SimulationError(f"{name}: n must be a positive integer, got {n!r}")
+    params = sim.resolve(setting, overrides)
+    rng = np.random.default_rng(seed)
+    blocks = sim.generate(n, params, rng)
+    first = next(blocks)
+    bar = _progress(progress, n, f"{name} ({setting})")
+    try:
+        with DatasetWriter(out, input_shape=np.shape(first[0])[1:],
+                           target_shape=np.shape(first[1])[1:], simulator=name,
+                           setting=setting, params=params, seed=seed,
+                           coords=sim.coords(params), input_names=sim.input_names(params),
+                           sample_param_names=sim.sample_param_names, split=split,
+                           overwrite=overwrite) as w:
+            for block in _chain(first, blocks):
+                w.append(*block)
+                if bar is not None:
+                    bar.update(len(block[0]))
+            if w.n != n:
+                raise SimulationError(f"{name}: produced {w.n} samples, expected {n}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return Path(out)
+
+
+def _chain(first: tuple[Any, ...], rest: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    yield first
+    yield from rest
+
+
+def blocks_of(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` ranges covering ``range(n)`` in steps of ``size``."""
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
+def listing() -> str:
+    """Text for ``pacsim simulate --list``: every simulator, parameter and setting."""
+    lines = []
+    for name in names():
+        sim = get(name)
+        lines.append(f"{name}: {sim.summary}")
+        for p in sim.params:
+            rng = f"[{p.low}, {p.high}]" if p.low is not None else ""
+            default = "derived" if p.default is None else p.default
+            lines.append(f"    {p.name:<15} {p.unit:<12} default {default!s:<22} {rng:<18} "
+                         f"{p.help}")
+        for setting, values in sim.settings.items():
+            shown = {k: ("derived" if v is None else v) for k, v in values.items()}
+            lines.append(f"    setting {setting}: {shown or 'the defaults'}")
+        if sim.describe:
+            lines.append(f"    source -> target: {sim.describe}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
