@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (repeatable); lists as 1,2,3")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    ds = sub.add_parser("datasets", help="build the transfer-pair datasets from recipes")
+    ds.add_argument("recipes", nargs="*", help="recipe files (default: datasets/*.toml)")
+    ds.add_argument("--out", default="datasets/built", help="output folder (default "
+                                                           "datasets/built)")
+    ds.add_argument("--overwrite", action="store_true", help="rebuild existing files")
     ins = sub.add_parser("inspect", help="describe a pacsim-h5 or PDEBench HDF5 file")
     ins.add_argument("file", help="path of the HDF5 file")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -63,6 +68,16 @@ def _simulate(args: argparse.Namespace) -> int:
     path = sims.simulate(args.name, setting=args.setting, n=args.n, seed=args.seed,
                          out=args.out, overwrite=args.overwrite, **overrides)
     print(f"wrote {path}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from .sims import recipes
+
+    files = args.recipes or recipes.find("datasets")
+    if not files:
+        raise ValueError("no recipe files given and none found in datasets/")
+    recipes.build_all(files, args.out, overwrite=args.overwrite)
     return 0
 
 
@@ -94,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"demo": _demo, "inspect": _inspect, "simulate": _simulate}
+    handlers = {"demo": _demo, "inspect": _inspect, "simulate": _simulate,
+                "datasets": _datasets}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
