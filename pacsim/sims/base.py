@@ -155,7 +155,7 @@ def parse_value(text: str) -> Any:
 
 def _progress(enabled: bool | None, total: int, desc: str) -> Any:
     if enabled is None:
-        enabled = sys.stderr.isatty() and total >= 1000
+        enabled = sys.stderr.isatty()
     if not enabled:
         return None
     from tqdm.auto import tqdm
