@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--out", default="datasets/built", help="output folder (default "
                                                            "datasets/built)")
     ds.add_argument("--overwrite", action="store_true", help="rebuild existing files")
+    b = sub.add_parser("bench", help="run a benchmark suite (resumable)")
+    b.add_argument("suite", help="suite TOML file, e.g. benchmarks/suites/quick.toml")
+    b.add_argument("--out", required=True, help="results folder")
+    b.add_argument("--jobs", type=int, default=1, help="cells run in N processes")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    b.add_argument("--report", action="store_true", help="write the report when done")
+    rep = sub.add_parser("report", help="write DIR/report.md and figures from results")
+    rep.add_argument("dir", help="results folder of pacsim bench")
     ins = sub.add_parser("inspect", help="describe a pacsim-h5 or PDEBench HDF5 file")
     ins.add_argument("file", help="path of the HDF5 file")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -68,6 +77,24 @@ def _simulate(args: argparse.Namespace) -> int:
     path = sims.simulate(args.name, setting=args.setting, n=args.n, seed=args.seed,
                          out=args.out, overwrite=args.overwrite, **overrides)
     print(f"wrote {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.runner import run_suite
+
+    run_suite(args.suite, args.out, jobs=args.jobs, device=args.device,
+              retry_failed=args.retry_failed)
+    if args.report:
+        return _report(argparse.Namespace(dir=args.out))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .bench.report import write_report
+
+    path = write_report(args.dir)
+    print(f"report: {path}")
     return 0
 
 
@@ -110,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"demo": _demo, "inspect": _inspect, "simulate": _simulate,
-                "datasets": _datasets}
+                "datasets": _datasets, "bench": _bench, "report": _report}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
