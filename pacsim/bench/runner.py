@@ -265,7 +265,7 @@ def run_cell(ctx: Context, pair: str, method: str, n_target: int, seed: int) -> 
     if method == "pac":
         record["pac"] = {"allocated_source_rmse": alloc_meta["source"]["rmse"],
                          "summary": alloc_meta["summary"]}
-    if seed == ctx.suite.seeds[0] and n_target == max(ctx.suite.n_target):
+    if seed == ctx.suite.seeds[0] and n_target == max(spec.n_target):
         _save_predictions(ctx, pair, method, n_target, seed, data, pred)
     return record
 

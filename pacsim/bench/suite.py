@@ -34,6 +34,7 @@ class PairSpec:
     recipe: recipes.Recipe
     model: dict[str, Any]
     train: dict[str, Any]
+    n_target: list[int]
 
 
 @dataclass
@@ -51,8 +52,8 @@ class Suite:
 
     def cells(self) -> list[tuple[str, str, int, int]]:
         """Every (pair, method, n_target, seed), in run order."""
-        return [(p, m, n, s) for p in self.pairs for s in self.seeds for n in self.n_target
-                for m in self.methods]
+        return [(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
+                for n in spec.n_target for m in self.methods]
 
 
 def cell_key(pair: str, method: str, n_target: int, seed: int) -> str:
@@ -104,13 +105,14 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
         raise SuiteError(f"{path}: no [pair.NAME] sections")
     pairs = {}
     for name, spec in raw["pair"].items():
-        pairs[name] = _pair(path, name, spec, train)
+        pairs[name] = _pair(path, name, spec, train, n_target)
     name = str(raw.get("name", path.stem))
     ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
     return Suite(name, path, seeds, n_target, methods, pairs, ddir)
 
 
-def _pair(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any]) -> PairSpec:
+def _pair(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any],
+          n_target: list[int]) -> PairSpec:
     if "recipe" not in spec or "model" not in spec:
         raise SuiteError(f"{path}: [pair.{name}] needs 'recipe' and 'model'")
     rpath = Path(spec["recipe"])
@@ -131,9 +133,15 @@ def _pair(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any]) ->
     model = dict(spec["model"])
     if model.get("name") not in ("mlp", "cnn"):
         raise SuiteError(f"{path}: [pair.{name}] model name must be 'mlp' or 'cnn'")
+    sizes = _int_list(spec["n_target"], f"pair.{name}.n_target", path) \
+        if "n_target" in spec else n_target
+    pool = recipe.parts["target"].n * recipe.parts["target"].split[0]
+    if max(sizes) > int(round(pool)):
+        raise SuiteError(f"{path}: [pair.{name}] n_target {max(sizes)} exceeds the target "
+                         f"pool of about {int(round(pool))} samples")
     overrides = {k: v for k, v in spec.items()
-                 if k not in ("recipe", "model", "n_source", "n_target_pool")}
+                 if k not in ("recipe", "model", "n_source", "n_target_pool", "n_target")}
     bad = set(overrides) - set(TRAIN_KEYS)
     if bad:
         raise SuiteError(f"{path}: [pair.{name}] unknown keys {sorted(bad)}")
-    return PairSpec(name, recipe, model, {**train, **overrides})
+    return PairSpec(name, recipe, model, {**train, **overrides}, sizes)
