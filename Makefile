@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pacsim demo
+	$(BIN)/pacsim bench benchmarks/suites/quick.toml --out runs/quick --jobs 2 --report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

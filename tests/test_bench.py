@@ -1,0 +1,181 @@
+"""The benchmark runner and report: fair protocol, resume after a kill, failures recorded,
+report from results, clear errors for bad suites."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from pacsim.bench import SuiteError, cell_key, load_suite
+from pacsim.bench.report import write_report
+from pacsim.bench.runner import read_results, run_suite
+
+RECIPE = """
+name = "tiny"
+simulator = "friedman"
+seed = 0
+[source]
+setting = "source"
+n = 300
+[target]
+setting = "target"
+n = 120
+split = [0.5, 0.0, 0.5]
+"""
+
+
+def _suite(tmp_path: Path, *, seeds=(0, 1), methods=("finetune", "head", "pac"),
+           extra: str = "") -> Path:
+    (tmp_path / "tiny.toml").write_text(RECIPE)
+    pac = "[method.pac]\nratio = 0.5" if "pac" in methods else ""
+    text = f"""
+name = "t"
+seeds = {list(seeds)}
+n_target = [5, 12]
+methods = {json.dumps(list(methods))}
+data_dir = "{(tmp_path / 'data').as_posix()}"
+[train]
+target_steps = 4
+source_epochs = 2
+allocate_epochs = 1
+{pac}
+{extra}
+[pair.fried]
+recipe = "tiny.toml"
+model = {{ name = "mlp", hidden = [8] }}
+"""
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    return path
+
+
+def test_fair_protocol_and_records(tmp_path):
+    out = tmp_path / "out"
+    run_suite(_suite(tmp_path, methods=("scratch", "finetune", "head", "l2sp", "bitfit", "pac")),
+              out, log=lambda m: None)
+    recs = read_results(out)
+    assert len(recs) == 6 * 2 * 2 and all(r["status"] == "ok" for r in recs)
+    src, tgt = defaultdict(set), defaultdict(set)
+    for r in recs:
+        src[(r["pair"], r["seed"])].add(r["source_fingerprint"])
+        tgt[(r["pair"], r["n_target"], r["seed"])].add(r["target_fingerprint"])
+        assert {"rmse", "nrmse", "max_error"} <= set(r["target"])
+        assert r["steps"] >= 4 and r["trainable"] > 0 and r["seconds"] > 0
+        assert r["versions"]["pacsim"] and r["device"] == "cpu"
+    assert all(len(v) == 1 for v in src.values()) and all(len(v) == 1 for v in tgt.values())
+    assert len({next(iter(v)) for v in tgt.values()}) == 4  # subsets differ by n and seed
+    pac = [r for r in recs if r["method"] == "pac"]
+    assert all(r["source_after"]["rmse"] == r["pac"]["allocated_source_rmse"] for r in pac)
+    assert len(list((out / "cache").glob("source_*.pt"))) == 2
+    assert len(list((out / "cache").glob("pac_*.pt"))) == 2
+
+
+def test_failed_cell_is_recorded_and_run_goes_on(tmp_path):
+    out = tmp_path / "out"
+    path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"),
+                  extra="[method.l2sp]\nalpha = -1.0")
+    run_suite(path, out, log=lambda m: None)
+    recs = read_results(out)
+    bad = [r for r in recs if r["status"] == "error"]
+    assert len(recs) == 4 and len(bad) == 2 and all(r["method"] == "l2sp" for r in bad)
+    assert "alpha must be >= 0" in bad[0]["error"]
+    report = write_report(out).read_text()
+    assert "## Failed cells" in report and "alpha must be >= 0" in report
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "out"
+    path = _suite(tmp_path, seeds=tuple(range(6)), methods=("finetune", "head"))
+    total = len(load_suite(path).cells())
+    cmd = [sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    results = out / "results.jsonl"
+    while time.time() < deadline:
+        if results.exists() and results.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_results(out))
+    assert 3 <= done_before < total, "the run must be killed midway for this test to mean much"
+    with open(results, "a") as f:
+        f.write('{"pair": "fried", "method": "hea')  # a line torn by the kill
+    run = subprocess.run(cmd + ["--jobs", "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"{done_before} already done" in run.stdout
+    keys = [cell_key(r["pair"], r["method"], r["n_target"], r["seed"]) for r in read_results(out)]
+    assert len(keys) == len(set(keys)) == total
+    assert set(keys) == {cell_key(*c) for c in load_suite(path).cells()}
+
+
+def _synthetic(tmp_path: Path) -> Path:
+    out = tmp_path / "res"
+    out.mkdir()
+    lines = []
+    for pair in ("alpha", "beta"):
+        for seed in (0, 1):
+            for n in (10, 100):
+                for m, base in (("finetune", 1.0), ("l2sp", 0.95), ("pac", 0.9)):
+                    err = base * (1 + 10 / n) * (1 + 0.01 * seed)
+                    rec = {"pair": pair, "method": m, "n_target": n, "seed": seed,
+                           "status": "ok", "target": {"rmse": err, "nrmse": err / 10,
+                                                      "max_error": 3 * err, "r2": 0.5},
+                           "source_before": {"rmse": 1.0, "nrmse": 0.1},
+                           "source_after": {"rmse": 1.0 if m == "pac" else 2.0, "nrmse": 0.1},
+                           "zero_shot": {"rmse": 5.0, "nrmse": 0.5}, "trainable": 10,
+                           "seconds": 0.1, "device": "cpu", "versions": {"pacsim": "x"}}
+                    if m == "pac":
+                        rec["pac"] = {"summary": [{"name": "net.0.weight", "shape": [4, 4],
+                                                   "numel": 16, "essential": 4,
+                                                   "essential_share": 0.25}]}
+                    lines.append(json.dumps(rec))
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_report_from_synthetic_results(tmp_path):
+    out = _synthetic(tmp_path)
+    text = write_report(out).read_text()
+    assert "## Summary" in text and "**alpha**: n=10: PAC wins (0.95x the best baseline, l2sp)" \
+        in text
+    assert "| pac | **1.81 +- 0.009** | **0.995 +- 0.00495** |" in text
+    assert "| l2sp | 100% | 100% |" in text
+    assert "| alpha | 1 | 2 (2.00x) | 2 (2.00x) | 1 (1.00x) |" in text
+    for name in ("alpha_error_vs_n.png", "forgetting.png", "alpha_pac_layers.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "no such suite file"),
+    ("seeds = [0]\nn_target = [5]\n[pair.x]\nrecipe='r'\nmodel={name='mlp'}", "not found"),
+    ("seeds = 'zero'", "'seeds' must be a non-empty list"),
+    ("seeds = [0]\nn_target = [5]\nmethods = ['lora']", "unknown methods"),
+    ("seeds = [0]\nn_target = [5]\nflavour = 1", "unknown top-level keys"),
+    ("seeds = [0\n", "not valid TOML"),
+    ("seeds = [0]\nn_target = [5]", "no [pair.NAME] sections"),
+])
+def test_bad_suites_one_line_exit_2(tmp_path, content, match):
+    path = tmp_path / "s.toml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SuiteError, match=match.replace("[", r"\[").replace("]", r"\]")):
+        load_suite(path)
+    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "s.toml" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_of_empty_folder_is_an_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "report", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no results" in out.stderr
