@@ -170,15 +170,19 @@ class Context:
         return self._data[pair]
 
     def cache(self, kind: str, pair: str, seed: int) -> Path:
-        tag = ""
+        """Cache file of the source or PAC-allocated model; the name carries a hash of
+        everything that shaped it, so changing a suite never reuses a stale model."""
+        spec = self.suite.pairs[pair]
+        t = spec.train
+        keys: list[Any] = [spec.model, spec.recipe.parts["source"].n, spec.recipe.seed,
+                           t["source_epochs"], t["lr"], t["source_batch_size"],
+                           t["weight_decay"], t["optimizer"]]
         if kind == "pac":
             opts = self.suite.methods.get("pac", {})
-            tr = self.suite.pairs[pair].train
-            tag = "_" + hashlib.sha1(json.dumps(
-                [opts.get("ratio", 0.8), opts.get("scope", "global"), opts.get("lam_sp", 0.0),
-                 tr["allocate_epochs"], tr["lr"], tr["source_batch_size"]]).encode()
-            ).hexdigest()[:8]
-        return self.out / "cache" / f"{kind}_{pair}_s{seed}{tag}.pt"
+            keys += [opts.get("ratio", 0.8), opts.get("scope", "global"),
+                     opts.get("lam_sp", 0.0), t["allocate_epochs"]]
+        tag = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
+        return self.out / "cache" / f"{kind}_{pair}_s{seed}_{tag}.pt"
 
     def fit_kwargs(self, pair: str, seed: int) -> dict[str, Any]:
         t = self.suite.pairs[pair].train
