@@ -182,7 +182,7 @@ def test_prune_errors_and_masks_serialisation():
     rows = masks.summary()
     assert [r["name"] for r in rows] == ["net.0.weight", "net.2.weight"]
     assert all(abs(r["essential_share"] - 0.75) < 0.02 for r in rows)
-    copy_ = pac.Masks.from_state_dict(masks.state_dict())
+    copy_ = pac.Masks({}, 0.5).load_state_dict(masks.state_dict())
     assert copy_.scope == "layer" and copy_.ratio == 0.25 and copy_.stage == "pruned"
     assert all(torch.equal(copy_.essential[n], m) for n, m in masks.essential.items())
     other = pac.prune(make_model("cnn1d"), ratio=0.5)

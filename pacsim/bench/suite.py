@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class Suite:
     methods: dict[str, dict[str, Any]]
     pairs: dict[str, PairSpec]
     data_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def cells(self) -> list[tuple[str, str, int, int]]:
         """Every (pair, method, n_target, seed), in run order."""

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,6 @@ class Simulator:
     sample_param_names: Sequence[str] | None = None
     finalize: Callable[[dict[str, Any], str], dict[str, Any]] = lambda p, s: p
     describe: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> Param:
         for p in self.params:
