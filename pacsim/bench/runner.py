@@ -301,6 +301,22 @@ def _init_worker(suite_path: str, out: str, data_dir: str, device: str, threads:
     global _CTX
     torch.set_num_threads(threads)
     _CTX = Context(suite_path, out, data_dir, device)
+    if mp.parent_process() is not None:
+        _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the runner dies (e.g. killed), instead of training on."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _task(kind: str, args: tuple[Any, ...]) -> dict[str, Any] | None:
