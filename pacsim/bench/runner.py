@@ -36,6 +36,7 @@ from ..metrics import Accumulator
 from ..models import CNN, MLP
 from ..pac import Masks, allocate, prune
 from ..sims import recipes
+from ..sysinfo import describe
 from ..train import fit, predict, resolve_device
 from ..transfer import adapt
 from .suite import PairSpec, cell_key, load_suite
@@ -351,6 +352,8 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
         f"already done, {len(todo)} to run with {jobs} job(s); results in {out / RESULTS}")
     if not todo:
         return out / RESULTS
+    run_info = {**describe(resolve_device(device)), "suite": str(suite.path), "jobs": jobs}
+    (out / "machine.json").write_text(json.dumps(run_info, indent=2))
     groups = sorted({(c[0], c[3]) for c in todo})
     args = (str(suite.path), str(out), str(suite.data_dir), device,
             max(1, (os.cpu_count() or 1) // jobs))
