@@ -165,3 +165,16 @@ def test_cli_simulate_list_and_run(tmp_path):
     assert H5Dataset(path).info.params["q"] == 0.5
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize("name,params", [
+    ("friedman", {"a", "b", "c", "q", "noise"}),
+    ("pendulum", {"gamma", "omega", "t_final", "nt"}),
+    ("burgers1d", {"nu", "t_final", "nx"}),
+    ("darcy2d", {"a_low", "a_high", "length_scale", "forcing", "nx"}),
+    ("diode", {"temperature", "tau"}),
+])
+def test_contract_names(name, params):
+    sim = sims.get(name)
+    assert params <= {p.name for p in sim.params}
+    assert set(sim.settings) == {"source", "target"}

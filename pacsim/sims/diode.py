@@ -3,7 +3,7 @@
 Inputs (N, 2): acceptor and donor doping of the p and n sides, as log10(cm^-3), drawn
 uniformly in [log_doping_min, log_doping_max] (also stored as per-sample ``params``).
 Targets (N, nV): log10 of the current density (A/cm^2) at the bias points ``coords/V``.
-The task is set by the lattice ``temperature`` (K) and the SRH carrier ``lifetime``
+The task is set by the lattice ``temperature`` (K) and the SRH carrier lifetime ``tau``
 (s, taken equal for electrons and holes).
 
 Physics: DEVSIM's silicon drift-diffusion models (Scharfetter-Gummel currents, SRH
@@ -67,7 +67,7 @@ def bias_points(p: dict[str, Any]) -> np.ndarray:
     return np.linspace(p["v_min"], p["v_max"], p["nv"])
 
 
-def iv_curve(log_na: float, log_nd: float, temperature: float, lifetime: float,
+def iv_curve(log_na: float, log_nd: float, temperature: float, tau: float,
              biases: np.ndarray) -> np.ndarray:
     """Current density |J| (A/cm^2) of one diode at each bias in ``biases`` (increasing).
 
@@ -76,7 +76,7 @@ def iv_curve(log_na: float, log_nd: float, temperature: float, lifetime: float,
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         try:
-            return _iv_curve(log_na, log_nd, temperature, lifetime, biases)
+            return _iv_curve(log_na, log_nd, temperature, tau, biases)
         except Exception as exc:
             if isinstance(exc, SimulationError):
                 raise
@@ -85,7 +85,7 @@ def iv_curve(log_na: float, log_nd: float, temperature: float, lifetime: float,
                 f"({str(exc).splitlines()[0][:120]})") from None
 
 
-def _iv_curve(log_na: float, log_nd: float, temperature: float, lifetime: float,
+def _iv_curve(log_na: float, log_nd: float, temperature: float, tau: float,
               biases: np.ndarray) -> np.ndarray:
     devsim = _devsim()
     from devsim.python_packages import simple_physics as sp
@@ -109,8 +109,8 @@ def _iv_curve(log_na: float, log_nd: float, temperature: float, lifetime: float,
         sp.SetSiliconParameters(name, region, temperature)
         ni = intrinsic_density(temperature)
         scale = (temperature / 300.0) ** -1.5
-        for key, value in (("n_i", ni), ("n1", ni), ("p1", ni), ("taun", lifetime),
-                           ("taup", lifetime), ("mu_n", sp.mu_n * scale),
+        for key, value in (("n_i", ni), ("n1", ni), ("p1", ni), ("taun", tau),
+                           ("taup", tau), ("mu_n", sp.mu_n * scale),
                            ("mu_p", sp.mu_p * scale)):
             devsim.set_parameter(device=name, region=region, name=key, value=value)
         CreateNodeModel(name, region, "Acceptors", f"{10**log_na:.6e}*step({mid:.6e}-x)")
@@ -169,15 +169,15 @@ def _ramp(devsim: Any, device: str, bias_name: str, v: float, target: float,
 
 
 def _curves(args: tuple[np.ndarray, float, float, np.ndarray]) -> np.ndarray:
-    dopings, temperature, lifetime, biases = args
-    return np.stack([iv_curve(na, nd, temperature, lifetime, biases) for na, nd in dopings])
+    dopings, temperature, tau, biases = args
+    return np.stack([iv_curve(na, nd, temperature, tau, biases) for na, nd in dopings])
 
 
 def _generate(n: int, p: dict[str, Any], rng: np.random.Generator) -> Iterator[tuple[Any, ...]]:
     _devsim()
     biases = bias_points(p)
     dop = rng.uniform(p["log_doping_min"], p["log_doping_max"], size=(n, 2))
-    jobs = [(dop[lo:hi], p["temperature"], p["lifetime"], biases)
+    jobs = [(dop[lo:hi], p["temperature"], p["tau"], biases)
             for lo, hi in blocks_of(n, BLOCK)]
     workers = min(int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
@@ -207,14 +207,14 @@ SIMULATOR = register(Simulator(
     summary="silicon PN diode (DEVSIM drift-diffusion + SRH), dopings -> log10 J(V)",
     params=(
         Param("temperature", "K", "lattice temperature", 300.0, 200, 500),
-        Param("lifetime", "s", "SRH lifetime of electrons and holes", 1e-6, 1e-12, 1e-2),
+        Param("tau", "s", "SRH carrier lifetime of electrons and holes", 1e-6, 1e-12, 1e-2),
         Param("log_doping_min", "log10 cm^-3", "lowest sampled doping", 15.0, 13, 19),
         Param("log_doping_max", "log10 cm^-3", "highest sampled doping", 18.0, 13, 19),
         Param("v_min", "V", "first anode bias", 0.1, 0.0, 1.5),
         Param("v_max", "V", "last anode bias", 0.8, 0.01, 1.5),
         Param("nv", "-", "bias points", 15, 2, 200, kind="int"),
     ),
-    settings={"source": {}, "target": {"temperature": 350.0, "lifetime": 1e-8}},
+    settings={"source": {}, "target": {"temperature": 350.0, "tau": 1e-8}},
     generate=_generate,
     coords=lambda p: {"V": bias_points(p)},
     input_names=lambda p: ["log10_NA", "log10_ND"],
