@@ -32,7 +32,7 @@ split = [0.5, 0.0, 0.5]
 
 
 def _suite(tmp_path: Path, *, seeds=(0, 1), methods=("finetune", "head", "pac"),
-           extra: str = "") -> Path:
+           extra: str = "", steps: int = 4) -> Path:
     (tmp_path / "tiny.toml").write_text(RECIPE)
     pac = "[method.pac]\nratio = 0.5" if "pac" in methods else ""
     text = f"""
@@ -42,7 +42,7 @@ n_target = [5, 12]
 methods = {json.dumps(list(methods))}
 data_dir = "{(tmp_path / 'data').as_posix()}"
 [train]
-target_steps = 4
+target_steps = {steps}
 source_epochs = 2
 allocate_epochs = 1
 {pac}
@@ -92,7 +92,8 @@ def test_failed_cell_is_recorded_and_run_goes_on(tmp_path):
 
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "out"
-    path = _suite(tmp_path, seeds=tuple(range(6)), methods=("finetune", "head"))
+    # enough work per cell (~0.1 s) that the kill reliably lands midway
+    path = _suite(tmp_path, seeds=tuple(range(8)), methods=("finetune", "head"), steps=300)
     total = len(load_suite(path).cells())
     cmd = [sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
