@@ -106,6 +106,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(read_results(out))
+    print(f"killed after {done_before} of {total} cells")
     assert 3 <= done_before < total, "the run must be killed midway for this test to mean much"
     with open(results, "a") as f:
         f.write('{"pair": "fried", "method": "hea')  # a line torn by the kill

@@ -359,7 +359,7 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
             max(1, (os.cpu_count() or 1) // jobs))
     if jobs == 1:
         _init_worker(*args[:4], torch.get_num_threads())
-        _run(lambda kind, a: _inline(kind, a), groups, todo, out, log)
+        _run(_Deferred, groups, todo, out, log)
     else:
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
                                     initializer=_init_worker, initargs=args) as pool:
@@ -368,6 +368,8 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
 
 
 class _Done:
+    """An already known result, shaped like a future."""
+
     def __init__(self, value: Any) -> None:
         self._value = value
 
@@ -375,8 +377,15 @@ class _Done:
         return self._value
 
 
-def _inline(kind: str, args: tuple[Any, ...]) -> _Done:
-    return _Done(_task(kind, args))
+class _Deferred:
+    """A task run in this process when its result is asked for, so that with one job
+    each cell is appended as soon as it finishes."""
+
+    def __init__(self, kind: str, args: tuple[Any, ...]) -> None:
+        self._call = (kind, args)
+
+    def result(self) -> Any:
+        return _task(*self._call)
 
 
 def _run(submit: Callable[[str, tuple[Any, ...]], Any], groups: list[tuple[str, int]],
