@@ -93,7 +93,8 @@ def _head(model: nn.Module) -> dict[str, bool]:
 
 
 def _biases(model: nn.Module) -> dict[str, bool]:
-    return {n: n.rsplit(".", 1)[-1] == "bias" for n, _ in model.named_parameters()}
+    biases = set(pac.bias_names(model))
+    return {n: n in biases for n, _ in model.named_parameters()}
 
 
 def _plain(select: Callable[[nn.Module], dict[str, bool]]):
@@ -144,8 +145,8 @@ def _pac(model: nn.Module, target: Data, *, source: Data | None = None,
                             **fit_kwargs)
     trainable = masks.n_redundant()
     if train_biases:
-        trainable += sum(p.numel() for n, p in model.named_parameters()
-                         if n.rsplit(".", 1)[-1] == "bias" and n not in masks.essential)
+        params = dict(model.named_parameters())
+        trainable += sum(params[n].numel() for n in pac.bias_names(model, masks.essential))
     return TransferResult("", model, history, masks=masks, trainable=trainable, extra=extra)
 
 

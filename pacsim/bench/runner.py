@@ -281,8 +281,7 @@ def _save_predictions(ctx: Context, pair: str, method: str, n: int, seed: int,
     folder = ctx.out / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     k = min(PRED_SAMPLES, pred.shape[0])
-    norm = data.normalizer
-    inputs = data.target_test[0][:k].numpy() * norm.input_std + norm.input_mean
+    inputs = data.normalizer.inverse_inputs(data.target_test[0][:k].numpy())
     np.savez_compressed(folder / f"{pair}_{method}_n{n}_s{seed}.npz", pred=pred[:k].numpy(),
                         truth=data.target_test_y[:k].numpy(), inputs=inputs)
 

@@ -110,6 +110,7 @@ class H5Dataset(Dataset):
         self.split = split
         with open_h5(self.path) as f:
             self.info: FileInfo = validate(f, self.path)
+            maps = {k: SampleMap.build(f[k]) for k in ("inputs", "targets")}
         if normalize and self.info.normalizer is None:
             raise DatasetError(f"{self.path}: no 'stats' group (empty train split?); "
                                "open with normalize=False")
@@ -130,8 +131,6 @@ class H5Dataset(Dataset):
             self._x, self._y = self._read(self.indices)
             self.close()
         else:
-            with open_h5(self.path) as f:
-                maps = {k: SampleMap.build(f[k]) for k in ("inputs", "targets")}
             self._maps = maps if all(maps.values()) else None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ plumbing
@@ -172,13 +171,10 @@ class H5Dataset(Dataset):
             x = self._maps["inputs"].gather(mm, rows)
             y = self._maps["targets"].gather(mm, rows)
         else:
-            order = np.argsort(rows, kind="stable")
-            uniq, inverse = np.unique(rows[order], return_inverse=True)
+            uniq, inverse = np.unique(rows, return_inverse=True)
             f = self._h5()
-            back = np.empty_like(order)
-            back[order] = np.arange(order.size)
-            x = read_rows(f["inputs"], uniq)[inverse][back]
-            y = read_rows(f["targets"], uniq)[inverse][back]
+            x = read_rows(f["inputs"], uniq)[inverse]
+            y = read_rows(f["targets"], uniq)[inverse]
         if self.normalizer is not None:
             x = self.normalizer.inputs(x)
             y = self.normalizer.targets(y)

@@ -72,6 +72,10 @@ class Normalizer:
         """Normalise targets."""
         return (y - self._like(self.target_mean, y)) / self._like(self.target_std, y)
 
+    def inverse_inputs(self, x: Any) -> Any:
+        """Map normalised inputs back to physical units."""
+        return x * self._like(self.input_std, x) + self._like(self.input_mean, x)
+
     def inverse_targets(self, y: Any) -> Any:
         """Map normalised outputs back to physical units."""
         return y * self._like(self.target_std, y) + self._like(self.target_mean, y)

@@ -67,8 +67,6 @@ class DatasetWriter:
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path}: exists; {_OVERWRITE_HINT}")
         if len(split) != 3 or any(not (0 <= s <= 1) for s in split) or abs(sum(split) - 1) > 1e-9:
             raise DatasetError(f"{self.path}: split must be three fractions in [0, 1] summing "
                                f"to 1, got {tuple(split)}")

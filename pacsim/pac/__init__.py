@@ -1,9 +1,9 @@
 """PAC-Net: prune, allocate, calibrate, and the source view of a calibrated model."""
 
-from .masks import Masks, StageError, prunable_weights
+from .masks import Masks, StageError, bias_names, prunable_weights
 from .prune import SCOPES, check_ratio, prune
 from .steps import allocate, calibrate
 from .view import source_view
 
-__all__ = ["Masks", "SCOPES", "StageError", "allocate", "calibrate", "check_ratio",
+__all__ = ["Masks", "SCOPES", "StageError", "allocate", "bias_names", "calibrate", "check_ratio",
            "prunable_weights", "prune", "source_view"]

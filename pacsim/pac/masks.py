@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,13 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
         if isinstance(mod, PRUNABLE) and isinstance(getattr(mod, "weight", None), nn.Parameter):
             out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
     return out
+
+
+def bias_names(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:
+    """Names of bias parameters (any parameter called ``bias``), minus ``exclude``."""
+    skip = set(exclude)
+    return [n for n, _ in model.named_parameters()
+            if n.rsplit(".", 1)[-1] == "bias" and n not in skip]
 
 
 class StageError(RuntimeError):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..train import Data, History, L2Penalty, fit, resolve_device
-from .masks import Masks
+from .masks import Masks, bias_names
 
 
 def _prepare(model: nn.Module, masks: Masks, fit_kwargs: dict[str, Any]) -> dict[str, nn.Parameter]:
@@ -49,11 +49,6 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
     return history
 
 
-def _bias_names(model: nn.Module, masks: Masks) -> list[str]:
-    return [n for n, _ in model.named_parameters()
-            if n.rsplit(".", 1)[-1] == "bias" and n not in masks.essential]
-
-
 def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
               train_biases: bool = False, **fit_kwargs: Any) -> History:
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
@@ -67,7 +62,7 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     weights = _prepare(model, masks, fit_kwargs)
-    biases = _bias_names(model, masks) if train_biases else []
+    biases = bias_names(model, exclude=masks.essential) if train_biases else []
     # Anything not yet saved is still at its source value (it was frozen until now).
     params = dict(model.named_parameters())
     for name, buf in model.named_buffers():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -188,7 +189,7 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
                            coords=sim.coords(params), input_names=sim.input_names(params),
                            sample_param_names=sim.sample_param_names, split=split,
                            overwrite=overwrite) as w:
-            for block in _chain(first, blocks):
+            for block in itertools.chain([first], blocks):
                 w.append(*block)
                 if bar is not None:
                     bar.update(len(block[0]))
@@ -199,10 +200,6 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
             bar.close()
     return Path(out)
 
-
-def _chain(first: tuple[Any, ...], rest: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    yield first
-    yield from rest
 
 
 def blocks_of(n: int, size: int) -> Iterator[tuple[int, int]]:
