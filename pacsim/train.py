@@ -59,6 +59,7 @@ class History:
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
     best_epoch: int | None = None
     best_val: float | None = None
     epochs_run: int = 0
@@ -334,7 +335,8 @@ def fit(
     train: Data,
     *,
     val: Data | None = None,
-    epochs: int,
+    epochs: int | None = None,
+    steps: int | None = None,
     lr: float = 1e-3,
     batch_size: int = 64,
     weight_decay: float = 0.0,
@@ -352,6 +354,7 @@ def fit(
     clip_grad: float | None = None,
     amp: bool = False,
     freeze_bn_stats: bool = False,
+    stop_when: Callable[[History], bool] | None = None,
     desc: str | None = None,
 ) -> History:
     """Train ``model`` in place on ``train`` and return its :class:`History`.
@@ -366,9 +369,16 @@ def fit(
     stops after that many epochs without improvement. ``lr_schedule="cosine"`` anneals
     the learning rate to zero. ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
     ``freeze_bn_stats`` keeps BatchNorm running statistics fixed while training.
+    The budget is ``epochs`` passes or exactly ``steps`` optimiser steps (the last pass
+    may stop part-way); give one of them. ``stop_when(history)`` is asked after every
+    epoch and ends training when it returns True (e.g. a target validation loss).
     """
-    if epochs < 0:
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= and steps=")
+    if epochs is not None and epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if weight_decay < 0:
@@ -387,12 +397,17 @@ def fit(
     trainable = full + [p.param for p in partial]
     pull = _plan_penalty(model, penalty, set(trainable), dev)
     history = History()
-    if epochs == 0:
+    if epochs == 0 or steps == 0:
         return history
     if not trainable:
         raise ValueError("nothing to train: update_mask freezes every parameter")
     opt = _make_optimizer(optimizer, trainable, lr, weight_decay)
-    total_steps = epochs * len(train_b)
+    if steps is not None:
+        epochs = -(-steps // len(train_b))
+        total_steps = steps
+    else:
+        assert epochs is not None
+        total_steps = epochs * len(train_b)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
              if lr_schedule == "cosine" else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
@@ -440,11 +455,14 @@ def fit(
                     running += batch_loss.detach() * x.shape[0]
                     count += x.shape[0]
                     history.steps += 1
+                    if history.steps == total_steps:
+                        break
                 history.train_loss.append(float(running) / count)
                 history.epochs_run = epoch + 1
                 if val_b is not None:
                     v = _mean_loss(model, val_b, loss_fn, autocast)
                     history.val_loss.append(v)
+                    history.val_steps.append(history.steps)
                     if history.best_val is None or v < history.best_val:
                         history.best_val, history.best_epoch = v, epoch
                         bad_epochs = 0
@@ -460,7 +478,8 @@ def fit(
                     if history.val_loss:
                         post["val"] = f"{history.val_loss[-1]:.4g}"
                     bar.set_postfix(post)
-                if patience is not None and val_b is not None and bad_epochs >= patience:
+                if ((patience is not None and val_b is not None and bad_epochs >= patience)
+                        or (stop_when is not None and stop_when(history))):
                     history.stopped_early = epoch + 1 < epochs
                     break
         if best_state is not None:

@@ -15,7 +15,8 @@ import pytest
 
 from pacsim.bench import SuiteError, cell_key, load_suite
 from pacsim.bench.report import write_report
-from pacsim.bench.runner import read_results, run_suite
+from pacsim.bench.results import read_results
+from pacsim.bench.runner import run_suite
 
 RECIPE = """
 name = "tiny"
@@ -85,9 +86,9 @@ def test_failed_cell_is_recorded_and_run_goes_on(tmp_path):
     recs = read_results(out)
     bad = [r for r in recs if r["status"] == "error"]
     assert len(recs) == 4 and len(bad) == 2 and all(r["method"] == "l2sp" for r in bad)
-    assert "alpha must be >= 0" in bad[0]["error"]
+    assert "alpha must be a finite number >= 0" in bad[0]["error"]
     report = write_report(out).read_text()
-    assert "## Failed cells" in report and "alpha must be >= 0" in report
+    assert "## Failed cells" in report and "alpha must be a finite number >= 0" in report
 
 
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import atomic_write
-from .runner import RESULTS, read_results
+from .results import RESULTS, read_results
 
 REF = "finetune"
 

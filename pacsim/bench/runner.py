@@ -39,42 +39,10 @@ from ..sims import recipes
 from ..sysinfo import describe
 from ..train import fit, predict, resolve_device
 from ..transfer import adapt
+from .results import RESULTS, append_record, read_results
 from .suite import PairSpec, cell_key, load_suite
 
-RESULTS = "results.jsonl"
 PRED_SAMPLES = 2000
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def read_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Records of ``out/results.jsonl``; a torn last line (killed mid-write) is ignored."""
-    path = Path(out) / RESULTS
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def _append(out: Path, record: dict[str, Any]) -> None:
-    path = out / RESULTS
-    with open(path, "a+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() > 0:  # repair a torn last line left by a killed run
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(record) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ----------------------------------------------------------------------------- data
@@ -411,7 +379,7 @@ def _run(submit: Callable[[str, tuple[Any, ...]], Any], groups: list[tuple[str, 
             futures.append((cell, submit("cell", cell)))
     for i, (cell, fut) in enumerate(futures, 1):
         record = fut.result()
-        _append(out, record)
+        append_record(out, record)
         elapsed = time.perf_counter() - t0
         eta = elapsed / i * (len(futures) - i)
         status = "ok" if record["status"] == "ok" else f"FAILED ({record['error'][:80]})"

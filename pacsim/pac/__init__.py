@@ -2,8 +2,8 @@
 
 from .masks import Masks, StageError, bias_names, prunable_weights
 from .prune import SCOPES, check_ratio, prune
-from .steps import allocate, calibrate
+from .steps import SUBSPACES, allocate, calibrate, calibrate_update
 from .view import source_view
 
-__all__ = ["Masks", "SCOPES", "StageError", "allocate", "bias_names", "calibrate", "check_ratio",
-           "prunable_weights", "prune", "source_view"]
+__all__ = ["Masks", "SCOPES", "SUBSPACES", "StageError", "allocate", "bias_names", "calibrate",
+           "calibrate_update", "check_ratio", "prunable_weights", "prune", "source_view"]

@@ -49,32 +49,55 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
     return history
 
 
+SUBSPACES = ("all", "last")
+
+
+def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
+                     train_biases: bool = False) -> dict[str, bool | torch.Tensor]:
+    """The update mask of calibrate: the redundant entries of every pruned tensor
+    (``subspace="all"``) or of the last one (``"last"``), plus the biases (all, or the
+    last pruned layer's) with ``train_biases``."""
+    if subspace not in SUBSPACES:
+        raise ValueError(f"unknown calibration subspace {subspace!r}; choose one of {SUBSPACES}")
+    names = list(masks.essential)
+    if subspace == "last":
+        names = names[-1:]
+    update: dict[str, bool | torch.Tensor] = {n: ~masks.essential[n] for n in names}
+    if train_biases:
+        biases = bias_names(model, exclude=masks.essential)
+        if subspace == "last":
+            owner = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+            biases = [b for b in biases if b == f"{owner}bias"]
+        update.update({n: True for n in biases})
+    return update
+
+
 def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
-              train_biases: bool = False, **fit_kwargs: Any) -> History:
+              train_biases: bool = False, subspace: str = "all", **fit_kwargs: Any) -> History:
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
 
-    Essential entries and every other parameter stay bit-identical. With
-    ``train_biases=True`` the biases are trained too, after their source values are saved
-    in ``masks.source_state``; the model's buffers (BatchNorm running statistics) are
-    saved there as well, so :func:`source_view` reproduces the allocated source model.
+    Essential entries and every other parameter stay bit-identical. ``subspace="last"``
+    trains only the redundant entries of the last pruned tensor (and, with
+    ``train_biases``, only that layer's bias): a small target subspace for few samples.
+    With ``train_biases=True`` the biases are trained too, after their source values are
+    saved in ``masks.source_state``; the model's buffers (BatchNorm running statistics)
+    are saved there as well, so :func:`source_view` reproduces the allocated source model.
     """
     masks.require("allocated", "calibrated", action="calibrate()")
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    weights = _prepare(model, masks, fit_kwargs)
-    biases = bias_names(model, exclude=masks.essential) if train_biases else []
+    update = calibrate_update(model, masks, subspace, train_biases)
+    _prepare(model, masks, fit_kwargs)
     # Anything not yet saved is still at its source value (it was frozen until now).
     params = dict(model.named_parameters())
     for name, buf in model.named_buffers():
         masks.source_state.setdefault(name, buf.detach().clone())
-    for name in biases:
-        masks.source_state.setdefault(name, params[name].detach().clone())
-
-    update: dict[str, bool | torch.Tensor] = {n: ~m for n, m in masks.essential.items()}
-    update.update({n: True for n in biases})
+    for name, spec in update.items():
+        if spec is True:
+            masks.source_state.setdefault(name, params[name].detach().clone())
     # Penalising whole tensors is exact: essential entries are frozen, so only the
     # redundant entries' share of the gradient is used.
-    penalty = L2Penalty(lam, {n: None for n in weights})
+    penalty = L2Penalty(lam, {n: None for n in update if n in masks.essential})
     history = fit(model, target, update_mask=update, penalty=penalty, **fit_kwargs)
     masks.stage = "calibrated"
     return history

@@ -1,0 +1,243 @@
+"""One interface for every transfer method: :func:`adapt`.
+
+Each method copies the source model and trains a precisely defined subset of it on the
+target data with :func:`pacsim.train.fit`; the source model itself is never modified.
+
+=========  ===================================================================
+scratch    fresh initialisation of the same architecture, target data only
+finetune   every parameter
+head       the last layer that has parameters
+l2sp       every parameter, with ``alpha/2 * ||w - w_source||^2`` (Li et al., 2018)
+bitfit     biases only
+pac        prune + allocate on ``source`` until the source error is back, then
+           calibrate the freed entries on the target (pacsim's recipe)
+pac-paper  the paper's recipe: fixed allocate budget, ``lam = 0.01`` on every freed entry
+=========  ===================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import pac
+from ..models.registry import build
+from ..train import Data, History, L2Penalty, MaskSpec, evaluate, fit, resolve_device
+from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
+
+
+@dataclass
+class TransferResult:
+    """The adapted model, PAC's masks (else None) and the target training history."""
+
+    method: str
+    model: nn.Module
+    history: History
+    masks: pac.Masks | None = None
+    trainable: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def source_view(self) -> contextlib.AbstractContextManager[nn.Module]:
+        """Context in which ``model`` computes the source task: PAC's source view, or the
+        adapted model itself for methods that keep one set of weights."""
+        if self.masks is not None:
+            return pac.source_view(self.model, self.masks)
+        return contextlib.nullcontext(self.model)
+
+
+def _count(model: nn.Module, mask: MaskSpec) -> int:
+    total = 0
+    for name, p in model.named_parameters():
+        spec = mask.get(name, False)
+        total += int(spec.sum()) if isinstance(spec, torch.Tensor) else (p.numel() if spec else 0)
+    return total
+
+
+def _reinit(model: nn.Module, seed: int | None) -> nn.Module:
+    """A freshly initialised twin of ``model`` (rebuilt from its config when it has one)."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if hasattr(model, "config"):
+            fresh = build(model.config())
+        else:
+            fresh = copy.deepcopy(model)
+            for m in fresh.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    return fresh.to(next(model.parameters()).device)
+
+
+def last_layer(model: nn.Module) -> str:
+    """Module name of the last module (in registration order) that owns parameters."""
+    owners = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners:
+        raise ValueError("model has no parameters")
+    return owners[-1]
+
+
+def _all(model: nn.Module) -> dict[str, bool]:
+    return {n: True for n, _ in model.named_parameters()}
+
+
+def _head(model: nn.Module) -> dict[str, bool]:
+    prefix = last_layer(model)
+    prefix = f"{prefix}." if prefix else ""
+    return {n: n.startswith(prefix) and "." not in n[len(prefix):]
+            for n, _ in model.named_parameters()}
+
+
+def _biases(model: nn.Module) -> dict[str, bool]:
+    biases = set(pac.bias_names(model))
+    return {n: n in biases for n, _ in model.named_parameters()}
+
+
+def _plain(select: Callable[[nn.Module], dict[str, bool]]):
+    def run(model: nn.Module, target: Data, **fit_kwargs: Any) -> TransferResult:
+        mask = select(model)
+        history = fit(model, target, update_mask=mask, **fit_kwargs)
+        return TransferResult("", model, history, trainable=_count(model, mask))
+
+    return run
+
+
+def _scratch(model: nn.Module, target: Data, opts: ScratchOptions, **fit_kwargs: Any
+             ) -> TransferResult:
+    seed = opts.init_seed if opts.init_seed is not None else fit_kwargs.get("seed")
+    fresh = _reinit(model, seed)
+    return _plain(_all)(fresh, target, **fit_kwargs)
+
+
+def _l2sp(model: nn.Module, target: Data, opts: L2SPOptions, **fit_kwargs: Any
+          ) -> TransferResult:
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return _plain(_all)(model, target, penalty=L2Penalty(opts.alpha / 2, anchors), **fit_kwargs)
+
+
+def source_loss(model: nn.Module, data: Data) -> float:
+    """Mean squared error of ``model`` on ``data`` (the trainer's default loss)."""
+    return evaluate(model, data)["rmse"] ** 2
+
+
+def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
+                       source_val: Data | None = None, **fit_kwargs: Any
+                       ) -> tuple[pac.Masks, dict[str, Any]]:
+    """PAC's first two steps on ``model`` (in place) with the recipe in ``opts``.
+
+    ``allocate="fixed"`` runs the given budget (``epochs`` or ``steps`` in
+    ``fit_kwargs``). ``allocate="source"`` first measures the unpruned model's source
+    loss (on ``source_val``, else on ``source``), then retrains until the pruned model
+    is back at it, for at most ``allocate_max_factor`` times the budget, stopping after
+    ``allocate_patience`` epochs without improvement and keeping the best epoch.
+    Returns the masks and a record of what happened.
+    """
+    yardstick = source_val if source_val is not None else source
+    info: dict[str, Any] = {"allocate": opts.allocate}
+    if opts.allocate == "source":
+        dev = fit_kwargs.get("device", "auto")
+        model.to(resolve_device(dev))
+        info["unpruned_loss"] = reference = source_loss(model, yardstick)
+    masks = pac.prune(model, ratio=opts.ratio, scope=opts.scope)
+    if opts.allocate == "source":
+        budget = dict(fit_kwargs)
+        for key in ("epochs", "steps"):
+            if budget.get(key) is not None:
+                budget[key] = math.ceil(budget[key] * opts.allocate_max_factor)
+        history = pac.allocate(
+            model, masks, source, lam_sp=opts.lam_sp, val=yardstick,
+            patience=opts.allocate_patience, restore_best=True,
+            stop_when=lambda h: h.val_loss[-1] <= reference, **budget)
+        info["allocated_loss"] = history.best_val
+    else:
+        history = pac.allocate(model, masks, source, lam_sp=opts.lam_sp, **fit_kwargs)
+    info["history"] = history
+    return masks, info
+
+
+def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | None = None,
+         source_val: Data | None = None, allocate_kwargs: dict[str, Any] | None = None,
+         allocated: tuple[nn.Module, pac.Masks] | None = None,
+         **fit_kwargs: Any) -> TransferResult:
+    extra: dict[str, Any] = {}
+    if allocated is not None:
+        model = copy.deepcopy(allocated[0])
+        masks = copy.deepcopy(allocated[1])
+        masks.require("allocated", action="adapt('pac', allocated=...)")
+    else:
+        if source is None:
+            raise ValueError("method 'pac' needs the source data: pass source=(X, Y) "
+                             "(or allocated=(model, masks) from an earlier allocate)")
+        alloc_kwargs = {**fit_kwargs, **(allocate_kwargs or {})}
+        if allocate_kwargs and ("epochs" in allocate_kwargs or "steps" in allocate_kwargs):
+            alloc_kwargs.pop("steps" if "epochs" in allocate_kwargs else "epochs", None)
+        masks, info = prune_and_allocate(model, source, opts, source_val=source_val,
+                                         **alloc_kwargs)
+        extra["allocate_history"] = info.pop("history")
+        extra["allocate"] = info
+    history = pac.calibrate(model, masks, target, lam=opts.lam, train_biases=opts.train_biases,
+                            subspace=opts.subspace, **fit_kwargs)
+    update = pac.calibrate_update(model, masks, opts.subspace, opts.train_biases)
+    return TransferResult("", model, history, masks=masks, trainable=_count(model, update),
+                          extra=extra)
+
+
+def _no_options(run: Callable[..., TransferResult]) -> Callable[..., TransferResult]:
+    def call(model: nn.Module, target: Data, opts: Options, **fit_kwargs: Any
+             ) -> TransferResult:
+        return run(model, target, **fit_kwargs)
+
+    return call
+
+
+_RUNNERS: dict[str, Callable[..., TransferResult]] = {
+    "scratch": _scratch,
+    "finetune": _no_options(_plain(_all)),
+    "head": _no_options(_plain(_head)),
+    "l2sp": _l2sp,
+    "bitfit": _no_options(_plain(_biases)),
+    "pac": _pac,
+    "pac-paper": _pac,
+}
+METHODS = tuple(_RUNNERS)
+
+
+def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | None = None,
+          options: Mapping[str, Any] | Options | None = None, **kwargs: Any) -> TransferResult:
+    """Transfer ``source_model`` to ``target`` data with ``method`` (one of :data:`METHODS`).
+
+    Method options (see :mod:`pacsim.transfer.options`: ``alpha`` for l2sp; ``ratio``,
+    ``lam``, ``subspace``, ``train_biases``, ``allocate``, ... for pac and pac-paper;
+    ``init_seed`` for scratch) come in ``options`` or as keyword arguments; an unknown
+    option is a ValueError naming it. PAC also takes ``source_val`` (data judging
+    allocate), ``allocate_kwargs`` (trainer arguments of allocate) and ``allocated``
+    (a cached ``(model, masks)`` after allocate). Every other keyword goes to
+    :func:`pacsim.train.fit` (``epochs`` or ``steps`` is required). ``source`` is the
+    source training data, required by PAC unless ``allocated`` is given. The source
+    model is never modified.
+    """
+    if method not in _RUNNERS:
+        raise ValueError(f"unknown transfer method {method!r}; choose one of {list(METHODS)}")
+    cls = OPTIONS[method]
+    names = {f.name for f in dataclasses.fields(cls)}
+    raw = (options.to_dict() if isinstance(options, Options) else dict(options or {}))
+    raw.update({k: kwargs.pop(k) for k in list(kwargs) if k in names})
+    opts = method_options(method, raw)
+    pac_only = {"source_val", "allocate_kwargs", "allocated"} & set(kwargs)
+    if pac_only and not isinstance(opts, PACOptions):
+        raise ValueError(f"method {method!r} takes no {sorted(pac_only)[0]!r}")
+    model = copy.deepcopy(source_model)
+    if isinstance(opts, PACOptions):
+        result = _pac(model, target, opts, source=source, **kwargs)
+    else:
+        result = _RUNNERS[method](model, target, opts, **kwargs)
+    result.method = method
+    result.extra["options"] = opts.to_dict()
+    return result

@@ -1,0 +1,224 @@
+"""Typed options of every transfer method: one frozen dataclass per method, defaults in
+one place, validated when built (unknown keys and wrong types name the key).
+
+:func:`method_options` turns a plain mapping (a suite's ``[method.X]`` table, the
+keyword arguments of :func:`pacsim.transfer.adapt`) into the method's options object.
+:func:`check_grid` validates a selection grid against the same schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+SCOPES = ("global", "layer")
+SUBSPACES = ("all", "last")
+ALLOCATE_MODES = ("fixed", "source")
+
+
+def _check_nonneg(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of every method's options; a method without options uses it as is."""
+
+    #: Option names that shape a shared, cached preparation step (PAC's allocate).
+    PREPARE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, in field order."""
+        return dataclasses.asdict(self)
+
+    def prepare_config(self) -> dict[str, Any]:
+        """The options that shape the cached preparation step (empty if none)."""
+        return {k: getattr(self, k) for k in self.PREPARE_FIELDS}
+
+
+@dataclass(frozen=True)
+class ScratchOptions(Options):
+    """``init_seed``: seed of the fresh initialisation (default: the training seed)."""
+
+    init_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class L2SPOptions(Options):
+    """``alpha``: L2-SP strength, penalty ``alpha/2 * ||w - w_source||^2``."""
+
+    alpha: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_nonneg("l2sp alpha", self.alpha)
+
+
+@dataclass(frozen=True)
+class PACOptions(Options):
+    """pacsim's PAC recipe (method ``pac``).
+
+    - ``ratio``, ``scope``: pruning share and ranking (``"global"`` or per ``"layer"``).
+    - ``lam_sp``: optional pull of allocate towards the pruned source weights.
+    - ``allocate``: ``"source"`` retrains the essential weights until the source error
+      (on a source validation split when given) is back at the unpruned model's, bounded
+      by ``allocate_max_factor`` times the allocate budget, stopping after
+      ``allocate_patience`` epochs without improvement; ``"fixed"`` runs the budget.
+    - ``lam``: ``lam * ||w_freed||^2`` during calibrate (the paper's 0.01 hurts far
+      targets; selection chooses it per target).
+    - ``subspace``: which freed entries calibrate trains: ``"all"`` or only those of the
+      ``"last"`` pruned layer.
+    - ``train_biases``: the target gets its own biases (the source keeps its own).
+    """
+
+    PREPARE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "ratio", "scope", "lam_sp", "allocate", "allocate_max_factor", "allocate_patience")
+
+    ratio: float = 0.8
+    scope: str = "global"
+    lam_sp: float = 0.0
+    allocate: str = "source"
+    allocate_max_factor: float = 4.0
+    allocate_patience: int = 5
+    lam: float = 0.0
+    subspace: str = "all"
+    train_biases: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.ratio) and 0.0 < self.ratio < 1.0):
+            raise ValueError(f"pruning ratio must lie in (0, 1), got {self.ratio!r}")
+        _check_choice("pac scope", self.scope, SCOPES)
+        _check_choice("pac allocate", self.allocate, ALLOCATE_MODES)
+        _check_choice("pac subspace", self.subspace, SUBSPACES)
+        _check_nonneg("pac lam", self.lam)
+        _check_nonneg("pac lam_sp", self.lam_sp)
+        if not (math.isfinite(self.allocate_max_factor) and self.allocate_max_factor >= 1):
+            raise ValueError(f"pac allocate_max_factor must be >= 1, got "
+                             f"{self.allocate_max_factor!r}")
+        if self.allocate_patience < 1:
+            raise ValueError(f"pac allocate_patience must be >= 1, got "
+                             f"{self.allocate_patience!r}")
+
+
+@dataclass(frozen=True)
+class PACPaperOptions(PACOptions):
+    """The paper's recipe (method ``pac-paper``): a fixed allocate budget, every freed
+    entry calibrated with ``lam = 0.01``, source biases shared."""
+
+    allocate: str = "fixed"
+    lam: float = 0.01
+    train_biases: bool = False
+
+
+OPTIONS: dict[str, type[Options]] = {
+    "scratch": ScratchOptions,
+    "finetune": Options,
+    "head": Options,
+    "l2sp": L2SPOptions,
+    "bitfit": Options,
+    "pac": PACOptions,
+    "pac-paper": PACPaperOptions,
+}
+
+#: Selection grids of equal size (4 configurations) for every method: the learning rate
+#: for methods without options of their own, the method's own strength otherwise. The
+#: step count is chosen on top of the grid, from the mean cross-validation curve.
+DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "scratch": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+    "finetune": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+    "head": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+    "bitfit": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+    "l2sp": {"lr": [1e-3, 3e-3], "alpha": [0.01, 0.1]},
+    "pac": {"lam": [0.0, 0.01], "subspace": ["all", "last"]},
+    "pac-paper": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
+}
+
+#: Grid keys that are not method options: training settings every method shares.
+TRAIN_GRID_KEYS = ("lr",)
+
+
+def _field_types(cls: type[Options]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the annotation ``hint`` (int accepted for float)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+    raise ValueError(f"method {method!r} option {key!r} must be {names}, "
+                     f"got {type(value).__name__} {value!r}")
+
+
+def method_options(method: str, raw: Mapping[str, Any] | Options | None = None) -> Options:
+    """The options object of ``method`` from ``raw``; ValueError names a bad key."""
+    if method not in OPTIONS:
+        raise ValueError(f"unknown transfer method {method!r}; choose one of {list(OPTIONS)}")
+    cls = OPTIONS[method]
+    if isinstance(raw, Options):
+        if type(raw) is not cls:
+            raise ValueError(f"method {method!r} takes {cls.__name__}, got {type(raw).__name__}")
+        return raw
+    raw = dict(raw or {})
+    types_ = _field_types(cls)
+    unknown = sorted(set(raw) - set(types_))
+    if unknown:
+        known = ", ".join(types_) or "none"
+        raise ValueError(f"method {method!r} has no option {unknown[0]!r} (its options: {known})")
+    values = {k: _coerce(method, k, v, types_[k]) for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"method {method!r}: {exc}") from None
+
+
+def check_grid(method: str, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """A selection grid for ``method``: each key an option (or ``lr``), each value a
+    non-empty list of valid values; options that shape a cached preparation step
+    (PAC's pruning and allocate) cannot be searched per cell."""
+    cls = OPTIONS[method] if method in OPTIONS else None
+    if cls is None:
+        raise ValueError(f"unknown transfer method {method!r}; choose one of {list(OPTIONS)}")
+    out: dict[str, list[Any]] = {}
+    types_ = _field_types(cls)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"method {method!r} grid {key!r} must be a non-empty list")
+        if key in TRAIN_GRID_KEYS:
+            vals = [_coerce(method, key, v, float) for v in values]
+            if any(not (math.isfinite(v) and v > 0) for v in vals):
+                raise ValueError(f"method {method!r} grid {key!r} values must be positive")
+            out[key] = vals
+            continue
+        if key not in types_:
+            known = ", ".join(list(TRAIN_GRID_KEYS) + list(types_))
+            raise ValueError(f"method {method!r} grid has no key {key!r} (allowed: {known})")
+        if key in cls.PREPARE_FIELDS:
+            raise ValueError(f"method {method!r} grid cannot search {key!r}: it shapes the "
+                             "cached allocate step shared by every cell; set it in the options")
+        vals = [_coerce(method, key, v, types_[key]) for v in values]
+        for v in vals:  # validate each value through the dataclass itself
+            method_options(method, {key: v})
+        out[key] = vals
+    return out
