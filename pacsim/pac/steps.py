@@ -55,13 +55,14 @@ SUBSPACES = ("all", "last")
 def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
                      train_biases: bool = False) -> dict[str, bool | torch.Tensor]:
     """The update mask of calibrate: the redundant entries of every pruned tensor
-    (``subspace="all"``) or of the last one (``"last"``), plus the biases (all, or the
-    last pruned layer's) with ``train_biases``."""
+    (``subspace="all"``) or of the last one that has any (``"last"``), plus the biases
+    (all, or that layer's) with ``train_biases``."""
     if subspace not in SUBSPACES:
         raise ValueError(f"unknown calibration subspace {subspace!r}; choose one of {SUBSPACES}")
     names = list(masks.essential)
     if subspace == "last":
-        names = names[-1:]
+        freed = [n for n in names if not bool(masks.essential[n].all())]
+        names = freed[-1:]
     update: dict[str, bool | torch.Tensor] = {n: ~masks.essential[n] for n in names}
     if train_biases:
         biases = bias_names(model, exclude=masks.essential)
@@ -77,7 +78,7 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
 
     Essential entries and every other parameter stay bit-identical. ``subspace="last"``
-    trains only the redundant entries of the last pruned tensor (and, with
+    trains only the redundant entries of the last pruned tensor that has any (and, with
     ``train_biases``, only that layer's bias): a small target subspace for few samples.
     With ``train_biases=True`` the biases are trained too, after their source values are
     saved in ``masks.source_state``; the model's buffers (BatchNorm running statistics)

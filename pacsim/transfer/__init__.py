@@ -3,7 +3,7 @@ target-only hyper-parameter selection."""
 
 from .methods import METHODS, TransferResult, adapt, last_layer
 from .options import DEFAULT_GRIDS, OPTIONS, Options, check_grid, method_options
-from .selection_config import SelectionConfig
+from .selection import SelectionConfig, select
 
 __all__ = ["DEFAULT_GRIDS", "METHODS", "OPTIONS", "Options", "SelectionConfig",
-           "TransferResult", "adapt", "check_grid", "last_layer", "method_options"]
+           "TransferResult", "adapt", "check_grid", "last_layer", "method_options", "select"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, 
 
 @dataclass
 class TransferResult:
-    """The adapted model, PAC's masks (else None) and the target training history."""
+    """The adapted model, PAC's masks (else None), the target training history and, from
+    :func:`pacsim.transfer.select`, what was chosen and the cross-validation curves."""
 
     method: str
     model: nn.Module
@@ -44,6 +46,7 @@ class TransferResult:
     masks: pac.Masks | None = None
     trainable: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
     def source_view(self) -> contextlib.AbstractContextManager[nn.Module]:
         """Context in which ``model`` computes the source task: PAC's source view, or the
@@ -162,6 +165,29 @@ def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
     return masks, info
 
 
+#: Trainer arguments that belong to calibrate only, never to allocate.
+_CALIBRATE_ONLY = ("val", "patience", "restore_best", "stop_when")
+
+
+def allocated_model(source_model: nn.Module, source: Data, opts: PACOptions, *,
+                    source_val: Data | None = None,
+                    allocate_kwargs: dict[str, Any] | None = None, **fit_kwargs: Any
+                    ) -> tuple[nn.Module, pac.Masks, dict[str, Any]]:
+    """A pruned and allocated copy of ``source_model`` (see :func:`prune_and_allocate`).
+
+    Allocate trains with ``fit_kwargs`` (less calibrate-only arguments such as ``val``)
+    updated by ``allocate_kwargs``; an ``epochs`` there replaces a ``steps`` and back."""
+    model = copy.deepcopy(source_model)
+    kwargs = {k: v for k, v in fit_kwargs.items() if k not in _CALIBRATE_ONLY}
+    alloc = dict(allocate_kwargs or {})
+    if "epochs" in alloc or "steps" in alloc:
+        kwargs.pop("epochs", None)
+        kwargs.pop("steps", None)
+    kwargs.update(alloc)
+    masks, info = prune_and_allocate(model, source, opts, source_val=source_val, **kwargs)
+    return model, masks, info
+
+
 def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | None = None,
          source_val: Data | None = None, allocate_kwargs: dict[str, Any] | None = None,
          allocated: tuple[nn.Module, pac.Masks] | None = None,
@@ -175,11 +201,8 @@ def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | Non
         if source is None:
             raise ValueError("method 'pac' needs the source data: pass source=(X, Y) "
                              "(or allocated=(model, masks) from an earlier allocate)")
-        alloc_kwargs = {**fit_kwargs, **(allocate_kwargs or {})}
-        if allocate_kwargs and ("epochs" in allocate_kwargs or "steps" in allocate_kwargs):
-            alloc_kwargs.pop("steps" if "epochs" in allocate_kwargs else "epochs", None)
-        masks, info = prune_and_allocate(model, source, opts, source_val=source_val,
-                                         **alloc_kwargs)
+        model, masks, info = allocated_model(model, source, opts, source_val=source_val,
+                                             allocate_kwargs=allocate_kwargs, **fit_kwargs)
         extra["allocate_history"] = info.pop("history")
         extra["allocate"] = info
     history = pac.calibrate(model, masks, target, lam=opts.lam, train_biases=opts.train_biases,
@@ -207,6 +230,7 @@ _RUNNERS: dict[str, Callable[..., TransferResult]] = {
     "pac-paper": _pac,
 }
 METHODS = tuple(_RUNNERS)
+_FIT_ARGS = set(inspect.signature(fit).parameters) - {"model", "train", "update_mask"}
 
 
 def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | None = None,
@@ -228,11 +252,16 @@ def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | 
     cls = OPTIONS[method]
     names = {f.name for f in dataclasses.fields(cls)}
     raw = (options.to_dict() if isinstance(options, Options) else dict(options or {}))
-    raw.update({k: kwargs.pop(k) for k in list(kwargs) if k in names})
+    any_option = {f.name for c in OPTIONS.values() for f in dataclasses.fields(c)}
+    raw.update({k: kwargs.pop(k) for k in list(kwargs) if k in names | any_option})
     opts = method_options(method, raw)
     pac_only = {"source_val", "allocate_kwargs", "allocated"} & set(kwargs)
     if pac_only and not isinstance(opts, PACOptions):
         raise ValueError(f"method {method!r} takes no {sorted(pac_only)[0]!r}")
+    unknown = sorted(set(kwargs) - _FIT_ARGS - pac_only)
+    if unknown:
+        raise ValueError(f"adapt() got an unknown argument {unknown[0]!r} (neither a "
+                         f"{method!r} option nor a fit() argument)")
     model = copy.deepcopy(source_model)
     if isinstance(opts, PACOptions):
         result = _pac(model, target, opts, source=source, **kwargs)

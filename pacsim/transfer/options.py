@@ -77,7 +77,7 @@ class PACOptions(Options):
     - ``lam``: ``lam * ||w_freed||^2`` during calibrate (the paper's 0.01 hurts far
       targets; selection chooses it per target).
     - ``subspace``: which freed entries calibrate trains: ``"all"`` or only those of the
-      ``"last"`` pruned layer.
+      ``"last"`` pruned layer that has any.
     - ``train_biases``: the target gets its own biases (the source keeps its own).
     """
 

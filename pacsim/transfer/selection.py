@@ -1,0 +1,191 @@
+"""Target-only hyper-parameter selection for every transfer method: :func:`select`,
+configured by :class:`SelectionConfig` (``"cv"`` or ``"fixed"``).
+
+K-fold cross-validation on the ``n`` target samples (scikit-learn's ``KFold``): for each
+configuration of the method's grid (scikit-learn's ``ParameterGrid``; the learning rate
+and the method's own options) every fold trains once for ``max_steps`` optimiser steps
+and records its validation loss after every epoch. The step count is read off the mean
+fold curve, jointly with the configuration, and the method is then retrained on all
+``n`` samples with what was chosen. Only the ``target`` samples passed in are ever used:
+test data cannot influence the choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, ParameterGrid
+from torch import nn
+
+from ..train import Data
+from .methods import TransferResult, adapt, allocated_model
+from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
+
+SELECTION_MODES = ("cv", "fixed")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """``mode="cv"``: K-fold cross-validation on the target samples only (``folds``
+    folds; the step count is read off the mean fold curve up to ``max_steps``; the
+    method's grid is searched), then a retrain on all samples. ``mode="fixed"``: the
+    method's options and the fixed step budget, nothing chosen. ``max_steps=None`` means
+    three times the fixed budget."""
+
+    mode: str = "cv"
+    folds: int = 5
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in SELECTION_MODES:
+            raise ValueError(f"selection mode must be one of {list(SELECTION_MODES)}, "
+                             f"got {self.mode!r}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise ValueError(f"selection folds must be an integer >= 2, got {self.folds!r}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool)
+                                           or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"selection max_steps must be a positive integer, "
+                             f"got {self.max_steps!r}")
+
+    @classmethod
+    def from_value(cls, raw: str | Mapping[str, Any] | None) -> SelectionConfig:
+        """From a suite's ``selection = "cv"`` or ``selection = {mode=..., folds=...}``."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, str):
+            return cls(mode=raw)
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"selection must be a string or a table, got {raw!r}")
+        unknown = sorted(set(raw) - {"mode", "folds", "max_steps"})
+        if unknown:
+            raise ValueError(f"selection has no key {unknown[0]!r} "
+                             "(its keys: mode, folds, max_steps)")
+        return cls(**dict(raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy."""
+        return asdict(self)
+
+
+#: Points kept per recorded CV curve (the curve itself is evaluated at every epoch).
+CURVE_POINTS = 60
+
+
+def _as_pair(target: Data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(target, (tuple, list)) and len(target) == 2):
+        raise TypeError(f"selection needs the {what} data as a pair (X, Y) of tensors or arrays")
+    x, y = (torch.as_tensor(a) for a in target)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what} inputs and targets differ in sample count: "
+                         f"{x.shape[0]} and {y.shape[0]}")
+    return x, y
+
+
+def _step_curve(val_steps: list[int], val_loss: list[float], grid: np.ndarray) -> np.ndarray:
+    """A fold's loss at each step of ``grid``: the last evaluation at or before it."""
+    idx = np.searchsorted(np.asarray(val_steps), grid, side="right") - 1
+    losses = np.asarray(val_loss, dtype=np.float64)
+    return np.where(idx >= 0, losses[np.clip(idx, 0, None)], np.inf)
+
+
+def _thin(steps: np.ndarray, loss: np.ndarray, points: int = CURVE_POINTS) -> list[list[float]]:
+    keep = np.unique(np.linspace(0, len(steps) - 1, min(points, len(steps))).round().astype(int))
+    return [[int(steps[i]), float(loss[i])] for i in keep]
+
+
+def _config_key(config: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={config[k]}" for k in sorted(config)) or "default"
+
+
+def select(method: str, source_model: nn.Module, target: Data, *,
+           selection: SelectionConfig | None = None, steps: int,
+           grid: Mapping[str, list[Any]] | None = None,
+           options: Mapping[str, Any] | None = None, lr: float = 1e-3, batch_size: int = 32,
+           seed: int = 0, **kwargs: Any) -> TransferResult:
+    """Choose ``method``'s hyper-parameters on ``target`` only, then transfer with them.
+
+    ``selection``: :class:`SelectionConfig` (default: 5-fold CV). ``steps``: the fixed
+    budget; with CV the step count is chosen from 1 to ``selection.max_steps`` (default
+    ``3 * steps``). ``grid``: option -> candidate values (default
+    :data:`~pacsim.transfer.options.DEFAULT_GRIDS`); ``options``: the method's other
+    options, fixed. ``batch_size`` is capped at the training-set size. Other keywords go
+    to :func:`adapt` (``source``, ``allocated``, ``device``, ``weight_decay``, ...).
+    The result's ``selection`` says what was chosen, the CV loss and the mean curves.
+    """
+    selection = selection or SelectionConfig()
+    x, y = _as_pair(target, "target")
+    n = x.shape[0]
+    base = dict(options or {})
+    method_options(method, base)  # refuse a bad option before any training
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if selection.mode == "fixed":
+        res = adapt(method, source_model, (x, y), options=base, steps=steps, lr=lr,
+                    batch_size=min(batch_size, n), seed=seed, **kwargs)
+        res.selection = {"mode": "fixed", "chosen": {}, "steps": res.history.steps}
+        return res
+
+    opts = method_options(method, base)
+    if isinstance(opts, PACOptions) and kwargs.get("allocated") is None:
+        # one allocate for every fold and configuration (it never sees target data)
+        src = kwargs.pop("source", None)
+        if src is None:
+            raise ValueError(f"method {method!r} needs the source data: pass source=(X, Y) "
+                             "(or allocated=(model, masks) from an earlier allocate)")
+        alloc_model, alloc_masks, _ = allocated_model(
+            source_model, src, opts, source_val=kwargs.pop("source_val", None),
+            allocate_kwargs=kwargs.pop("allocate_kwargs", None), lr=lr, steps=steps,
+            batch_size=batch_size, seed=seed,
+            **{k: v for k, v in kwargs.items() if k in ("device", "weight_decay",
+                                                          "optimizer", "progress")})
+        kwargs["allocated"] = (alloc_model, alloc_masks)
+    folds = min(selection.folds, n)
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 target samples, got {n}")
+    max_steps = selection.max_steps or 3 * steps
+    space = check_grid(method, DEFAULT_GRIDS[method] if grid is None else grid)
+    configs = list(ParameterGrid(space)) if space else [{}]
+    splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
+    grid_steps = np.arange(1, max_steps + 1)
+    curves: dict[str, np.ndarray] = {}
+    for config in configs:
+        fold_curves = []
+        for train_idx, val_idx in splits:
+            tr = (x[train_idx], y[train_idx])
+            va = (x[val_idx], y[val_idx])
+            res = adapt(method, source_model, tr, val=va, restore_best=False,
+                        **_resolve(config, base, lr), steps=max_steps,
+                        batch_size=min(batch_size, len(train_idx)), seed=seed, **kwargs)
+            h = res.history
+            fold_curves.append(_step_curve(h.val_steps, h.val_loss, grid_steps))
+        curves[_config_key(config)] = np.mean(fold_curves, axis=0)
+    best_key, best_config, best_step, best_loss = None, configs[0], 1, math.inf
+    for config in configs:  # first minimum wins: grid order, then fewest steps
+        key = _config_key(config)
+        i = int(np.argmin(curves[key]))
+        if curves[key][i] < best_loss:
+            best_key, best_config, best_step, best_loss = key, config, int(grid_steps[i]), \
+                float(curves[key][i])
+    if best_key is None:
+        raise ValueError("cross-validation produced no finite validation loss")
+    res = adapt(method, source_model, (x, y), **_resolve(best_config, base, lr),
+                steps=best_step, batch_size=min(batch_size, n), seed=seed, **kwargs)
+    res.selection = {
+        "mode": "cv", "folds": folds, "max_steps": max_steps,
+        "chosen": dict(best_config), "steps": best_step, "cv_loss": best_loss,
+        "curves": {k: _thin(grid_steps, c) for k, c in curves.items()},
+    }
+    return res
+
+
+def _resolve(config: Mapping[str, Any], base: Mapping[str, Any], lr: float) -> dict[str, Any]:
+    """adapt() keywords for one grid configuration: options plus the training keys."""
+    train = {k: config[k] for k in TRAIN_GRID_KEYS if k in config}
+    options = {**base, **{k: v for k, v in config.items() if k not in TRAIN_GRID_KEYS}}
+    return {"options": options, "lr": train.get("lr", lr)}

@@ -1,0 +1,196 @@
+"""Target-only selection (`pacsim.transfer.select`), typed method options, the PAC
+recipes (source-matched allocate, calibration subspaces) and `fit(steps=...)`."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_data, make_model
+
+from pacsim import pac
+from pacsim.train import fit, predict
+from pacsim.transfer import (
+    DEFAULT_GRIDS,
+    METHODS,
+    SelectionConfig,
+    adapt,
+    check_grid,
+    method_options,
+    select,
+)
+
+KW = dict(device="cpu", progress=False, batch_size=16)
+
+
+def _problem(n=12):
+    model = make_model("mlp")
+    src = make_data("mlp", n=96, seed=1)
+    fit(model, src, epochs=20, lr=1e-2, device="cpu", seed=0)
+    return model, src, make_data("mlp", n=n, seed=2, shift=0.5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_select_every_method_on_a_tiny_problem(method):
+    model, src, tgt = _problem()
+    sel = SelectionConfig(folds=3, max_steps=12)
+    res = select(method, model, tgt, selection=sel, steps=4, source=src, seed=0, **KW)
+    s = res.selection
+    assert s["mode"] == "cv" and s["folds"] == 3 and 1 <= s["steps"] <= 12
+    assert res.history.steps == s["steps"], "the retrain runs exactly the chosen steps"
+    assert set(s["chosen"]) == set(DEFAULT_GRIDS[method])
+    assert len(s["curves"]) == 4, "every method searches a grid of the same size"
+    best = min(min(loss for _, loss in c) for c in s["curves"].values())
+    assert s["cv_loss"] == pytest.approx(best)
+
+
+def test_select_is_reproducible_by_seed_and_depends_on_it():
+    model, src, tgt = _problem(n=15)
+    sel = SelectionConfig(folds=5, max_steps=20)
+    runs = [select("l2sp", model, tgt, selection=sel, steps=5, seed=s, **KW) for s in (3, 3, 4)]
+    a, b, c = runs
+    assert a.selection == b.selection
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    assert a.selection["curves"] != c.selection["curves"], "other folds for another seed"
+
+
+def test_select_only_sees_the_target_samples_it_is_given(monkeypatch):
+    """Every training and validation sample comes from the n target samples; the
+    folds partition them and the final retrain uses all of them."""
+    model, src, tgt = _problem(n=10)
+    seen = []
+    import pacsim.transfer.selection as mod
+
+    real = mod.adapt
+
+    def spy(method, source_model, data, **kw):
+        seen.append((data[0], kw.get("val")))
+        return real(method, source_model, data, **kw)
+
+    monkeypatch.setattr(mod, "adapt", spy)
+    select("finetune", model, tgt, selection=SelectionConfig(folds=5, max_steps=5), steps=2,
+           grid={"lr": [1e-3]}, **KW)
+    rows = {tuple(r.tolist()) for r in tgt[0]}
+    assert len(seen) == 6
+    for x, val in seen[:5]:
+        vx = val[0]
+        assert len(x) == 8 and len(vx) == 2
+        assert {tuple(r.tolist()) for r in torch.cat([x, vx])} == rows
+    assert torch.equal(seen[5][0], tgt[0]) and seen[5][1] is None
+    held_out = torch.cat([v[0] for _, v in seen[:5]])
+    assert {tuple(r.tolist()) for r in held_out} == rows, "each sample validated once"
+
+
+def test_fixed_selection_runs_the_budget_with_the_given_options():
+    model, src, tgt = _problem()
+    res = select("l2sp", model, tgt, selection=SelectionConfig(mode="fixed"), steps=7,
+                 options={"alpha": 0.5}, **KW)
+    assert res.selection == {"mode": "fixed", "chosen": {}, "steps": 7}
+    assert res.extra["options"]["alpha"] == 0.5 and res.history.steps == 7
+
+
+def test_selection_and_option_errors_name_the_key():
+    with pytest.raises(ValueError, match="has no option 'ratoi'"):
+        method_options("pac", {"ratoi": 0.5})
+    with pytest.raises(ValueError, match="option 'alpha' must be float"):
+        method_options("l2sp", {"alpha": "big"})
+    with pytest.raises(ValueError, match="has no option 'alpha'"):
+        method_options("finetune", {"alpha": 5})
+    with pytest.raises(ValueError, match="ratio must lie in \\(0, 1\\)"):
+        method_options("pac", {"ratio": 1.5})
+    with pytest.raises(ValueError, match="subspace must be one of"):
+        method_options("pac", {"subspace": "first"})
+    with pytest.raises(ValueError, match="cannot search 'ratio'"):
+        check_grid("pac", {"ratio": [0.5, 0.8]})
+    with pytest.raises(ValueError, match="grid has no key 'beta'"):
+        check_grid("l2sp", {"beta": [1.0]})
+    with pytest.raises(ValueError, match="'lr' values must be positive"):
+        check_grid("finetune", {"lr": [0.0]})
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        SelectionConfig(folds=1)
+    with pytest.raises(ValueError, match="selection has no key 'fold'"):
+        SelectionConfig.from_value({"fold": 3})
+    assert SelectionConfig.from_value("fixed").mode == "fixed"
+    model, _, tgt = _problem()
+    with pytest.raises(ValueError, match="has no option 'lam'"):
+        adapt("finetune", model, tgt, lam=0.1, epochs=1, **KW)
+    with pytest.raises(ValueError, match="takes no 'allocated'"):
+        adapt("head", model, tgt, allocated=None, epochs=1, **KW)
+
+
+def test_pac_recipes_differ_as_documented():
+    paper, ours = method_options("pac-paper"), method_options("pac")
+    assert (paper.lam, paper.allocate, paper.train_biases) == (0.01, "fixed", False)
+    assert (ours.lam, ours.allocate, ours.train_biases) == (0.0, "source", True)
+    assert paper.prepare_config() != ours.prepare_config()
+    assert "lam" not in ours.prepare_config() and "ratio" in ours.prepare_config()
+
+
+def test_source_matched_allocate_stops_once_the_source_error_is_back():
+    model, src, _ = _problem()
+    val = make_data("mlp", n=48, seed=5)
+    res = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, source_val=val,
+                ratio=0.5, allocate_kwargs={"epochs": 30}, epochs=1, **KW)
+    info, hist = res.extra["allocate"], res.extra["allocate_history"]
+    assert info["allocate"] == "source"
+    assert hist.epochs_run <= 30 * 4
+    reached = [v for v in hist.val_loss if v <= info["unpruned_loss"]]
+    if reached:  # stopped at the first epoch back at the unpruned loss
+        assert hist.val_loss[-1] <= info["unpruned_loss"]
+        assert len(reached) == 1
+    else:  # or ran out of patience / budget, keeping the best epoch
+        assert info["allocated_loss"] == min(hist.val_loss)
+    fixed = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, ratio=0.5,
+                  allocate="fixed", allocate_kwargs={"epochs": 3}, epochs=1, **KW)
+    assert fixed.extra["allocate_history"].epochs_run == 3
+
+
+@pytest.mark.parametrize("subspace", ["all", "last"])
+@pytest.mark.parametrize("train_biases", [False, True])
+@pytest.mark.parametrize("optimizer,weight_decay", [("adamw", 0.1), ("sgd", 0.01)])
+def test_pac_invariants_hold_for_every_calibration_subspace(kind, subspace, train_biases,
+                                                            optimizer, weight_decay):
+    model = make_model(kind)
+    src, tgt = make_data(kind, seed=1), make_data(kind, seed=2, shift=0.5)
+    kw = dict(epochs=3, batch_size=16, lr=1e-2, optimizer=optimizer,
+              weight_decay=weight_decay, device="cpu", seed=0)
+    masks = pac.prune(model, ratio=0.7)
+    pac.allocate(model, masks, src, **kw)
+    allocated = copy.deepcopy(model)
+    pac.calibrate(model, masks, tgt, lam=0.01, subspace=subspace, train_biases=train_biases,
+                  **kw)
+    update = pac.calibrate_update(model, masks, subspace, train_biases)
+    before = dict(allocated.named_parameters())
+    last = [n for n, m in masks.essential.items() if not m.all()][-1]
+    for name, p in model.named_parameters():
+        spec = update.get(name, False)
+        if spec is False:
+            assert torch.equal(p, before[name]), name
+        elif isinstance(spec, torch.Tensor):
+            assert torch.equal(p[~spec], before[name][~spec]), name
+            if spec.any():
+                assert bool((p[spec] != 0).any()), f"{name}: freed entries did train"
+    if subspace == "last":
+        assert set(n for n in update if n in masks.essential) == {last}
+    x = tgt[0]
+    with pac.source_view(model, masks):
+        assert torch.equal(predict(model, x), predict(allocated, x))
+
+
+def test_fit_steps_runs_exactly_that_many_optimiser_steps():
+    model = make_model("mlp")
+    data = make_data("mlp", n=40)
+    h = fit(model, data, steps=7, batch_size=16, device="cpu", seed=0,
+            val=make_data("mlp", n=8, seed=3))
+    assert h.steps == 7 and h.epochs_run == 3 and h.val_steps == [3, 6, 7]
+    with pytest.raises(ValueError, match="exactly one of epochs= and steps="):
+        fit(model, data, steps=3, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="exactly one of epochs= and steps="):
+        fit(model, data, device="cpu")
+    a, b = make_model("mlp"), make_model("mlp")
+    fit(a, data, steps=9, batch_size=16, device="cpu", seed=1)
+    fit(b, data, epochs=3, batch_size=16, device="cpu", seed=1)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q), "9 steps of 3 batches are exactly 3 epochs"
