@@ -55,8 +55,9 @@ SUBSPACES = ("all", "last")
 def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
                      train_biases: bool = False) -> dict[str, bool | torch.Tensor]:
     """The update mask of calibrate: the redundant entries of every pruned tensor
-    (``subspace="all"``) or of the last one that has any (``"last"``), plus the biases
-    (all, or that layer's) with ``train_biases``."""
+    (``subspace="all"``) or of the last one that has any (``"last"``, PAC's analogue of
+    training the head), plus with ``train_biases`` the biases of those layers (every
+    bias, or that layer's)."""
     if subspace not in SUBSPACES:
         raise ValueError(f"unknown calibration subspace {subspace!r}; choose one of {SUBSPACES}")
     names = list(masks.essential)
@@ -66,7 +67,7 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
     update: dict[str, bool | torch.Tensor] = {n: ~masks.essential[n] for n in names}
     if train_biases:
         biases = bias_names(model, exclude=masks.essential)
-        if subspace == "last":
+        if subspace == "last" and names:
             owner = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
             biases = [b for b in biases if b == f"{owner}bias"]
         update.update({n: True for n in biases})
@@ -78,8 +79,8 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
 
     Essential entries and every other parameter stay bit-identical. ``subspace="last"``
-    trains only the redundant entries of the last pruned tensor that has any (and, with
-    ``train_biases``, only that layer's bias): a small target subspace for few samples.
+    trains only the redundant entries of the last pruned tensor that has any (and with
+    ``train_biases`` only that layer's bias): a small target subspace for few samples.
     With ``train_biases=True`` the biases are trained too, after their source values are
     saved in ``masks.source_state``; the model's buffers (BatchNorm running statistics)
     are saved there as well, so :func:`source_view` reproduces the allocated source model.

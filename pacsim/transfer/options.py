@@ -89,7 +89,7 @@ class PACOptions(Options):
     lam_sp: float = 0.0
     allocate: str = "source"
     allocate_max_factor: float = 4.0
-    allocate_patience: int = 5
+    allocate_patience: int = 10
     lam: float = 0.0
     subspace: str = "all"
     train_biases: bool = True
@@ -131,15 +131,16 @@ OPTIONS: dict[str, type[Options]] = {
 }
 
 #: Selection grids of equal size (4 configurations) for every method: the learning rate
-#: for methods without options of their own, the method's own strength otherwise. The
-#: step count is chosen on top of the grid, from the mean cross-validation curve.
+#: for methods without options of their own; L2-SP's strength and PAC's calibration
+#: subspace (every freed entry, or the last layer's: PAC's analogue of head) beside it.
+#: The step count is chosen on top of the grid, from the mean cross-validation curve.
 DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "scratch": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "finetune": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "head": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "bitfit": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "l2sp": {"lr": [1e-3, 3e-3], "alpha": [0.01, 0.1]},
-    "pac": {"lam": [0.0, 0.01], "subspace": ["all", "last"]},
+    "pac": {"subspace": ["all", "last"], "lr": [1e-3, 1e-2]},
     "pac-paper": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
 }
 
