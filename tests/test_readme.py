@@ -52,3 +52,17 @@ def test_readme_data_example_runs(tmp_path, monkeypatch):
     xb, yb = next(iter(env["batches"]))
     assert xb.shape == (32, 3) and yb.shape == (32, 1)
     assert (tmp_path / "big.h5").exists()
+
+
+def test_readme_selection_example_runs(capsys):
+    from conftest import make_model
+
+    block = re.search(r"## Every method behind one interface.*?```python\n(.*?)```",
+                      README.read_text(), re.S).group(1)
+    block = block.replace("steps=500", "steps=3")  # the API as written, a tiny budget
+    (xs, ys), (xt, yt) = make_data("mlp", n=64, seed=1), make_data("mlp", n=10, seed=2, shift=1)
+    env = {"source_model": make_model("mlp"), "X_src": xs, "Y_src": ys, "X_tgt": xt,
+           "Y_tgt": yt, "X_src_val": xs[:16], "Y_src_val": ys[:16]}
+    exec(compile(block, str(README), "exec"), env)
+    out = capsys.readouterr().out
+    assert "'subspace'" in out and "'lr'" in out
