@@ -4,9 +4,9 @@ Every training loop in pacsim (source training, PAC allocate and calibrate, ever
 transfer baseline, the benchmarks) goes through :func:`fit`, so masking, determinism,
 device handling and early stopping are written once.
 
-``update_mask`` is enforced exactly: gradients of frozen entries are zeroed before the
-optimiser step and frozen entries are restored from a snapshot after it, so no
-optimiser (momentum, Adam moments, decoupled weight decay) can move them.
+``update_mask`` is enforced exactly by :class:`pacsim.exact.UpdateMask` (frozen entries
+are restored to their snapshot after every optimiser step, so no optimiser can move
+them); L2 penalties are applied as gradients by :class:`pacsim.exact.L2Pull`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import copy
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,32 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data.reader import loader as make_loader
+from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
 from .metrics import Accumulator
 
 Data = tuple[Any, Any] | Dataset | DataLoader
-MaskSpec = Mapping[str, bool | torch.Tensor]
 Regularizer = Callable[[nn.Module], torch.Tensor]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber", "cross_entropy")
-
-
-@dataclass(frozen=True)
-class L2Penalty:
-    """``weight * sum ||p - anchor||^2`` over the named parameters (anchor None: zero).
-
-    Applied as its exact gradient ``2 * weight * (p - anchor)``, added to the parameter
-    gradients inside the update step rather than built into the autograd graph, which
-    keeps it almost free. Frozen entries are unaffected (their gradient is discarded).
-    ``History.train_loss`` reports the data loss without this term.
-    """
-
-    weight: float
-    anchors: Mapping[str, torch.Tensor | None]
-
-    def __post_init__(self) -> None:
-        if not self.weight >= 0:
-            raise ValueError(f"penalty weight must be >= 0, got {self.weight}")
 
 
 @dataclass
@@ -180,99 +162,6 @@ def batches(data: Data, batch_size: int, device: torch.device, *, shuffle: bool 
     )
 
 
-# ----------------------------------------------------------------------------- masks
-
-
-@dataclass
-class _Partial:
-    param: nn.Parameter
-    keep: torch.Tensor  # True where the entry may change
-    frozen: torch.Tensor  # ~keep
-    snapshot: torch.Tensor
-
-
-def _plan_updates(
-    model: nn.Module, update_mask: MaskSpec | None, device: torch.device
-) -> tuple[list[nn.Parameter], list[_Partial], list[nn.Parameter]]:
-    """Split parameters into fully trainable, partially trainable and frozen."""
-    params = dict(model.named_parameters())
-    if update_mask is not None:
-        unknown = sorted(set(update_mask) - set(params))
-        if unknown:
-            raise ValueError(f"update_mask names unknown parameters: {unknown}")
-    full: list[nn.Parameter] = []
-    partial: list[_Partial] = []
-    frozen: list[nn.Parameter] = []
-    for name, p in params.items():
-        spec: bool | torch.Tensor = True if update_mask is None else update_mask.get(name, False)
-        if not p.requires_grad:
-            spec = False
-        if isinstance(spec, torch.Tensor):
-            if spec.dtype != torch.bool or spec.shape != p.shape:
-                raise ValueError(
-                    f"update_mask[{name!r}] must be a bool tensor of shape {tuple(p.shape)}, "
-                    f"got {spec.dtype} {tuple(spec.shape)}"
-                )
-            n_keep = int(spec.sum())
-            if n_keep == p.numel():
-                spec = True
-            elif n_keep == 0:
-                spec = False
-        if spec is True:
-            full.append(p)
-        elif spec is False:
-            frozen.append(p)
-        else:
-            keep = spec.to(device)
-            partial.append(_Partial(p, keep, ~keep, p.detach().clone()))
-    return full, partial, frozen
-
-
-class _Pull:
-    """Adds ``2 w (p - a)`` to the gradients of the penalised trainable parameters."""
-
-    def __init__(self, weight: float, params: list[nn.Parameter], anchors: list[torch.Tensor]):
-        self.scale = 2.0 * weight
-        self.params = params
-        self.anchors = anchors  # already multiplied by 2w; empty where the anchor is zero
-        self.anchored = params[: len(anchors)]
-
-    def apply(self) -> None:
-        with torch.no_grad():
-            params = [p for p in self.params if p.grad is not None]
-            if len(params) != len(self.params):
-                raise RuntimeError("a penalised parameter received no gradient")
-            torch._foreach_add_([p.grad for p in params], params, alpha=self.scale)
-            if self.anchors:
-                torch._foreach_sub_([p.grad for p in self.anchored], self.anchors)
-
-
-def _plan_penalty(model: nn.Module, penalty: L2Penalty | None, trainable: set[nn.Parameter],
-                  device: torch.device) -> _Pull | None:
-    if penalty is None or penalty.weight == 0:
-        return None
-    params = dict(model.named_parameters())
-    unknown = sorted(set(penalty.anchors) - set(params))
-    if unknown:
-        raise ValueError(f"penalty names unknown parameters: {unknown}")
-    with_anchor, without = [], []
-    for name, anchor in penalty.anchors.items():
-        p = params[name]
-        if p not in trainable:
-            continue
-        if anchor is None:
-            without.append(p)
-        else:
-            if anchor.shape != p.shape:
-                raise ValueError(f"penalty anchor {name!r} has shape {tuple(anchor.shape)}, "
-                                 f"the parameter has {tuple(p.shape)}")
-            with_anchor.append((p, anchor.detach().to(device, p.dtype) * (2.0 * penalty.weight)))
-    if not with_anchor and not without:
-        return None
-    return _Pull(penalty.weight, [p for p, _ in with_anchor] + without,
-                 [a for _, a in with_anchor])
-
-
 # ----------------------------------------------------------------------------- pieces
 
 
@@ -393,9 +282,9 @@ def fit(
     train_b = batches(train, batch_size, dev, name="train")
     val_b = batches(val, batch_size, dev, shuffle=False, name="val") if val is not None else None
 
-    full, partial, frozen = _plan_updates(model, update_mask, dev)
-    trainable = full + [p.param for p in partial]
-    pull = _plan_penalty(model, penalty, set(trainable), dev)
+    mask = UpdateMask(model, update_mask, dev)
+    trainable = mask.trainable
+    pull = L2Pull.build(model, penalty, trainable, dev)
     history = History()
     if epochs == 0 or steps == 0:
         return history
@@ -412,7 +301,6 @@ def fit(
              if lr_schedule == "cosine" else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if amp and dev.type == "cuda" else contextlib.nullcontext())
-    requires_grad = {p: p.requires_grad for p in frozen}
     bn = _bn_modules(model) if freeze_bn_stats else []
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs = 0
@@ -420,9 +308,7 @@ def fit(
     t0 = time.perf_counter()
     was_training = model.training
     try:
-        for p in frozen:
-            p.requires_grad_(False)
-        with _seeded(seed, dev) as gen:
+        with mask.frozen_tensors(), _seeded(seed, dev) as gen:
             for epoch in range(epochs):
                 model.train()
                 for m in bn:
@@ -438,18 +324,9 @@ def fit(
                     total.backward()
                     if pull is not None:
                         pull.apply()
-                    if clip_grad is not None:
-                        # Frozen entries must not count towards the clipping norm.
-                        for pp in partial:
-                            if pp.param.grad is not None:
-                                pp.param.grad.masked_fill_(pp.frozen, 0.0)
-                        nn.utils.clip_grad_norm_(trainable, clip_grad)
+                    mask.before_step(clip_grad)
                     opt.step()
-                    # Exactness comes from restoring, not from zero gradients: momentum and
-                    # decoupled weight decay move entries whose gradient is zero.
-                    with torch.no_grad():
-                        for pp in partial:
-                            torch.where(pp.keep, pp.param, pp.snapshot, out=pp.param)
+                    mask.after_step()  # frozen entries back to their exact bits
                     if sched is not None:
                         sched.step()
                     running += batch_loss.detach() * x.shape[0]
@@ -485,8 +362,6 @@ def fit(
         if best_state is not None:
             model.load_state_dict(best_state)
     finally:
-        for p, rg in requires_grad.items():
-            p.requires_grad_(rg)
         model.train(was_training)
         if bar is not None:
             bar.close()

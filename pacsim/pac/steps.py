@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train import Data, History, L2Penalty, fit, resolve_device
+from ..exact import L2Penalty
+from ..train import Data, History, fit, resolve_device
 from .masks import Masks, bias_names
 
 

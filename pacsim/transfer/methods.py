@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from .. import pac
+from ..exact import L2Penalty, MaskSpec
 from ..models.registry import build
-from ..train import Data, History, L2Penalty, MaskSpec, evaluate, fit, resolve_device
+from ..train import Data, History, evaluate, fit, resolve_device
 from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
 
 
