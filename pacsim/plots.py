@@ -20,13 +20,21 @@ if "MPLBACKEND" not in os.environ and matplotlib.get_backend().lower() not in (
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-METHOD_ORDER = ("scratch", "finetune", "head", "l2sp", "bitfit", "pac")
+#: Methods in display order: the five baselines, then the PAC family. A plain tuple (not
+#: ``pacsim.transfer.METHODS``) so that reports and notebooks start without torch.
+BASELINES = ("scratch", "finetune", "head", "l2sp", "bitfit")
+PAC_METHODS = ("pac-paper", "pac")
+METHOD_ORDER = BASELINES + PAC_METHODS
 COLORS = {"scratch": "#999999", "finetune": "#1f77b4", "head": "#9467bd", "l2sp": "#2ca02c",
-          "bitfit": "#8c564b", "pac": "#d62728"}
+          "bitfit": "#8c564b", "pac-paper": "#ff7f0e", "pac": "#d62728"}
 
 
-def _ok(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def ok_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished cells (``status == "ok"``)."""
     return [r for r in records if r.get("status") == "ok"]
 
 
@@ -36,9 +44,36 @@ def methods_in(records: Iterable[dict[str, Any]]) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
+def forgetting_ratio(record: dict[str, Any], metric: str = "rmse") -> float:
+    """Source error after transfer / the unpruned source model's (nan if undefined)."""
+    before = record["source_before"][metric]
+    return record["source_after"][metric] / before if before > 0 else float("nan")
+
+
+def tradeoff_points(records: Iterable[dict[str, Any]], pair: str, n: int,
+                    metric: str = "rmse") -> dict[str, tuple[float, float]]:
+    """method -> (forgetting, target error) of ``pair`` at ``n`` target samples, each the
+    mean over seeds (finished cells only), in the canonical method order."""
+    rs = [r for r in ok_records(records) if r["pair"] == pair and r["n_target"] == n]
+    out = {}
+    for m in methods_in(rs):
+        mine = [r for r in rs if r["method"] == m]
+        out[m] = (float(np.mean([forgetting_ratio(r, metric) for r in mine])),
+                  float(np.mean([r["target"][metric] for r in mine])))
+    return out
+
+
+def non_dominated(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Keys of the Pareto front of ``points`` (both coordinates: lower is better): no other
+    point is at least as good in both and strictly better in one. NaN points never are."""
+    ok = {k: v for k, v in points.items() if np.all(np.isfinite(v))}
+    return [k for k, (x, y) in ok.items()
+            if not any(x2 <= x and y2 <= y and (x2 < x or y2 < y) for x2, y2 in ok.values())]
+
+
 def error_vs_n(records: Sequence[dict[str, Any]], pair: str, metric: str = "rmse") -> Figure:
     """Target error against n_target (log-log): mean over seeds, min-max band per method."""
-    rs = [r for r in _ok(records) if r["pair"] == pair]
+    rs = [r for r in ok_records(records) if r["pair"] == pair]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for m in methods_in(rs):
         by_n: dict[int, list[float]] = defaultdict(list)
@@ -49,7 +84,7 @@ def error_vs_n(records: Sequence[dict[str, Any]], pair: str, metric: str = "rmse
         mean = np.array([np.mean(by_n[n]) for n in ns])
         lo = np.array([np.min(by_n[n]) for n in ns])
         hi = np.array([np.max(by_n[n]) for n in ns])
-        ax.plot(ns, mean, "o-", color=COLORS.get(m), label=m, lw=2 if m == "pac" else 1.2)
+        ax.plot(ns, mean, "o-", color=COLORS.get(m), label=m, lw=2 if m in PAC_METHODS else 1.2)
         ax.fill_between(ns, lo, hi, color=COLORS.get(m), alpha=0.15)
     zs = [r["zero_shot"][metric] for r in rs]
     if zs:
@@ -67,7 +102,7 @@ def error_vs_n(records: Sequence[dict[str, Any]], pair: str, metric: str = "rmse
 
 def forgetting(records: Sequence[dict[str, Any]], metric: str = "rmse") -> Figure:
     """Source error after transfer relative to the source model's own, per pair and method."""
-    rs = _ok(records)
+    rs = ok_records(records)
     pairs = sorted({r["pair"] for r in rs})
     methods = methods_in(rs)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(pairs) + 2), 4))
@@ -75,8 +110,8 @@ def forgetting(records: Sequence[dict[str, Any]], metric: str = "rmse") -> Figur
     for j, m in enumerate(methods):
         vals = []
         for p in pairs:
-            ratio = [r["source_after"][metric] / r["source_before"][metric]
-                     for r in rs if r["pair"] == p and r["method"] == m]
+            ratio = [forgetting_ratio(r, metric) for r in rs
+                     if r["pair"] == p and r["method"] == m]
             vals.append(np.mean(ratio) if ratio else np.nan)
         ax.bar(np.arange(len(pairs)) + (j - (len(methods) - 1) / 2) * width, vals, width,
                color=COLORS.get(m), label=m)
@@ -87,6 +122,89 @@ def forgetting(records: Sequence[dict[str, Any]], metric: str = "rmse") -> Figur
     ax.set_title("Forgetting of the source task (1 = none)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def _plain_log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Tick labels of a log axis as plain numbers; minor ones (all, or only 2, 3 and 5, or
+    2 and 5 of each decade) only where the axis spans too few decades to read without."""
+    keep = (2, 3, 4, 5, 6, 7, 8, 9) if hi / lo <= 3 else (2, 3, 5) if hi / lo <= 30 else \
+        (2, 5) if hi / lo <= 200 else ()
+
+    def minor(v: float, _pos: Any) -> str:
+        mantissa = round(v / 10 ** np.floor(np.log10(v) + 1e-9), 6) if v > 0 else 0
+        return f"{v:g}" if mantissa in keep else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor) if keep else NullFormatter())
+
+
+def tradeoff(records: Sequence[dict[str, Any]], pair: str, ns: Sequence[int] | None = None,
+             metric: str = "rmse", target_tol: float = 0.05, forget_tol: float = 1.05
+             ) -> Figure:
+    """Target error against source forgetting for every method of ``pair``: one panel per
+    ``n`` (default: the smallest and the largest), each point the mean over seeds with the
+    standard deviation of the target error as a bar.
+
+    Forgetting is the source error after transfer over the unpruned source model's (log
+    axis; 1 = the source kept). Non-dominated methods (the Pareto front: no other method is
+    better in both) are ringed and joined; the shaded corner holds the methods within
+    ``target_tol`` of the best target error with forgetting at most ``forget_tol``.
+    """
+    rs = [r for r in ok_records(records) if r["pair"] == pair]
+    if ns is None:
+        present = sorted({r["n_target"] for r in rs})
+        ns = sorted({present[0], present[-1]}) if present else []
+    ncol = max(1, len(ns))
+    fig, axes = plt.subplots(1, ncol, figsize=(5.0 * ncol + 1.9, 4.4), squeeze=False)
+    for ax, n in zip(axes[0], ns):
+        pts = tradeoff_points(rs, pair, n, metric)
+        front = non_dominated(pts)
+        finite = {m: v for m, v in pts.items() if np.all(np.isfinite(v))}
+        if not finite:
+            continue
+        sd = {m: float(np.std([r["target"][metric] for r in rs
+                               if r["method"] == m and r["n_target"] == n])) for m in finite}
+        xs = [x for x, _ in finite.values()]
+        best = min(y for _, y in finite.values())
+        lo = min(max(y - sd[m], 0.5 * y) for m, (_, y) in finite.items())
+        hi = max(y + sd[m] for m, (_, y) in finite.items())
+        log_y = hi / max(lo, 1e-300) > 5
+        left, right = min(min(xs), 1.0) / 1.3, max(max(xs), forget_tol) * 1.8
+        pad = 0.08 * (hi - lo) or 0.05 * hi
+        bottom, top = (lo / 1.3, hi * 1.3) if log_y else (max(0.0, lo - pad), hi + pad)
+        ax.fill_between([left, forget_tol], bottom, best * (1 + target_tol), color="#2ca02c",
+                        alpha=0.25, lw=0)
+        ax.axvline(1.0, color="k", ls=":", lw=0.8)
+        if len(front) > 1:
+            fx, fy = zip(*sorted(finite[m] for m in front))
+            ax.plot(fx, fy, "k--", lw=0.8, zorder=2)
+        for m, (x, y) in finite.items():
+            pac = m in PAC_METHODS
+            ax.errorbar(x, y, yerr=sd[m], fmt="*" if pac else "o", ms=15 if pac else 8,
+                        color=COLORS.get(m), elinewidth=0.8, mec="k" if m in front else "w",
+                        mew=1.6 if m in front else 0.5, zorder=4 if pac else 3)
+        ax.set_xscale("log")
+        ax.set_xlim(left, right)
+        if log_y:
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis, bottom, top)
+        _plain_log_ticks(ax.xaxis, left, right)
+        ax.set_ylim(bottom, top)
+        ax.set_xlabel("source forgetting: source RMSE after / unpruned source model")
+        ax.set_ylabel(f"target test {metric.upper()} (mean over seeds)")
+        ax.set_title(f"{pair}, n = {n}")
+        ax.grid(True, which="both", alpha=0.3)
+    handles: list[Any] = [
+        Line2D([], [], ls="", marker="*" if m in PAC_METHODS else "o", color=COLORS.get(m),
+               ms=12 if m in PAC_METHODS else 7, mec="w", mew=0.5, label=m)
+        for m in methods_in(rs)]
+    handles += [Line2D([], [], ls="--", lw=0.8, color="k", marker="o", mfc="w", mec="k",
+                       mew=1.6, label="non-dominated\n(ringed, joined)"),
+                Patch(color="#2ca02c", alpha=0.25, lw=0, label=f"within {target_tol:.0%} of "
+                      f"the best\ntarget error and\nforgetting <= {forget_tol:g}x")]
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     return fig
 
 
