@@ -1,36 +1,63 @@
-"""``pacsim report DIR``: tables, figures and a plain-language summary of a results folder."""
+"""``pacsim report DIR``: tables, figures and a plain-language summary of a results folder.
+
+The verdicts compare ``pac`` (and, beside it, ``pac-paper``) with the *best baseline*: per
+(pair, n) the lowest mean target error of the five baselines (scratch, finetune, head,
+l2sp, bitfit). The trade-off view puts target error against source forgetting and counts
+the memory each method needs to serve both settings. No torch: the report reads plain
+JSON and starts fast.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..fsutil import atomic_write
+from ..plots import (
+    BASELINES,
+    PAC_METHODS,
+    forgetting_ratio,
+    methods_in,
+    non_dominated,
+    ok_records,
+    tradeoff_points,
+)
 from .results import RESULTS, read_results
 
+#: The reference of the paired win-rate tables.
 REF = "finetune"
+#: Target error of PAC / best baseline: below WIN wins, above LOSE loses, between ties.
+WIN, LOSE = 0.99, 1.01
+#: The trade-off criterion: within TARGET_TOL of the best target error (over every method)
+#: and forgetting (source error after / unpruned source model's) at most FORGET_TOL.
+TARGET_TOL, FORGET_TOL = 0.05, 1.05
+#: How the hyper-parameters of a cell were chosen (``selection.mode``); absent = "fixed".
+SELECTION_LABELS = {
+    "fixed": "fixed budget, no selection",
+    "cv": "K-fold CV on target samples only",
+    "oracle": "oracle: chosen on test data, not a fair comparison",
+}
+
+Records = list[dict[str, Any]]
+Grid = dict[tuple[str, str, int], dict[int, float]]
 
 
-def _ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("status") == "ok"]
-
-
-def grid(records: list[dict[str, Any]], metric: str = "rmse"
-         ) -> dict[tuple[str, str, int], dict[int, float]]:
+def grid(records: Iterable[dict[str, Any]], metric: str = "rmse") -> Grid:
     """(pair, method, n_target) -> {seed: target error}."""
-    out: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
-    for r in _ok(records):
+    out: Grid = defaultdict(dict)
+    for r in ok_records(records):
         out[(r["pair"], r["method"], r["n_target"])][r["seed"]] = r["target"][metric]
     return out
 
 
-def win_rate(g: dict[tuple[str, str, int], dict[int, float]], pair: str, method: str, n: int,
-             ref: str = REF) -> float | None:
+def win_rate(g: Grid, pair: str, method: str, n: int, ref: str = REF) -> float | None:
     """Share of seeds where ``method`` has lower target error than ``ref`` (paired)."""
     a, b = g.get((pair, method, n), {}), g.get((pair, ref, n), {})
     seeds = sorted(set(a) & set(b))
@@ -39,38 +66,91 @@ def win_rate(g: dict[tuple[str, str, int], dict[int, float]], pair: str, method:
     return float(np.mean([a[s] < b[s] for s in seeds]))
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
+def verdict(ratio: float) -> str:
+    """"wins" (< 0.99x the best baseline), "ties" (0.99-1.01x) or "loses" (> 1.01x)."""
+    return "wins" if ratio < WIN else "loses" if ratio > LOSE else "ties"
 
 
-def summary_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Plain-language findings: PAC against the best baseline at the extreme sizes."""
-    from ..plots import methods_in
+def _means(g: Grid, pair: str, n: int) -> dict[str, float]:
+    """method -> mean target error over seeds at (pair, n), canonical order."""
+    present = [m for (p, m, k), v in g.items() if p == pair and k == n and v]
+    return {m: float(np.mean(list(g[(pair, m, n)].values())))
+            for m in methods_in({"method": m} for m in present)}
 
+
+def comparisons(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (pair, n) with a baseline: ``pair``, ``n``, ``best`` (the best
+    baseline), ``base`` (its mean target error) and, per PAC method present, its ratio to
+    the best baseline under the method's name."""
+    records = list(records)
     g = grid(records)
-    ok = _ok(records)
-    lines = []
-    for pair in sorted({r["pair"] for r in ok}):
-        ns = sorted({r["n_target"] for r in ok if r["pair"] == pair})
-        methods = methods_in([r for r in ok if r["pair"] == pair])
-        if "pac" not in methods or len(methods) < 2:
+    rows = []
+    for pair, n in sorted({(r["pair"], r["n_target"]) for r in ok_records(records)}):
+        means = _means(g, pair, n)
+        base = {m: v for m, v in means.items() if m in BASELINES}
+        if not base:
             continue
-        parts = []
-        for n in (ns[0], ns[-1]) if len(ns) > 1 else (ns[0],):
-            means = {m: np.mean(list(g[(pair, m, n)].values())) for m in methods
-                     if g.get((pair, m, n))}
-            if "pac" not in means:
-                continue
-            base = {m: v for m, v in means.items() if m != "pac"}
-            best = min(base, key=base.get)
-            ratio = means["pac"] / base[best]
-            verdict = "wins" if ratio < 0.99 else "loses" if ratio > 1.01 else "ties"
-            parts.append(f"n={n}: PAC {verdict} ({ratio:.2f}x the best baseline, {best})")
-        lines.append(f"- **{pair}**: " + "; ".join(parts) + ".")
+        best = min(base, key=base.get)
+        row: dict[str, Any] = {"pair": pair, "n": n, "best": best, "base": base[best]}
+        for m in PAC_METHODS:
+            if m in means and base[best] > 0:
+                row[m] = means[m] / base[best]
+        rows.append(row)
+    return rows
+
+
+def _ns(ns: Iterable[int]) -> str:
+    ns = list(ns)
+    return "n=" + ", ".join(str(n) for n in ns)
+
+
+def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Plain-language findings: where PAC wins, ties and loses against the best baseline
+    (every pair and n), the trade-off criterion, and forgetting."""
+    records = list(records)
+    ok = ok_records(records)
+    rows = comparisons(records)
+    lines = []
+    for m in PAC_METHODS[::-1]:
+        mine = [r for r in rows if m in r]
+        if not mine:
+            continue
+        count = Counter(verdict(r[m]) for r in mine)
+        who = "PAC overall** (pacsim's recipe, `pac`)" if m == "pac" else \
+            "The paper's recipe overall** (`pac-paper`)"
+        lines.append(f"- **{who}: wins at {count['wins']}, ties at {count['ties']} and loses "
+                     f"at {count['loses']} of the {len(mine)} (pair, n) combinations against "
+                     f"the best baseline (the lowest mean target RMSE of "
+                     f"{', '.join(BASELINES)}).")
+    for pair in sorted({r["pair"] for r in rows}):
+        mine = [r for r in rows if r["pair"] == pair]
+        parts = [f"n={r['n']}: PAC {verdict(r['pac'])} ({r['pac']:.2f}x the best baseline, "
+                 f"{r['best']})" for r in mine if "pac" in r]
+        text = "; ".join(parts)
+        paper = [r for r in mine if "pac-paper" in r]
+        if paper:
+            groups: dict[str, list[str]] = defaultdict(list)
+            for r in paper:
+                groups[verdict(r["pac-paper"])].append(f"{r['n']} ({r['pac-paper']:.2f}x)")
+            said = "; ".join(f"{v} at n={', '.join(groups[v])}" for v in ("wins", "ties", "loses")
+                             if groups[v])
+            text += (". " if text else "") + f"pac-paper {said}"
+        if text:
+            lines.append(f"- **{pair}**: {text}.")
+    qual = tradeoff_table(records)
+    if qual:
+        count = Counter(m for row in qual for m in row["qualify"])
+        methods = methods_in({"method": m} for row in qual for m in row["points"])
+        text = ", ".join(f"{m} at {count[m]}" for m in methods if count[m])
+        none = [m for m in methods if not count[m]]
+        lines.append(f"- **Trade-off** (within {TARGET_TOL:.0%} of the best target RMSE of "
+                     f"every method and forgetting <= {FORGET_TOL:g}x, means over seeds): "
+                     + (f"{text} of the {len(qual)} (pair, n) combinations" if text else
+                        f"no method at any of the {len(qual)} (pair, n) combinations")
+                     + (f"; never {', '.join(none)}" if text and none else "") + ".")
     forget: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in ok:
-        forget[r["method"]][r["pair"]].append(r["source_after"]["rmse"]
-                                              / r["source_before"]["rmse"])
+        forget[r["method"]][r["pair"]].append(forgetting_ratio(r))
     if forget:
         # per pair the mean ratio; across pairs the geometric mean, so no pair dominates
         gm = {m: float(np.exp(np.mean([np.log(np.mean(v)) for v in by_pair.values()])))
@@ -83,6 +163,176 @@ def summary_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def verdict_table(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Markdown table "PAC / best baseline target RMSE": a row per pair and PAC method, a
+    column per n (a wins is in bold)."""
+    rows = comparisons(records)
+    ns = sorted({r["n"] for r in rows})
+    if not any(m in r for r in rows for m in PAC_METHODS):
+        return []
+    md = ["| pair | method | " + " | ".join(f"n={n}" for n in ns) + " |",
+          "|---|---|" + "---|" * len(ns)]
+    for pair in sorted({r["pair"] for r in rows}):
+        by_n = {r["n"]: r for r in rows if r["pair"] == pair}
+        for m in PAC_METHODS[::-1]:
+            if not any(m in r for r in by_n.values()):
+                continue
+            cells = []
+            for n in ns:
+                r = by_n.get(n, {})
+                if m not in r:
+                    cells.append("-")
+                    continue
+                s = f"{r[m]:.2f} {verdict(r[m])}"
+                cells.append(f"**{s}**" if verdict(r[m]) == "wins" else s)
+            md.append(f"| {pair} | {m} | " + " | ".join(cells) + " |")
+    return md
+
+
+def tradeoff_table(records: Iterable[dict[str, Any]], pair: str | None = None
+                   ) -> list[dict[str, Any]]:
+    """Per (pair, n): ``points`` (method -> (forgetting, target error), means over seeds),
+    ``best`` (the method with the lowest target error, any method), ``qualify`` (methods
+    within TARGET_TOL of it with forgetting <= FORGET_TOL) and ``front`` (non-dominated)."""
+    ok = [r for r in ok_records(records) if pair is None or r["pair"] == pair]
+    out = []
+    for p, n in sorted({(r["pair"], r["n_target"]) for r in ok}):
+        pts = tradeoff_points(ok, p, n)
+        finite = {m: v for m, v in pts.items() if all(math.isfinite(x) for x in v)}
+        if not finite:
+            continue
+        best = min(finite, key=lambda m: finite[m][1])
+        limit = finite[best][1] * (1 + TARGET_TOL)
+        qualify = [m for m, (f, e) in finite.items() if e <= limit and f <= FORGET_TOL]
+        out.append({"pair": p, "n": n, "points": pts, "best": best, "qualify": qualify,
+                    "front": non_dominated(pts)})
+    return out
+
+
+def memory_bytes(record: dict[str, Any]) -> int | None:
+    """Bytes to serve both the source and the target setting: the record's
+    ``memory_bytes``, else from ``n_params`` (float32): two networks, or for PAC one network
+    plus a 1-bit mask per prunable entry (saved source biases not known then); else None."""
+    if record.get("memory_bytes") is not None:
+        return int(record["memory_bytes"])
+    n_params = record.get("n_params")
+    if n_params is None:
+        return None
+    summary = (record.get("pac") or {}).get("summary")
+    if record["method"] in PAC_METHODS or summary:
+        masked = sum(int(row["numel"]) for row in summary or [])
+        return int(n_params) * 4 + math.ceil(masked / 8)
+    return 2 * int(n_params) * 4
+
+
+def _bytes(b: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{int(b)} B"
+
+
+def _typical(values: list[Any]) -> Any:
+    """The most frequent value (ties: the first in sorted string order)."""
+    count = Counter(values)
+    return min(count, key=lambda v: (-count[v], str(v)))
+
+
+def memory_table(records: Iterable[dict[str, Any]], pair: str) -> list[str]:
+    """Markdown table of the memory each method of ``pair`` needs to serve both settings."""
+    rs = [r for r in ok_records(records) if r["pair"] == pair]
+    md = ["| method | parameters | memory to serve both settings | / one network |",
+          "|---|---|---|---|"]
+    for m in methods_in(rs):
+        mine = [r for r in rs if r["method"] == m]
+        params = [r["n_params"] for r in mine if r.get("n_params") is not None]
+        mem = [b for b in map(memory_bytes, mine) if b is not None]
+        p = _typical(params) if params else None
+        b = _typical(mem) if mem else None
+        spread = " (varies by cell)" if len(set(mem)) > 1 else ""
+        md.append(f"| {m} | {'-' if p is None else f'{p:,}'} | "
+                  f"{'-' if b is None else _bytes(b) + spread} | "
+                  f"{f'{b / (4 * p):.2f}x' if b is not None and p else '-'} |")
+    return md
+
+
+def selection_mode(record: dict[str, Any]) -> str:
+    """How the cell's hyper-parameters were chosen; records without ``selection`` (older
+    runs) used the fixed budget."""
+    sel = record.get("selection")
+    return str(sel.get("mode") or "fixed") if isinstance(sel, dict) else "fixed"
+
+
+def _label(mode: str, rs: list[dict[str, Any]]) -> str:
+    label = SELECTION_LABELS.get(mode, f"{mode} (unknown selection mode)")
+    if mode == "cv":
+        folds = sorted({r["selection"]["folds"] for r in rs
+                        if selection_mode(r) == "cv" and r["selection"].get("folds")})
+        if folds:
+            label += f" (K = {', '.join(map(str, folds))})"
+    return label
+
+
+def selection_header(records: Iterable[dict[str, Any]]) -> str:
+    """One sentence: how hyper-parameters were chosen, per method where they differ."""
+    rs = ok_records(records)
+    modes = {selection_mode(r) for r in rs}
+    if len(modes) <= 1:
+        mode = next(iter(modes), "fixed")
+        return f"Hyper-parameters: {_label(mode, rs)}, for every method."
+    parts = []
+    for m in methods_in(rs):
+        mine = [r for r in rs if r["method"] == m]
+        count = Counter(selection_mode(r) for r in mine)
+        if len(count) == 1:
+            parts.append(f"{m}: {_label(next(iter(count)), mine)}")
+        else:
+            parts.append(f"{m}: mixed (" + ", ".join(
+                f"{_label(k, mine)} in {v} cells" for k, v in sorted(count.items())) + ")")
+    return "Hyper-parameters differ between methods: " + "; ".join(parts) + "."
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def chosen_table(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Markdown table: per pair and method, the most frequent choice of each option (with
+    the share of cells) and the median chosen steps, over the cells whose hyper-parameters
+    were selected (``selection.chosen`` present and the mode not "fixed")."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in ok_records(records):
+        sel = r.get("selection")
+        if isinstance(sel, dict) and "chosen" in sel and selection_mode(r) != "fixed":
+            groups[(r["pair"], r["method"])].append(sel)
+    if not groups:
+        return []
+    md = ["| pair | method | cells | most frequent choice (share of cells) | median steps "
+          "(range) |", "|---|---|---|---|---|"]
+    for pair in sorted({p for p, _ in groups}):
+        for m in methods_in({"method": m} for p, m in groups if p == pair):
+            sels = groups[(pair, m)]
+            keys = sorted({k for s in sels for k in (s.get("chosen") or {})})
+            opts = []
+            for k in keys:
+                vals = [_value((s.get("chosen") or {}).get(k)) for s in sels
+                        if k in (s.get("chosen") or {})]
+                top = _typical(vals)
+                opts.append(f"{k}={top} ({vals.count(top)}/{len(sels)})")
+            steps = [s["steps"] for s in sels if s.get("steps") is not None]
+            st = (f"{float(np.median(steps)):g} ({min(steps)}-{max(steps)})" if steps else "-")
+            md.append(f"| {pair} | {m} | {len(sels)} | {', '.join(opts) or '-'} | {st} |")
+    return md
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
+
+
 def write_report(out: str | os.PathLike[str]) -> Path:
     """Write ``out/report.md`` and its PNG figures; returns the report path."""
     import matplotlib.pyplot as plt
@@ -93,7 +343,7 @@ def write_report(out: str | os.PathLike[str]) -> Path:
     records = read_results(out)
     if not records:
         raise ValueError(f"{out}: no results ({RESULTS} missing or empty)")
-    ok = _ok(records)
+    ok = ok_records(records)
     failed = [r for r in records if r.get("status") != "ok"]
     g = grid(records)
     figdir = out / "figures"
@@ -115,13 +365,22 @@ def write_report(out: str | os.PathLike[str]) -> Path:
         md += [f"Run on {info.get('cpu', '?')} ({info.get('cpu_count', '?')} cores"
                + (f", GPU {info['gpu']}" if info.get("gpu") else "")
                + f"), suite `{info.get('suite', '?')}`, {info.get('jobs', '?')} job(s).", ""]
+    md += [selection_header(records), ""]
     md += ["## Summary", ""] + summary_lines(records) + [""]
+    table = verdict_table(records)
+    if table:
+        md += [f"PAC / best baseline target RMSE (means over seeds; below {WIN} wins, "
+               f"{WIN}-{LOSE} ties, above {LOSE} loses):", ""] + table + [""]
+    modes = {selection_mode(r) for r in ok}
+    how = ("the same step budget and options" if modes == {"fixed"} else
+           "the same folds and grid budget, hyper-parameters chosen on the target samples "
+           "only" if modes == {"cv"} else "the hyper-parameters stated above")
     md += ["Target error is the RMSE on a large held-out target test set in physical units, "
            "mean +- std over seeds; the best mean per column is in bold. Every method starts "
-           "from the same source model and sees the same target subset and step budget.", ""]
+           f"from the same source model and sees the same target subset and {how}.", ""]
     for pair in pairs:
         rs = [r for r in ok if r["pair"] == pair]
-        methods = plots.methods_in(rs)
+        methods = methods_in(rs)
         ns = sorted({r["n_target"] for r in rs})
         zs = np.mean([r["zero_shot"]["rmse"] for r in rs])
         md += [f"## {pair}", "", f"Zero-shot target RMSE of the source model: {_fmt(zs)}.", ""]
@@ -150,16 +409,19 @@ def write_report(out: str | os.PathLike[str]) -> Path:
                       + " |")
         fig_path = save(plots.error_vs_n(rs, pair), f"{pair}_error_vs_n.png")
         md += ["", f"![target error against n_target]({fig_path})", ""]
+        md += _tradeoff_section(rs, pair, save)
         md += _prediction_figures(out, pair, rs, save)
-        pac_rows = [r for r in rs if r["method"] == "pac" and "pac" in r]
+        pac_rows = [r for m in PAC_METHODS[::-1] for r in rs
+                    if r["method"] == m and (r.get("pac") or {}).get("summary")]
         if pac_rows:
             fig = plots.essential_share(pac_rows[0]["pac"]["summary"],
-                                        f"{pair}: PAC essential weights per layer")
+                                        f"{pair}: {pac_rows[0]['method']} essential weights "
+                                        "per layer")
             md += [f"![PAC essential share]({save(fig, f'{pair}_pac_layers.png')})", ""]
     md += ["## Forgetting of the source task", "",
            "Source test RMSE after transfer (PAC: through its source view), mean over every "
            "cell, and its ratio to the source model's own source RMSE.", ""]
-    methods = plots.methods_in(ok)
+    methods = methods_in(ok)
     md += ["| pair | source model | " + " | ".join(methods) + " |",
            "|---|---|" + "---|" * len(methods)]
     for pair in pairs:
@@ -171,6 +433,11 @@ def write_report(out: str | os.PathLike[str]) -> Path:
             cells.append(f"{_fmt(float(np.mean(v)))} ({np.mean(v) / before:.2f}x)" if v else "-")
         md.append(f"| {pair} | {_fmt(float(before))} | " + " | ".join(cells) + " |")
     md += ["", f"![forgetting]({save(plots.forgetting(ok), 'forgetting.png')})", ""]
+    chosen = chosen_table(records)
+    if chosen:
+        md += ["## Chosen hyper-parameters", "",
+               "Over the cells whose hyper-parameters were selected: per option the value "
+               "chosen most often, and the median number of steps chosen.", ""] + chosen + [""]
     if failed:
         md += ["## Failed cells", ""]
         md += [f"- `{r['pair']}|{r['method']}|{r['n_target']}|{r['seed']}`: {r.get('error')}"
@@ -180,7 +447,34 @@ def write_report(out: str | os.PathLike[str]) -> Path:
     return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
 
 
-def _prediction_figures(out: Path, pair: str, rs: list[dict[str, Any]], save: Any) -> list[str]:
+def _tradeoff_section(rs: Records, pair: str, save: Any) -> list[str]:
+    from .. import plots
+
+    rows = tradeoff_table(rs, pair)
+    if not rows:
+        return []
+    fig = save(plots.tradeoff(rs, pair), f"{pair}_tradeoff.png")
+    md = ["### Trade-off: target error against source forgetting", "",
+          f"![target error against forgetting]({fig})",
+          "", f"Methods within {TARGET_TOL:.0%} of the best target RMSE (over every method) "
+          f"and with forgetting <= {FORGET_TOL:g}x, means over seeds; non-dominated: no other "
+          "method has both lower target error and lower forgetting.", "",
+          f"| n | best target RMSE | within {TARGET_TOL:.0%} and forgetting <= "
+          f"{FORGET_TOL:g}x | non-dominated |", "|---|---|---|---|"]
+    for row in rows:
+        e = row["points"][row["best"]][1]
+        md.append(f"| {row['n']} | {_fmt(e)} ({row['best']}) | "
+                  f"{', '.join(row['qualify']) or 'none'} | {', '.join(row['front']) or '-'} |")
+    if not any(memory_bytes(r) is not None for r in rs):
+        return md + ["", "Memory to serve both settings: not in these records (no "
+                     "`memory_bytes` or `n_params`).", ""]
+    md += ["", "Memory to serve both settings (float32): PAC keeps one network, a 1-bit mask "
+           "per prunable weight and the source biases it saved; every other method keeps "
+           "two networks. `-`: not in the records.", ""]
+    return md + memory_table(rs, pair) + [""]
+
+
+def _prediction_figures(out: Path, pair: str, rs: Records, save: Any) -> list[str]:
     from .. import plots
 
     md = []
