@@ -29,10 +29,9 @@ from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
 from .metrics import Accumulator
 
 Data = tuple[Any, Any] | Dataset | DataLoader
-Regularizer = Callable[[nn.Module], torch.Tensor]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LOSSES = ("mse", "l1", "huber", "cross_entropy")
+LOSSES = ("mse", "l1", "huber")
 
 
 @dataclass
@@ -172,7 +171,6 @@ def _make_loss(loss: str | Callable[..., torch.Tensor]) -> Callable[..., torch.T
         "mse": nn.functional.mse_loss,
         "l1": nn.functional.l1_loss,
         "huber": nn.functional.huber_loss,
-        "cross_entropy": nn.functional.cross_entropy,
     }
     if loss not in table:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES} or pass a callable")
@@ -232,7 +230,6 @@ def fit(
     optimizer: str = "adam",
     loss: str | Callable[..., torch.Tensor] = "mse",
     update_mask: MaskSpec | None = None,
-    regularizer: Regularizer | None = None,
     penalty: L2Penalty | None = None,
     device: str | torch.device = "auto",
     seed: int | None = None,
@@ -252,8 +249,8 @@ def fit(
     ``update_mask``: parameter name -> bool (whole tensor) or bool tensor (per entry) of
     what may change; parameters it does not name are frozen. ``None`` trains everything
     that has ``requires_grad``. Frozen entries keep their exact values.
-    ``regularizer(model)`` is added to the loss at every step; ``penalty`` adds an L2
-    pull (see :class:`L2Penalty`) at almost no cost. With ``val``, the epoch
+    ``loss``: ``"mse"``, ``"l1"``, ``"huber"`` or a callable ``(pred, target) -> scalar``.
+    ``penalty`` adds an L2 pull (see :class:`L2Penalty`) at almost no cost. With ``val``, the epoch
     with the lowest validation loss is selected (``restore_best``) and ``patience``
     stops after that many epochs without improvement. ``lr_schedule="cosine"`` anneals
     the learning rate to zero. ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
@@ -319,9 +316,8 @@ def fit(
                     with autocast:
                         pred = model(x)
                         batch_loss = loss_fn(pred.float(), y)
-                    total = batch_loss if regularizer is None else batch_loss + regularizer(model)
                     opt.zero_grad(set_to_none=True)
-                    total.backward()
+                    batch_loss.backward()
                     if pull is not None:
                         pull.apply()
                     mask.before_step(clip_grad)
