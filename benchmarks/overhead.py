@@ -14,9 +14,9 @@ import statistics
 import torch
 
 from pacsim import pac
+from pacsim.device import resolve_device
 from pacsim.models import CNN, MLP
 from pacsim.sysinfo import one_line
-from pacsim.train import resolve_device
 from pacsim.transfer import adapt
 
 

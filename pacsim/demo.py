@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import resolve_device
 from .models import MLP
 from .sims import friedman
-from .train import evaluate, fit, resolve_device
+from .train import evaluate, fit
 from .transfer import METHODS, adapt
 
 

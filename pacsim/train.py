@@ -19,16 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from .data.reader import loader as make_loader
+from .data.batches import Batches, Data, as_tensor, batches
+from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
 from .metrics import Accumulator
-
-Data = tuple[Any, Any] | Dataset | DataLoader
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber")
@@ -51,114 +48,6 @@ class History:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy."""
         return dict(self.__dict__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _as_tensor(a: Any, what: str) -> torch.Tensor:
-    if isinstance(a, np.ndarray):
-        a = torch.from_numpy(np.ascontiguousarray(a))
-    if not isinstance(a, torch.Tensor):
-        raise TypeError(f"{what} must be a tensor or numpy array, got {type(a).__name__}")
-    if a.is_floating_point() and a.dtype != torch.float32:
-        a = a.float()
-    return a
-
-
-class _TensorBatches:
-    """Mini-batches from an in-memory pair; the pair moves to the device once."""
-
-    def __init__(self, pair: tuple[Any, Any], batch_size: int, device: torch.device, name: str):
-        x, y = (_as_tensor(a, f"{name} {w}") for a, w in zip(pair, ("inputs", "targets")))
-        if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"{name} inputs and targets must have the same number of samples on axis 0, "
-                f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
-            )
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} data has no samples")
-        for t, w in ((x, "inputs"), (y, "targets")):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} {w} contain NaN or inf values")
-        self.x = x.to(device, non_blocking=True)
-        self.y = y.to(device, non_blocking=True)
-        self.n = x.shape[0]
-        self.batch_size = batch_size
-        self.device = device
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def epoch(self, generator: torch.Generator | None
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if generator is None:
-            for i in range(0, self.n, self.batch_size):
-                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
-            return
-        perm = torch.randperm(self.n, generator=generator).to(self.device, non_blocking=True)
-        for i in range(0, self.n, self.batch_size):
-            idx = perm[i : i + self.batch_size]
-            yield self.x[idx], self.y[idx]
-
-
-class _LoaderBatches:
-    """Mini-batches from a Dataset (wrapped in a DataLoader) or a user's DataLoader."""
-
-    def __init__(self, data: Dataset | DataLoader, batch_size: int, device: torch.device,
-                 shuffle: bool):
-        self.device = device
-        if isinstance(data, DataLoader):
-            self._loader: DataLoader | None = data
-            self._dataset = None
-        else:
-            if len(data) == 0:  # type: ignore[arg-type]
-                raise ValueError("dataset has no samples")
-            self._loader = None
-            self._dataset = data
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-
-    def __len__(self) -> int:
-        if self._loader is not None:
-            return len(self._loader)
-        return -(-len(self._dataset) // self.batch_size)  # type: ignore[arg-type]
-
-    def epoch(self, generator: torch.Generator | None
-              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = self._loader
-        if loader is None:
-            loader = make_loader(self._dataset, self.batch_size,
-                                 shuffle=self.shuffle and generator is not None,
-                                 generator=generator, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            x, y = batch[0], batch[1]
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-
-def batches(data: Data, batch_size: int, device: torch.device, *, shuffle: bool = True,
-            name: str = "train") -> _TensorBatches | _LoaderBatches:
-    """Wrap any accepted data form: ``(X, Y)``, a Dataset of ``(x, y)``, or a DataLoader."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return _TensorBatches(tuple(data), batch_size, device, name)
-    if isinstance(data, (Dataset, DataLoader)):
-        return _LoaderBatches(data, batch_size, device, shuffle)
-    raise TypeError(
-        f"{name} data must be a pair (X, Y), a torch Dataset or a DataLoader, "
-        f"got {type(data).__name__}"
-    )
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -366,7 +255,7 @@ def fit(
 
 
 @torch.no_grad()
-def _mean_loss(model: nn.Module, data: _TensorBatches | _LoaderBatches,
+def _mean_loss(model: nn.Module, data: Batches,
                loss_fn: Callable[..., torch.Tensor], autocast: Any) -> float:
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -394,7 +283,7 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1024,
     """Model outputs for ``inputs`` (tensor or array, samples on axis 0), on the CPU."""
     dev = _model_device(model) if device is None else resolve_device(device)
     model.to(dev)
-    x = _as_tensor(inputs, "inputs")
+    x = as_tensor(inputs, "inputs")
     was_training = model.training
     model.eval()
     try:

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..device import resolve_device
 from ..exact import L2Penalty
-from ..train import Data, History, fit, resolve_device
+from ..train import Data, History, fit
 from .masks import Masks, bias_names
 
 

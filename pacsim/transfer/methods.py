@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from .. import pac
+from ..device import resolve_device
 from ..exact import L2Penalty, MaskSpec
 from ..models.registry import build
-from ..train import Data, History, evaluate, fit, resolve_device
+from ..train import Data, History, evaluate, fit
 from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
 
 

@@ -1,0 +1,113 @@
+"""Mini-batches for the trainer from any accepted data form: an in-memory pair ``(X, Y)``
+(moved to the device once), a Dataset of ``(x, y)`` or a DataLoader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .reader import loader as make_loader
+
+Data = tuple[Any, Any] | Dataset | DataLoader
+
+
+def as_tensor(a: Any, what: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(np.ascontiguousarray(a))
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor or numpy array, got {type(a).__name__}")
+    if a.is_floating_point() and a.dtype != torch.float32:
+        a = a.float()
+    return a
+
+
+class _TensorBatches:
+    """Mini-batches from an in-memory pair; the pair moves to the device once."""
+
+    def __init__(self, pair: tuple[Any, Any], batch_size: int, device: torch.device, name: str):
+        x, y = (as_tensor(a, f"{name} {w}") for a, w in zip(pair, ("inputs", "targets")))
+        if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{name} inputs and targets must have the same number of samples on axis 0, "
+                f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} data has no samples")
+        for t, w in ((x, "inputs"), (y, "targets")):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} {w} contain NaN or inf values")
+        self.x = x.to(device, non_blocking=True)
+        self.y = y.to(device, non_blocking=True)
+        self.n = x.shape[0]
+        self.batch_size = batch_size
+        self.device = device
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def epoch(self, generator: torch.Generator | None
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if generator is None:
+            for i in range(0, self.n, self.batch_size):
+                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            return
+        perm = torch.randperm(self.n, generator=generator).to(self.device, non_blocking=True)
+        for i in range(0, self.n, self.batch_size):
+            idx = perm[i : i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class _LoaderBatches:
+    """Mini-batches from a Dataset (wrapped in a DataLoader) or a user's DataLoader."""
+
+    def __init__(self, data: Dataset | DataLoader, batch_size: int, device: torch.device,
+                 shuffle: bool):
+        self.device = device
+        if isinstance(data, DataLoader):
+            self._loader: DataLoader | None = data
+            self._dataset = None
+        else:
+            if len(data) == 0:  # type: ignore[arg-type]
+                raise ValueError("dataset has no samples")
+            self._loader = None
+            self._dataset = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        if self._loader is not None:
+            return len(self._loader)
+        return -(-len(self._dataset) // self.batch_size)  # type: ignore[arg-type]
+
+    def epoch(self, generator: torch.Generator | None
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = self._loader
+        if loader is None:
+            loader = make_loader(self._dataset, self.batch_size,
+                                 shuffle=self.shuffle and generator is not None,
+                                 generator=generator, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def batches(data: Data, batch_size: int, device: torch.device, *, shuffle: bool = True,
+            name: str = "train") -> _TensorBatches | _LoaderBatches:
+    """Wrap any accepted data form: ``(X, Y)``, a Dataset of ``(x, y)``, or a DataLoader."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return _TensorBatches(tuple(data), batch_size, device, name)
+    if isinstance(data, (Dataset, DataLoader)):
+        return _LoaderBatches(data, batch_size, device, shuffle)
+    raise TypeError(
+        f"{name} data must be a pair (X, Y), a torch Dataset or a DataLoader, "
+        f"got {type(data).__name__}"
+    )
+
+
+Batches = _TensorBatches | _LoaderBatches
