@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import plots
 from ..fsutil import atomic_write
 from ..plots import (
     BASELINES,
@@ -335,9 +336,7 @@ def _fmt(v: float) -> str:
 
 def write_report(out: str | os.PathLike[str]) -> Path:
     """Write ``out/report.md`` and its PNG figures; returns the report path."""
-    import matplotlib.pyplot as plt
-
-    from .. import plots
+    import matplotlib.pyplot as plt  # after ..plots, which picks a headless backend
 
     out = Path(out)
     records = read_results(out)
@@ -448,8 +447,6 @@ def write_report(out: str | os.PathLike[str]) -> Path:
 
 
 def _tradeoff_section(rs: Records, pair: str, save: Any) -> list[str]:
-    from .. import plots
-
     rows = tradeoff_table(rs, pair)
     if not rows:
         return []
@@ -475,8 +472,6 @@ def _tradeoff_section(rs: Records, pair: str, save: Any) -> list[str]:
 
 
 def _prediction_figures(out: Path, pair: str, rs: Records, save: Any) -> list[str]:
-    from .. import plots
-
     md = []
     folder = out / "predictions"
     files = sorted(folder.glob(f"{pair}_pac_n*_s*.npz")) if folder.is_dir() else []
