@@ -20,6 +20,7 @@ from torch import nn
 from . import __version__
 from .data.stats import Normalizer
 from .fsutil import atomic_write
+from .models.physical import PhysicalModel
 from .models.registry import build
 from .pac.masks import Masks
 
@@ -105,18 +106,3 @@ def load_predictor(path: str | os.PathLike[str], map_location: str | torch.devic
     if "normalizer" in meta:
         model = PhysicalModel(model, Normalizer.from_dict(meta["normalizer"]))
     return model.eval()
-
-
-class PhysicalModel(nn.Module):
-    """``model`` trained on normalised data, wrapped to take and give physical units."""
-
-    def __init__(self, model: nn.Module, normalizer: Normalizer) -> None:
-        super().__init__()
-        self.model = model
-        for name in ("input_mean", "input_std", "target_mean", "target_std"):
-            self.register_buffer(name, torch.as_tensor(getattr(normalizer, name),
-                                                       dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model((x - self.input_mean) / self.input_std)
-        return y * self.target_std + self.target_mean

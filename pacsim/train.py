@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from .data.batches import Batches, Data, as_tensor, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
 from .metrics import Accumulator
+from .progress import progress_bar
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber")
@@ -79,16 +79,6 @@ def _make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_dec
 
 def _bn_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def _progress_bar(enabled: bool | None, total: int, desc: str | None) -> Any:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc or "fit", unit="epoch", leave=False)
 
 
 @contextlib.contextmanager
@@ -190,7 +180,7 @@ def fit(
     bn = _bn_modules(model) if freeze_bn_stats else []
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs = 0
-    bar = _progress_bar(progress, epochs, desc)
+    bar = progress_bar(progress, epochs, desc or "fit", unit="epoch", leave=False)
     t0 = time.perf_counter()
     was_training = model.training
     try:

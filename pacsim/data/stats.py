@@ -101,10 +101,3 @@ class Normalizer:
                           for k in ("input_mean", "input_std", "target_mean", "target_std")})
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a normalizer description: {exc}") from exc
-
-    def wrap(self, model: Any) -> Any:
-        """A module mapping physical inputs to physical outputs through ``model``
-        (a :class:`pacsim.io.PhysicalModel`)."""
-        from ..io import PhysicalModel
-
-        return PhysicalModel(model, self)

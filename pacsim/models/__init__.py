@@ -2,6 +2,7 @@
 
 from .cnn import CNN
 from .mlp import MLP
+from .physical import PhysicalModel
 from .registry import Configurable, build, register, registered
 
-__all__ = ["CNN", "MLP", "Configurable", "build", "register", "registered"]
+__all__ = ["CNN", "MLP", "Configurable", "PhysicalModel", "build", "register", "registered"]

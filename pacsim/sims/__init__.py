@@ -5,18 +5,18 @@
 
 from __future__ import annotations
 
-import importlib
-
-from .base import Param, SimulationError, Simulator, get, listing, names, parse_value, simulate
-
-MODULES = ("friedman", "pendulum", "burgers", "darcy", "diode")
-
-
-def load_all() -> None:
-    """Import every simulator module so that it registers itself."""
-    for m in MODULES:
-        importlib.import_module(f"{__name__}.{m}")
-
+from .base import (
+    MODULES,
+    Param,
+    SimulationError,
+    Simulator,
+    get,
+    listing,
+    load_all,
+    names,
+    parse_value,
+    simulate,
+)
 
 __all__ = ["MODULES", "Param", "SimulationError", "Simulator", "get", "listing", "load_all",
            "names", "parse_value", "simulate"]

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..data.writer import DatasetWriter
+from ..progress import progress_bar
 
 Block = tuple[np.ndarray, np.ndarray]
 
@@ -114,6 +115,16 @@ class Simulator:
 _REGISTRY: dict[str, Simulator] = {}
 
 
+#: The built-in simulator modules; each registers itself when imported.
+MODULES = ("friedman", "pendulum", "burgers", "darcy", "diode")
+
+
+def load_all() -> None:
+    """Import every simulator module so that it registers itself."""
+    for m in MODULES:
+        importlib.import_module(f"{__package__}.{m}")
+
+
 def register(sim: Simulator) -> Simulator:
     """Add a simulator to the registry used by :func:`simulate` and the CLI."""
     _REGISTRY[sim.name] = sim
@@ -122,8 +133,6 @@ def register(sim: Simulator) -> Simulator:
 
 def get(name: str) -> Simulator:
     """The registered simulator ``name``."""
-    from . import load_all
-
     load_all()
     if name not in _REGISTRY:
         raise SimulationError(f"unknown simulator {name!r}; choose one of {names()}")
@@ -132,8 +141,6 @@ def get(name: str) -> Simulator:
 
 def names() -> list[str]:
     """Names of all registered simulators."""
-    from . import load_all
-
     load_all()
     return sorted(_REGISTRY)
 
@@ -151,16 +158,6 @@ def parse_value(text: str) -> Any:
         raise SimulationError(f"cannot parse value {text!r}; use a number or a comma-separated "
                               "list of numbers") from None
     return vals[0] if len(vals) == 1 else vals
-
-
-def _progress(enabled: bool | None, total: int, desc: str) -> Any:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample")
 
 
 def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLike[str],
@@ -181,7 +178,7 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
     rng = np.random.default_rng(seed)
     blocks = sim.generate(n, params, rng)
     first = next(blocks)
-    bar = _progress(progress, n, f"{name} ({setting})")
+    bar = progress_bar(progress, n, f"{name} ({setting})", unit="sample")
     try:
         with DatasetWriter(out, input_shape=np.shape(first[0])[1:],
                            target_shape=np.shape(first[1])[1:], simulator=name,
