@@ -1,14 +1,17 @@
 """Regression metrics on tensors, exact over batches of unequal size.
 
-Every metric is computed from additive sufficient statistics (sums and a maximum kept in
-float64 on the tensors' device), so a :class:`Accumulator` fed batch by batch gives
-exactly what the one-shot function gives on the concatenated data, and accumulating on
+Every metric is computed from mergeable sufficient statistics (sums, a maximum and the
+targets' moments merged with Chan's update, in float64 on the tensors' device), so a
+:class:`Accumulator` fed batch by batch gives what the one-shot function gives on the
+concatenated data (to float64 rounding), and accumulating on
 a GPU needs no host synchronisation until :meth:`Accumulator.compute`.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .data.stats import merge_moments
 
 METRICS = ("rmse", "nrmse", "mae", "max_error", "r2")
 
@@ -32,6 +35,7 @@ class Accumulator:
     def __init__(self) -> None:
         self._n = 0
         self._s: dict[str, torch.Tensor] = {}
+        self._mean_t = self._m2_t = torch.zeros(())
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> Accumulator:
         """Add one batch; returns ``self`` so calls chain."""
@@ -46,11 +50,13 @@ class Accumulator:
             "max": err.abs().max(),
             "rel": (sq.sum(1).sqrt() / t.square().sum(1).sqrt().clamp_min(_EPS)).sum(),
             "sse_out": sq.sum(0),
-            "sum_t": t.sum(0),
-            "sum_t2": t.square().sum(0),
         }
+        mean_t = t.mean(0)
+        m2_t = (t - mean_t).square().sum(0)
+        n_b = p.shape[0]
         if not self._s:
             self._s = batch
+            self._mean_t, self._m2_t = mean_t, m2_t
         else:
             if batch["sse_out"].shape != self._s["sse_out"].shape:
                 raise ValueError(
@@ -59,7 +65,9 @@ class Accumulator:
                 )
             for k, v in batch.items():
                 self._s[k] = torch.maximum(self._s[k], v) if k == "max" else self._s[k] + v
-        self._n += p.shape[0]
+            _, self._mean_t, self._m2_t = merge_moments(self._n, self._mean_t, self._m2_t,
+                                                        n_b, mean_t, m2_t)
+        self._n += n_b
         return self
 
     @property
@@ -74,8 +82,9 @@ class Accumulator:
         n = self._n
         s = {k: v.cpu() for k, v in self._s.items()}
         d = s["sse_out"].numel()
-        ss_tot = s["sum_t2"] - s["sum_t"].square() / n
-        zero_var = ss_tot <= _EPS * s["sum_t2"].abs().clamp_min(1.0)
+        ss_tot = self._m2_t.cpu()
+        # constant targets: a spread below float64 noise relative to their mean
+        zero_var = ss_tot <= n * (_EPS * self._mean_t.cpu().abs().clamp_min(1.0)).square()
         r2_out = torch.where(
             zero_var,
             (s["sse_out"] <= _EPS).double(),

@@ -24,6 +24,15 @@ def stat_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (sample_shape[0],) + (1,) * (len(sample_shape) - 1)
 
 
+def merge_moments(n_a: int, mean_a: Any, m2_a: Any, n_b: int, mean_b: Any, m2_b: Any
+                  ) -> tuple[int, Any, Any]:
+    """Chan's parallel update: count, mean and sum of squared deviations of two blocks
+    merged (numpy arrays or torch tensors alike), stable where sum-of-squares is not."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n)
+
+
 class RunningMoments:
     """Mean and variance per feature/channel over blocks of samples (Chan's merge, float64)."""
 
@@ -43,11 +52,8 @@ class RunningMoments:
         n_b = b.size // int(np.prod(self.shape, dtype=np.int64) or 1)
         mean_b = b.mean(axis=self._axes).reshape(self.shape)
         m2_b = ((b - mean_b) ** 2).sum(axis=self._axes).reshape(self.shape)
-        n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / n)
-        self.count = n
+        self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2,
+                                                       n_b, mean_b, m2_b)
 
     def std(self) -> np.ndarray:
         """Population standard deviation; constant features get 1 so nothing divides by 0."""
