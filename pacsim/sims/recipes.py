@@ -2,11 +2,13 @@
 
 A recipe names a simulator and a seed, and for ``[source]`` and ``[target]`` the
 setting, sample count, optional ``split`` and optional ``set`` overrides. :func:`build`
-writes ``<name>_source.h5`` and ``<name>_target.h5``, skipping files that exist.
+writes ``<name>_source.h5`` and ``<name>_target.h5``; a file that exists is kept only when
+it matches the recipe (:func:`check_file`), otherwise it is rebuilt.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -48,6 +50,16 @@ class Recipe:
         """Where ``side`` of this pair is built."""
         return Path(out_dir) / f"{self.name}_{side}.h5"
 
+    def seed_of(self, side: str) -> int:
+        """The sample seed of ``side``: the two sides must not draw the same samples."""
+        return self.seed + (0 if side == "source" else 1)
+
+    def physics(self) -> dict[str, Any]:
+        """Everything of the recipe that shapes its data (JSON-able)."""
+        return {"simulator": self.simulator, "seed": self.seed,
+                **{side: {"setting": p.setting, "n": p.n, "split": list(p.split),
+                          "set": dict(p.overrides)} for side, p in self.parts.items()}}
+
 
 def load(path: str | os.PathLike[str]) -> Recipe:
     """Read and check one recipe file; :class:`SimulationError` naming the file otherwise."""
@@ -82,21 +94,82 @@ def find(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(Path(folder).glob("*.toml"))
 
 
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _mismatch(recipe: Recipe, side: str, info: Any) -> str | None:
+    """Why the file described by ``info`` is not ``side`` of ``recipe`` (None if it is)."""
+    from ..data.writer import split_indices
+    from .base import get
+
+    part = recipe.parts[side]
+    attrs = info.attrs
+    if attrs["simulator"] != recipe.simulator:
+        return f"simulator is {attrs['simulator']!r}, the recipe says {recipe.simulator!r}"
+    if attrs["setting"] != part.setting:
+        return f"setting is {attrs['setting']!r}, the recipe says {part.setting!r}"
+    if info.n != part.n:
+        return f"it has {info.n} samples, the recipe says {part.n}"
+    if int(attrs["seed"]) != recipe.seed_of(side):
+        return f"seed is {attrs['seed']}, the recipe says {recipe.seed_of(side)}"
+    want = json.loads(json.dumps(get(recipe.simulator).resolve(part.setting, part.overrides),
+                                 sort_keys=True))
+    have = info.params
+    if have != want:
+        diff = sorted((k not in part.overrides, k) for k in set(have) | set(want)
+                      if have.get(k) != want.get(k))  # the recipe's own overrides first
+        shown = ", ".join(f"{k}: {_short(have.get(k))} in the file, {_short(want.get(k))} "
+                          "in the recipe" for _, k in diff[:2])
+        return f"params differ ({shown})"
+    expected = split_indices(part.n, part.split, recipe.seed_of(side))
+    for name, idx in expected.items():
+        if not (info.splits[name].shape == idx.shape and (info.splits[name] == idx).all()):
+            return f"splits differ from the recipe's split {list(part.split)}"
+    return None
+
+
+def check_file(recipe: Recipe, side: str, out_dir: str | os.PathLike[str]) -> str | None:
+    """Why the file of ``side`` in ``out_dir`` does not hold what ``recipe`` asks for:
+    ``"missing"``, ``"unreadable (...)"``, a differing simulator, setting, sample count,
+    seed, physical parameter or split; None when it matches. A file that holds the other
+    side of the pair is called swapped."""
+    from ..data.errors import DatasetError
+    from ..data.format import open_h5, validate
+
+    path = recipe.file(out_dir, side)
+    if not path.exists():
+        return "missing"
+    try:
+        with open_h5(path) as f:
+            info = validate(f, path)
+    except (OSError, DatasetError) as exc:
+        return f"unreadable ({exc})"
+    reason = _mismatch(recipe, side, info)
+    if reason is not None:
+        other = "target" if side == "source" else "source"
+        if _mismatch(recipe, other, info) is None:
+            return f"{reason}: it holds the {other} side (source and target swapped?)"
+    return reason
+
+
 def build(recipe: Recipe, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
           log: Callable[[str], Any] = print) -> dict[str, Path]:
-    """Simulate both sides of ``recipe`` into ``out_dir``; existing files are kept."""
+    """Simulate both sides of ``recipe`` into ``out_dir``. A file that exists and matches
+    the recipe (:func:`check_file`) is kept; one that does not is rebuilt, saying why."""
     paths = {}
     for side, part in recipe.parts.items():
         out = recipe.file(out_dir, side)
         paths[side] = out
-        if out.exists() and not overwrite:
-            log(f"{out}: exists, skipped")
+        reason = "missing" if overwrite else check_file(recipe, side, out_dir)
+        if reason is None:
+            log(f"{out}: exists and matches the recipe, skipped")
             continue
-        # Different seeds for the two sides: their samples must not coincide.
-        seed = recipe.seed + (0 if side == "source" else 1)
-        simulate(recipe.simulator, setting=part.setting, n=part.n, seed=seed, out=out,
-                 split=part.split, overwrite=overwrite, **part.overrides)
-        log(f"{out}: {part.n} samples of {recipe.simulator} ({part.setting})")
+        simulate(recipe.simulator, setting=part.setting, n=part.n, seed=recipe.seed_of(side),
+                 out=out, split=part.split, overwrite=True, **part.overrides)
+        again = "" if reason == "missing" else f" (rebuilt: {reason})"
+        log(f"{out}: {part.n} samples of {recipe.simulator} ({part.setting}){again}")
     return paths
 
 

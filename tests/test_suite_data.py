@@ -1,0 +1,99 @@
+"""Data files are checked against their recipe (simulator, setting, physics, size, seed,
+splits) and rebuilt when they no longer match; swapped sides are recognised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pacsim.data import H5Dataset
+from pacsim.sims import recipes
+
+SMALL = """
+name = "tiny"
+simulator = "friedman"
+seed = 4
+[source]
+setting = "source"
+n = 30
+[target]
+setting = "target"
+n = 20
+split = [0.5, 0.0, 0.5]
+[target.set]
+q = 2.0
+"""
+
+
+def _recipe(tmp_path: Path, text: str = SMALL) -> recipes.Recipe:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return recipes.load(path)
+
+
+def _mtimes(paths: dict[str, Path]) -> dict[str, int]:
+    return {k: p.stat().st_mtime_ns for k, p in paths.items()}
+
+
+def test_matching_files_are_kept(tmp_path):
+    built = tmp_path / "built"
+    paths = recipes.build(_recipe(tmp_path), built, log=lambda m: None)
+    before = _mtimes(paths)
+    assert all(recipes.check_file(_recipe(tmp_path), s, built) is None for s in recipes.SIDES)
+    logs: list[str] = []
+    recipes.build(_recipe(tmp_path), built, log=logs.append)
+    assert _mtimes(paths) == before and all("skipped" in m for m in logs)
+
+
+@pytest.mark.parametrize("edit,side,words", [
+    (("n = 30", "n = 40"), "source", ["30 samples", "40"]),
+    (("q = 2.0", "q = 3.0"), "target", ["params", "q"]),
+    (("seed = 4", "seed = 5"), "source", ["seed"]),
+    (("split = [0.5, 0.0, 0.5]", "split = [0.6, 0.0, 0.4]"), "target", ["split"]),
+    (('simulator = "friedman"', 'simulator = "pendulum"'), "source", ["simulator"]),
+])
+def test_mismatching_file_is_rebuilt(tmp_path, edit, side, words):
+    built = tmp_path / "built"
+    paths = recipes.build(_recipe(tmp_path), built, log=lambda m: None)
+    other = "target" if side == "source" else "source"
+    recipe = _recipe(tmp_path, SMALL.replace(*edit))
+    if edit[0].startswith("simulator"):  # a pendulum recipe keeps no friedman overrides
+        recipe.parts["target"].overrides = {}
+    reason = recipes.check_file(recipe, side, built)
+    assert reason is not None and all(w in reason for w in words), reason
+    logs: list[str] = []
+    recipes.build(recipe, built, log=logs.append)
+    assert any(f"tiny_{side}.h5" in m and "rebuilt" in m and words[0] in m for m in logs), logs
+    assert recipes.check_file(recipe, side, built) is None
+    if not edit[0].startswith(("seed", "simulator")):
+        assert not any(f"tiny_{other}.h5" in m and "rebuilt" in m for m in logs)
+    assert paths[side].exists()
+
+
+def test_swapped_files_are_recognised_and_rebuilt(tmp_path):
+    built = tmp_path / "built"
+    recipe = _recipe(tmp_path)
+    paths = recipes.build(recipe, built, log=lambda m: None)
+    tmp = built / "x.h5"
+    paths["source"].rename(tmp)
+    paths["target"].rename(paths["source"])
+    tmp.rename(paths["target"])
+    for side in recipes.SIDES:
+        assert "swapped" in recipes.check_file(recipe, side, built)
+    recipes.build(recipe, built, log=lambda m: None)
+    assert H5Dataset(paths["source"], "train").info.attrs["setting"] == "source"
+    assert H5Dataset(paths["target"], "test").info.params["q"] == 2.0
+
+
+def test_unreadable_or_missing_file(tmp_path):
+    built = tmp_path / "built"
+    built.mkdir()
+    recipe = _recipe(tmp_path)
+    assert recipes.check_file(recipe, "source", built) == "missing"
+    recipe.file(built, "source").write_bytes(b"not hdf5 at all")
+    assert "unreadable" in recipes.check_file(recipe, "source", built)
+    logs: list[str] = []
+    recipes.build(recipe, built, log=logs.append)
+    assert recipes.check_file(recipe, "source", built) is None
+    assert any("rebuilt" in m and "unreadable" in m for m in logs)
