@@ -45,8 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("suite", help="suite TOML file, e.g. benchmarks/suites/quick.toml")
     b.add_argument("--out", required=True, help="results folder")
     b.add_argument("--jobs", type=int, default=1, help="cells run in N processes")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    b.add_argument("--devices", default=None, metavar="LIST",
+                   help="devices of the workers, e.g. cuda:0,cuda:1 or cpu (default: every "
+                        "visible CUDA device, else cpu); one worker per device first")
+    b.add_argument("--device", dest="devices", help=argparse.SUPPRESS)
     b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    b.add_argument("--dry-run", action="store_true",
+                   help="list the cells that would run and why (new, changed, failed); "
+                        "run nothing")
     b.add_argument("--report", action="store_true", help="write the report when done")
     rep = sub.add_parser("report", help="write DIR/report.md and figures from results")
     rep.add_argument("dir", help="results folder of pacsim bench")
@@ -81,11 +87,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from .bench.execute import RunnerError
     from .bench.runner import run_suite
 
-    run_suite(args.suite, args.out, jobs=args.jobs, device=args.device,
-              retry_failed=args.retry_failed)
-    if args.report:
+    try:
+        run_suite(args.suite, args.out, jobs=args.jobs, devices=args.devices,
+                  retry_failed=args.retry_failed, dry_run=args.dry_run)
+    except RunnerError as exc:
+        print(f"pacsim bench: error: {exc}", file=sys.stderr)
+        return 1
+    if args.report and not args.dry_run:
         return _report(argparse.Namespace(dir=args.out))
     return 0
 

@@ -4,6 +4,7 @@ report from results, clear errors for bad suites."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,24 +34,31 @@ split = [0.5, 0.0, 0.5]
 
 
 def _suite(tmp_path: Path, *, seeds=(0, 1), methods=("finetune", "head", "pac"),
-           extra: str = "", steps: int = 4) -> Path:
-    (tmp_path / "tiny.toml").write_text(RECIPE)
-    pac = "[method.pac]\nratio = 0.5" if "pac" in methods else ""
+           extra: str = "", steps: int = 4, top: str = "", train: str = "", pair: str = "",
+           model: str = '{ name = "mlp", hidden = [8] }', n_target=(5, 12)) -> Path:
+    """A tiny suite (and its recipe) in ``tmp_path``: ``top`` adds top-level keys,
+    ``train`` lines of [train], ``extra`` whole sections, ``pair`` lines of [pair.fried]."""
+    if not (tmp_path / "tiny.toml").exists():
+        (tmp_path / "tiny.toml").write_text(RECIPE)
+    pac = "[method.pac]\nratio = 0.5" if "pac" in methods and "[method.pac]" not in extra else ""
     text = f"""
 name = "t"
 seeds = {list(seeds)}
-n_target = [5, 12]
+n_target = {list(n_target)}
 methods = {json.dumps(list(methods))}
 data_dir = "{(tmp_path / 'data').as_posix()}"
+{top}
 [train]
 target_steps = {steps}
 source_epochs = 2
 allocate_epochs = 1
+{train}
 {pac}
 {extra}
 [pair.fried]
 recipe = "tiny.toml"
-model = {{ name = "mlp", hidden = [8] }}
+model = {model}
+{pair}
 """
     path = tmp_path / "suite.toml"
     path.write_text(text)
@@ -60,7 +68,7 @@ model = {{ name = "mlp", hidden = [8] }}
 def test_fair_protocol_and_records(tmp_path):
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, methods=("scratch", "finetune", "head", "l2sp", "bitfit", "pac")),
-              out, log=lambda m: None)
+              out, devices="cpu", log=lambda m: None)
     recs = read_results(out)
     assert len(recs) == 6 * 2 * 2 and all(r["status"] == "ok" for r in recs)
     src, tgt = defaultdict(set), defaultdict(set)
@@ -68,55 +76,127 @@ def test_fair_protocol_and_records(tmp_path):
         src[(r["pair"], r["seed"])].add(r["source_fingerprint"])
         tgt[(r["pair"], r["n_target"], r["seed"])].add(r["target_fingerprint"])
         assert {"rmse", "nrmse", "max_error"} <= set(r["target"])
-        assert r["steps"] >= 4 and r["trainable"] > 0 and r["seconds"] > 0
+        assert r["steps"] == 4 and r["trainable"] > 0 and r["seconds"] > 0
         assert r["versions"]["pacsim"] and r["device"] == "cpu"
+        assert r["n_params"] >= r["trainable"] and len(r["cell_id"]) >= 12
+        assert r["config"]["method"] == r["method"] and r["config"]["n_target"] == r["n_target"]
     assert all(len(v) == 1 for v in src.values()) and all(len(v) == 1 for v in tgt.values())
     assert len({next(iter(v)) for v in tgt.values()}) == 4  # subsets differ by n and seed
+    assert len({r["cell_id"] for r in recs}) == len(recs)
     pac = [r for r in recs if r["method"] == "pac"]
     assert all(r["source_after"]["rmse"] == r["pac"]["allocated_source_rmse"] for r in pac)
+    assert all(r["pac"]["allocate"]["allocate"] == "source" for r in pac)
     assert len(list((out / "cache").glob("source_*.pt"))) == 2
-    assert len(list((out / "cache").glob("pac_*.pt"))) == 2
+    assert len(list((out / "cache").glob("alloc_*.pt"))) == 2
 
 
-def test_failed_cell_is_recorded_and_run_goes_on(tmp_path):
+def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
+    from pacsim.bench import protocol
+
+    real = protocol.adapt
+
+    def flaky(method, *args, **kwargs):
+        if method == "l2sp":
+            raise FloatingPointError("l2sp diverged")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "adapt", flaky)
     out = tmp_path / "out"
-    path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"),
-                  extra="[method.l2sp]\nalpha = -1.0")
-    run_suite(path, out, log=lambda m: None)
+    path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"))
+    run_suite(path, out, devices="cpu", log=lambda m: None)
     recs = read_results(out)
     bad = [r for r in recs if r["status"] == "error"]
     assert len(recs) == 4 and len(bad) == 2 and all(r["method"] == "l2sp" for r in bad)
-    assert "alpha must be a finite number >= 0" in bad[0]["error"]
+    assert bad[0]["error"] == "FloatingPointError: l2sp diverged" and bad[0]["cell_id"]
     report = write_report(out).read_text()
-    assert "## Failed cells" in report and "alpha must be a finite number >= 0" in report
+    assert "## Failed cells" in report and "l2sp diverged" in report
 
 
-def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path, jobs):
     out = tmp_path / "out"
     # enough work per cell (~0.1 s) that the kill reliably lands midway
     path = _suite(tmp_path, seeds=tuple(range(8)), methods=("finetune", "head"), steps=300)
     total = len(load_suite(path).cells())
-    cmd = [sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out", str(out),
+           "--devices", "cpu"]
+    log = tmp_path / "killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd + ["--jobs", str(jobs)], stdout=f,
+                                stderr=subprocess.DEVNULL, env={**os.environ,
+                                                                "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
     results = out / "results.jsonl"
     while time.time() < deadline:
         if results.exists() and results.read_text().count("\n") >= 3:
             break
         time.sleep(0.01)
+    kids = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(read_results(out))
+    assert len(kids) >= (jobs if jobs > 1 else 0)
+    assert not _wait_gone(kids), "worker processes outlived the killed runner"
+    done = {cell_key(r["pair"], r["method"], r["n_target"], r["seed"]) for r in read_results(out)}
+    logged = {line.split()[1] for line in log.read_text().splitlines()
+              if line.startswith("[") and " ok;" in line}
+    assert logged <= done, "a cell reported finished is missing from the results"
+    done_before = len(done)
     print(f"killed after {done_before} of {total} cells")
     assert 3 <= done_before < total, "the run must be killed midway for this test to mean much"
     with open(results, "a") as f:
         f.write('{"pair": "fried", "method": "hea')  # a line torn by the kill
-    run = subprocess.run(cmd + ["--jobs", "2"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd + ["--jobs", str(3 - jobs)], capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr
     assert f"{done_before} already done" in run.stdout
+    lines = results.read_text().splitlines()
+    assert all(json.loads(line) for line in lines), "a torn line was left in the results"
     keys = [cell_key(r["pair"], r["method"], r["n_target"], r["seed"]) for r in read_results(out)]
-    assert len(keys) == len(set(keys)) == total
+    assert len(keys) == len(set(keys)) == total == len(lines)
     assert set(keys) == {cell_key(*c) for c in load_suite(path).cells()}
+
+
+def test_workers_die_with_a_runner_killed_while_they_start(tmp_path):
+    path = _suite(tmp_path, seeds=(0, 1), methods=("finetune",))
+    proc = subprocess.Popen([sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",
+                             str(tmp_path / "out"), "--jobs", "2", "--devices", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    kids: list[int] = []
+    while time.time() < deadline and len(kids) < 2:  # the pool's processes appear
+        kids = _children(proc.pid)
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert kids and not _wait_gone(kids), "worker processes outlived the killed runner"
 
 
 def _synthetic(tmp_path: Path) -> Path:

@@ -1,13 +1,31 @@
-"""Benchmark suites (TOML): transfer pairs, methods and their options, target sizes,
-seeds, a model per pair and one training budget shared by every method."""
+"""Benchmark suites (TOML), typed: transfer pairs, methods with their options and
+selection grids, target sizes, seeds, a model per pair and one training budget.
+
+Everything is checked when the suite loads; a bad key or value is a one-line
+:class:`SuiteError` naming the file, the section and the key. A cell's identity and
+every cache name is a hash of the resolved configuration that shaped it
+(:meth:`Suite.cell_config`, :meth:`Suite.source_config`, :meth:`Suite.allocate_config`).
+
+Top-level keys: ``name``, ``seeds``, ``n_target``, ``methods``, ``selection`` (``"cv"``,
+``"fixed"`` or a table; default ``"fixed"``), ``data_dir``, and the tables ``[train]``
+(:class:`TrainConfig`), ``[method.NAME]`` (the method's options plus an optional
+``grid = {key = [values]}``) and ``[pair.NAME]`` (``recipe``, ``model``, optional
+``n_source``, ``n_target_pool``, ``n_target`` and ``[train]`` keys for this pair).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -15,25 +33,139 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..sims import recipes
-from ..transfer import METHODS
+from ..train import OPTIMIZERS
+from ..transfer import DEFAULT_GRIDS, METHODS, Options, SelectionConfig, check_grid, method_options
 
-TRAIN_KEYS = {"lr": 1e-3, "batch_size": 32, "target_steps": 300, "source_epochs": 30,
-              "source_batch_size": 64, "allocate_epochs": 10, "weight_decay": 0.0,
-              "optimizer": "adam"}
+#: Bump when the measurement of a cell changes meaning: every cell then re-runs.
+PROTOCOL = 2
+TOP_KEYS = ("name", "seeds", "n_target", "methods", "method", "train", "pair", "data_dir",
+            "selection")
+PAIR_KEYS = ("recipe", "model", "n_source", "n_target_pool", "n_target")
+MODELS = ("mlp", "cnn")
+#: Constructor arguments that come from the data, not from the suite.
+MODEL_DATA_ARGS = {"mlp": ("in_dim", "out_dim", "out_shape"),
+                   "cnn": ("dim", "in_channels", "out_channels")}
 
 
 class SuiteError(ValueError):
     """A suite file is missing or malformed (message names the file and the problem)."""
 
 
+class Cell(NamedTuple):
+    """One result cell: a method on a pair at a target size and a seed."""
+
+    pair: str
+    method: str
+    n_target: int
+    seed: int
+
+
+def cell_key(pair: str, method: str, n_target: int, seed: int) -> str:
+    """The readable name of a result cell (its identity is :meth:`Suite.cell_id`)."""
+    return f"{pair}|{method}|{n_target}|{seed}"
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """Hex digest of a JSON-able configuration (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training budget shared by every method (``[train]``, per pair overridable).
+
+    Source model: ``source_epochs`` at ``source_batch_size``; PAC allocate:
+    ``allocate_epochs``; target: exactly ``target_steps`` optimiser steps at
+    ``batch_size`` (capped at the number of target samples). ``lr``, ``weight_decay``
+    and ``optimizer`` apply to all of them."""
+
+    lr: float = 1e-3
+    batch_size: int = 32
+    target_steps: int = 300
+    source_epochs: int = 30
+    source_batch_size: int = 64
+    allocate_epochs: int = 10
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.type == "int" and getattr(self, f.name) < 1:
+                raise ValueError(f"{f.name} must be an integer >= 1, "
+                                 f"got {getattr(self, f.name)!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, "
+                             f"got {self.weight_decay!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def updated(self, raw: Mapping[str, Any]) -> TrainConfig:
+        """A copy with the keys of ``raw`` replaced, type- and range-checked."""
+        kinds = {f.name: f.type for f in dataclasses.fields(self)}
+        values = {}
+        for key, value in raw.items():
+            if key not in kinds:
+                raise ValueError(f"unknown key {key!r} (keys: {', '.join(kinds)})")
+            values[key] = _typed(key, value, kinds[key])
+        return dataclasses.replace(self, **values)
+
+    def source(self) -> dict[str, Any]:
+        """What shapes the source model's training."""
+        return {"epochs": self.source_epochs, "batch_size": self.source_batch_size,
+                "lr": self.lr, "weight_decay": self.weight_decay, "optimizer": self.optimizer}
+
+    def target(self) -> dict[str, Any]:
+        """What shapes a method's training on the target samples."""
+        return {"steps": self.target_steps, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "optimizer": self.optimizer}
+
+
+def _typed(key: str, value: Any, kind: str) -> Any:
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    word = {"int": "an integer", "float": "a number", "str": "a string"}[kind]
+    raise ValueError(f"{key} must be {word}, got {type(value).__name__} {value!r}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of the suite: its typed options and its selection grid (None: default)."""
+
+    name: str
+    options: Options
+    grid: dict[str, list[Any]] | None = None
+
+    @property
+    def needs_allocate(self) -> bool:
+        """Whether the method starts from a cached PAC-allocated model."""
+        return bool(self.options.prepare_config())
+
+
 @dataclass
 class PairSpec:
-    """One transfer pair of a suite: its recipe, sizes, model and training overrides."""
+    """One transfer pair of a suite: its recipe, sizes, model and training budget."""
 
     name: str
     recipe: recipes.Recipe
     model: dict[str, Any]
-    train: dict[str, Any]
+    train: TrainConfig
     n_target: list[int]
 
 
@@ -45,26 +177,75 @@ class Suite:
     path: Path
     seeds: list[int]
     n_target: list[int]
-    methods: dict[str, dict[str, Any]]
+    methods: dict[str, MethodSpec]
     pairs: dict[str, PairSpec]
     data_dir: Path
+    selection: SelectionConfig = SelectionConfig(mode="fixed")
 
-    def cells(self) -> list[tuple[str, str, int, int]]:
+    def cells(self) -> list[Cell]:
         """Every (pair, method, n_target, seed), in run order."""
-        return [(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
+        return [Cell(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
                 for n in spec.n_target for m in self.methods]
 
+    def source_config(self, pair: str, seed: int) -> dict[str, Any]:
+        """Everything that shapes the source model of ``pair`` and ``seed`` (and its
+        measurements, which read both sides of the pair)."""
+        spec = self.pairs[pair]
+        return _canonical({"protocol": PROTOCOL, "pair": pair, "seed": seed,
+                           "data": spec.recipe.physics(), "model": spec.model,
+                           "source_train": spec.train.source()})
 
-def cell_key(pair: str, method: str, n_target: int, seed: int) -> str:
-    """The identity of a result cell."""
-    return f"{pair}|{method}|{n_target}|{seed}"
+    def allocate_config(self, pair: str, seed: int, method: str) -> dict[str, Any] | None:
+        """Everything that shapes the PAC-allocated model ``method`` starts from (None for
+        methods without one): the source model, the allocate options and budget."""
+        m = self.methods[method]
+        if not m.needs_allocate:
+            return None
+        return _canonical({**self.source_config(pair, seed),
+                           "allocate": {**m.options.prepare_config(),
+                                        "epochs": self.pairs[pair].train.allocate_epochs}})
+
+    def cell_config(self, cell: tuple[str, str, int, int]) -> dict[str, Any]:
+        """The fully resolved configuration of a cell, as recorded with its result."""
+        pair, method, n, seed = cell
+        m = self.methods[method]
+        start = self.allocate_config(pair, seed, method) or self.source_config(pair, seed)
+        if self.selection.mode == "fixed":
+            selection: dict[str, Any] = {"mode": "fixed"}
+        else:
+            grid = m.grid if m.grid is not None else DEFAULT_GRIDS[method]
+            selection = {**self.selection.to_dict(), "grid": grid}
+        return _canonical({**start, "method": method, "n_target": n,
+                           "train": self.pairs[pair].train.target(),
+                           "options": m.options.to_dict(), "selection": selection})
+
+    def cell_id(self, cell: tuple[str, str, int, int]) -> str:
+        """Hash of :meth:`cell_config`: equal ids, equal configurations."""
+        return config_hash(self.cell_config(cell))
+
+    def identity(self, cell: tuple[str, str, int, int]) -> dict[str, Any]:
+        """The fields every record of ``cell`` starts with."""
+        config = self.cell_config(cell)
+        return {"pair": cell[0], "method": cell[1], "n_target": cell[2], "seed": cell[3],
+                "cell_id": config_hash(config), "config": config}
 
 
-def _int_list(raw: Any, what: str, path: Path) -> list[int]:
+def _int_list(raw: Any, what: str, path: Path, minimum: int) -> list[int]:
     if (not isinstance(raw, list) or not raw
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw)):
         raise SuiteError(f"{path}: '{what}' must be a non-empty list of integers")
+    if min(raw) < minimum:
+        raise SuiteError(f"{path}: '{what}' values must be >= {minimum}, got {min(raw)}")
+    dup = sorted({v for v in raw if raw.count(v) > 1})
+    if dup:
+        raise SuiteError(f"{path}: '{what}' has duplicate values {dup}")
     return list(raw)
+
+
+def _table(raw: Any, where: str, path: Path) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: {where} must be a table")
+    return raw
 
 
 def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None
@@ -78,49 +259,69 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from None
-    unknown = set(raw) - {"name", "seeds", "n_target", "methods", "method", "train", "pair",
-                          "data_dir"}
+    unknown = set(raw) - set(TOP_KEYS)
     if unknown:
         raise SuiteError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    seeds = _int_list(raw.get("seeds"), "seeds", path)
-    n_target = _int_list(raw.get("n_target"), "n_target", path)
-    if min(n_target) < 1:
-        raise SuiteError(f"{path}: n_target values must be positive")
+    seeds = _int_list(raw.get("seeds"), "seeds", path, 0)
+    n_target = _int_list(raw.get("n_target"), "n_target", path, 1)
+    methods = _methods(path, raw)
+    try:
+        selection = SelectionConfig.from_value(raw.get("selection", "fixed"))
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"{path}: {exc}") from None  # the message names 'selection'
+    try:
+        train = TrainConfig().updated(_table(raw.get("train", {}), "[train]", path))
+    except ValueError as exc:
+        raise SuiteError(f"{path}: [train] {exc}") from None
+    if not raw.get("pair"):
+        raise SuiteError(f"{path}: no [pair.NAME] sections")
+    pairs = {name: _pair(path, name, _table(spec, f"[pair.{name}]", path), train, n_target)
+             for name, spec in _table(raw["pair"], "[pair]", path).items()}
+    name = str(raw.get("name", path.stem))
+    ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
+    return Suite(name, path, seeds, n_target, methods, pairs, ddir, selection)
+
+
+def _methods(path: Path, raw: dict[str, Any]) -> dict[str, MethodSpec]:
     names = raw.get("methods", list(METHODS))
+    if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+        raise SuiteError(f"{path}: 'methods' must be a list of method names")
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
         raise SuiteError(f"{path}: unknown methods {bad}; choose from {list(METHODS)}")
-    options = raw.get("method", {})
-    if set(options) - set(names):
+    dup = sorted({m for m in names if names.count(m) > 1})
+    if dup:
+        raise SuiteError(f"{path}: 'methods' has duplicate values {dup}")
+    tables = _table(raw.get("method", {}), "[method]", path)
+    if set(tables) - set(names):
         raise SuiteError(f"{path}: options for methods not in the suite: "
-                         f"{sorted(set(options) - set(names))}")
-    methods = {m: dict(options.get(m, {})) for m in names}
-    train = dict(TRAIN_KEYS)
-    bad_train = set(raw.get("train", {})) - set(TRAIN_KEYS)
-    if bad_train:
-        raise SuiteError(f"{path}: unknown [train] keys {sorted(bad_train)}")
-    train.update(raw.get("train", {}))
-    if not raw.get("pair"):
-        raise SuiteError(f"{path}: no [pair.NAME] sections")
-    pairs = {}
-    for name, spec in raw["pair"].items():
-        pairs[name] = _pair(path, name, spec, train, n_target)
-    name = str(raw.get("name", path.stem))
-    ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
-    return Suite(name, path, seeds, n_target, methods, pairs, ddir)
+                         f"{sorted(set(tables) - set(names))}")
+    out = {}
+    for m in names:
+        opts = dict(_table(tables.get(m, {}), f"[method.{m}]", path))
+        grid = opts.pop("grid", None)
+        try:
+            options = method_options(m, opts)
+            if grid is not None:
+                grid = check_grid(m, _table(grid, "grid", path))
+        except ValueError as exc:
+            raise SuiteError(f"{path}: [method.{m}] {exc}") from None
+        out[m] = MethodSpec(m, options, grid)
+    return out
 
 
-def _pair(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any],
+def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
           n_target: list[int]) -> PairSpec:
+    where = f"{path}: [pair.{name}]"
     if "recipe" not in spec or "model" not in spec:
-        raise SuiteError(f"{path}: [pair.{name}] needs 'recipe' and 'model'")
-    rpath = Path(spec["recipe"])
+        raise SuiteError(f"{where} needs 'recipe' and 'model'")
+    rpath = Path(str(spec["recipe"]))
     for cand in (path.parent / rpath, rpath):
         if cand.is_file():
             rpath = cand
             break
     else:
-        raise SuiteError(f"{path}: [pair.{name}] recipe {spec['recipe']!r} not found")
+        raise SuiteError(f"{where} recipe {spec['recipe']!r} not found")
     try:
         recipe = recipes.load(rpath)
     except ValueError as exc:
@@ -128,19 +329,48 @@ def _pair(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any],
     recipe.name = name
     for side, key in (("source", "n_source"), ("target", "n_target_pool")):
         if key in spec:
-            recipe.parts[side].n = int(spec[key])
-    model = dict(spec["model"])
-    if model.get("name") not in ("mlp", "cnn"):
-        raise SuiteError(f"{path}: [pair.{name}] model name must be 'mlp' or 'cnn'")
-    sizes = _int_list(spec["n_target"], f"pair.{name}.n_target", path) \
-        if "n_target" in spec else n_target
+            value = spec[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SuiteError(f"{where} {key} must be an integer >= 1, got {value!r}")
+            recipe.parts[side].n = value
+    model = _model(where, spec["model"])
+    sizes = (_int_list(spec["n_target"], f"pair.{name}.n_target", path, 1)
+             if "n_target" in spec else n_target)
     pool = recipe.parts["target"].n * recipe.parts["target"].split[0]
     if max(sizes) > int(round(pool)):
-        raise SuiteError(f"{path}: [pair.{name}] n_target {max(sizes)} exceeds the target "
+        raise SuiteError(f"{where} n_target {max(sizes)} exceeds the target "
                          f"pool of about {int(round(pool))} samples")
-    overrides = {k: v for k, v in spec.items()
-                 if k not in ("recipe", "model", "n_source", "n_target_pool", "n_target")}
-    bad = set(overrides) - set(TRAIN_KEYS)
-    if bad:
-        raise SuiteError(f"{path}: [pair.{name}] unknown keys {sorted(bad)}")
-    return PairSpec(name, recipe, model, {**train, **overrides}, sizes)
+    unknown = [k for k in spec if k not in PAIR_KEYS + TrainConfig.keys()]
+    if unknown:
+        raise SuiteError(f"{where} unknown key {unknown[0]!r} "
+                         f"(keys: {', '.join(PAIR_KEYS + TrainConfig.keys())})")
+    try:
+        train = train.updated({k: v for k, v in spec.items() if k not in PAIR_KEYS})
+    except ValueError as exc:
+        raise SuiteError(f"{where} {exc}") from None
+    return PairSpec(name, recipe, model, train, sizes)
+
+
+def _model(where: str, raw: Any) -> dict[str, Any]:
+    """The pair's model table, its keys checked against the model's constructor and its
+    values by building it once without memory (on the meta device)."""
+    if not isinstance(raw, dict) or raw.get("name") not in MODELS:
+        raise SuiteError(f"{where} model must be a table with name 'mlp' or 'cnn'")
+    import torch
+
+    from ..models import CNN, MLP
+
+    cls = MLP if raw["name"] == "mlp" else CNN
+    kwargs = {k: v for k, v in raw.items() if k != "name"}
+    allowed = [p for p in inspect.signature(cls).parameters
+               if p not in MODEL_DATA_ARGS[raw["name"]]]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise SuiteError(f"{where} model has no key {unknown[0]!r} "
+                         f"({raw['name']} keys: {', '.join(allowed)})")
+    try:
+        with torch.device("meta"):
+            cls(2, 1, **kwargs) if cls is MLP else cls(1, 1, 1, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(f"{where} model: {exc}") from None
+    return dict(raw)

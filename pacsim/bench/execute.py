@@ -1,0 +1,255 @@
+"""Execution of a suite's cells: which process runs which task, on which device, when.
+
+Two kinds of task: ``prepare`` (the cached models of one pair and seed) and ``cell``.
+:func:`schedule` keeps at most ``slots`` tasks in flight, starts a cell as soon as its
+own (pair, seed) is prepared (ready cells first, then the next prepare: no global
+barrier) and hands every record over the moment its task completes, in any order.
+
+:func:`run_cells` runs them locally: in this process with one job, else in a pool of
+spawned worker processes, each bound to one device (round robin over ``devices``).
+Workers die with the runner (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread).
+:func:`folder_lock` makes a results folder belong to one run at a time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401 - cf.process.BrokenProcessPool
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .suite import Cell, Suite
+
+Submit = Callable[[str, tuple[Any, ...]], "cf.Future[Any]"]
+Record = Callable[[Cell, dict[str, Any]], None]
+
+
+class RunnerError(RuntimeError):
+    """The run itself broke (a worker process died); finished cells are saved."""
+
+
+class FolderBusy(ValueError):
+    """Another run holds the results folder."""
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def cuda_count() -> int:
+    """Number of visible CUDA devices (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_devices(spec: str | Sequence[str] | None) -> list[str]:
+    """Devices from ``"cuda:0,cuda:1"``, a list, or None / ``"auto"`` (every visible CUDA
+    device, else the CPU); ValueError names a device that is malformed or absent."""
+    if spec is None or spec == "auto":
+        n = cuda_count()
+        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    items = [d.strip() for d in (spec.split(",") if isinstance(spec, str) else spec)]
+    for d in items:
+        m = re.fullmatch(r"cpu|cuda(?::(\d+))?", d)
+        if m is None:
+            raise ValueError(f"--devices: {d!r} is not a device (use cpu, cuda or cuda:N)")
+        if d.startswith("cuda") and int(m.group(1) or 0) >= cuda_count():
+            raise ValueError(f"--devices: {d} is not available (this machine has "
+                             f"{cuda_count()} CUDA device(s))")
+    if not items:
+        raise ValueError("--devices: no device given")
+    return items
+
+
+def worker_devices(devices: Sequence[str], jobs: int) -> list[str]:
+    """The device of each of ``jobs`` workers: round robin, one worker per device first."""
+    return [devices[i % len(devices)] for i in range(jobs)]
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record) -> None:
+    """Prepare each (pair, seed) of ``todo`` and run its cells, at most ``slots`` tasks at
+    a time; ``record(cell, rec)`` gets each cell's record as soon as it exists. A
+    prepare returns ``{method: reason}`` for methods that cannot run; their cells are
+    recorded as errors with that reason. A broken worker pool propagates."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for c in todo:
+        groups.setdefault((c[0], c[3]), []).append(Cell(*c))
+    waiting, ready = deque(groups), deque[Cell]()
+    inflight: dict[cf.Future[Any], tuple[int, str, Any]] = {}
+    seq = 0
+    while waiting or ready or inflight:
+        while len(inflight) < slots and (ready or waiting):
+            seq += 1
+            if ready:
+                cell = ready.popleft()
+                inflight[submit("cell", tuple(cell))] = (seq, "cell", cell)
+            else:
+                g = waiting.popleft()
+                methods = list(dict.fromkeys(c.method for c in groups[g]))
+                inflight[submit("prepare", (g[0], g[1], methods))] = (seq, "prepare", g)
+        done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
+        for fut in sorted(done, key=lambda f: inflight[f][0]):
+            _, kind, item = inflight.pop(fut)
+            try:
+                result = fut.result()
+            except cf.process.BrokenProcessPool:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a task that could not even run
+                result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+                if kind == "prepare":
+                    result = {c.method: f"prepare: {result['error']}" for c in groups[item]}
+            if kind == "cell":
+                record(item, result)
+                continue
+            for cell in groups[item]:
+                if cell.method in result:
+                    record(cell, {"status": "error", "error": result[cell.method]})
+                else:
+                    ready.append(cell)
+
+
+def run_task(ctx: Any, kind: str, args: tuple[Any, ...]) -> Any:
+    """One task in the process holding ``ctx`` (a :class:`protocol.Context`); a cell that
+    fails becomes an error record, never an exception."""
+    from .protocol import error_text, prepare, run_cell, versions
+
+    if kind == "prepare":
+        pair, seed, methods = args
+        return prepare(ctx, pair, seed, methods)
+    try:
+        return run_cell(ctx, Cell(*args))
+    except Exception as exc:  # noqa: BLE001 - a failed cell is a result, not a crash
+        return {"status": "error", "error": error_text(exc),
+                "traceback": traceback.format_exc(limit=5), "versions": versions()}
+
+
+def _finished(fn: Callable[[], Any]) -> cf.Future[Any]:
+    fut: cf.Future[Any] = cf.Future()
+    try:
+        fut.set_result(fn())
+    except Exception as exc:  # noqa: BLE001 - handed over like a pool would
+        fut.set_exception(exc)
+    return fut
+
+
+# ----------------------------------------------------------------------------- workers
+
+_CTX: Any = None
+
+
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` (the runner) ends, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
+    if os.getppid() != parent:  # the runner died before the line above
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _init_worker(suite: Suite, out: str, devices: Any, threads: int, parent: int) -> None:
+    _die_with(parent)
+    import torch
+
+    from .protocol import Context
+
+    global _CTX
+    torch.set_num_threads(threads)
+    _CTX = Context(suite, out, devices.get())
+
+
+def _worker_task(kind: str, args: tuple[Any, ...]) -> Any:
+    return run_task(_CTX, kind, args)
+
+
+def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, jobs: int,
+              devices: Sequence[str], record: Record) -> None:
+    """Run ``todo`` with ``jobs`` processes over ``devices``; ``record`` gets each
+    record as it completes. RunnerError if a worker process dies."""
+    if jobs == 1:
+        from .protocol import Context
+
+        ctx = Context(suite, out, devices[0])
+        schedule(todo, lambda kind, args: _finished(lambda: run_task(ctx, kind, args)),
+                 slots=1, record=record)
+        return
+    spawn = mp.get_context("spawn")
+    queue = spawn.SimpleQueue()
+    for d in worker_devices(devices, jobs):
+        queue.put(d)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = cf.ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
+                                  initargs=(suite, str(out), queue, threads, os.getpid()))
+    try:
+        schedule(todo, lambda kind, args: pool.submit(_worker_task, kind, args), slots=jobs,
+                 record=record)
+    except cf.process.BrokenProcessPool as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise RunnerError(f"a worker process died ({exc}); finished cells are saved, "
+                          "run again to resume") from None
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (an exclusive ``flock``) for the block; FolderBusy at once if
+    another process holds it. The lock goes with the process, also when it is killed."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            who = f" (pid {pid})" if pid else ""
+            raise FolderBusy(f"{out}: another pacsim bench is running on this folder{who}; "
+                             "wait for it to end or choose another --out") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line (a run killed mid-write), so the file holds whole records."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
