@@ -11,6 +11,8 @@ from torch import nn
 from .masks import Masks, prunable_weights
 
 SCOPES = ("global", "layer")
+#: The paper's pruning ratio: 80 % of the prunable weights are freed.
+DEFAULT_RATIO = 0.8
 
 
 def check_ratio(ratio: float) -> float:
@@ -36,7 +38,7 @@ def _keep_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prune(model: nn.Module, ratio: float = 0.8, scope: str = "global",
+def prune(model: nn.Module, ratio: float = DEFAULT_RATIO, scope: str = SCOPES[0],
           exclude: Iterable[str] = ()) -> Masks:
     """Mark the ``ratio`` share of smallest-magnitude weights as redundant and zero them.
 

@@ -52,6 +52,8 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
 
 
 SUBSPACES = ("all", "last")
+#: The paper's calibrate penalty on the freed weights.
+PAPER_LAM = 0.01
 
 
 def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
@@ -76,7 +78,7 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
     return update
 
 
-def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = 0.01,
+def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_LAM,
               train_biases: bool = False, subspace: str = "all", **fit_kwargs: Any) -> History:
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-SCOPES = ("global", "layer")
-SUBSPACES = ("all", "last")
+from ..pac import DEFAULT_RATIO, PAPER_LAM, SCOPES, SUBSPACES
+
 ALLOCATE_MODES = ("fixed", "source")
 
 
@@ -84,8 +84,8 @@ class PACOptions(Options):
     PREPARE_FIELDS: ClassVar[tuple[str, ...]] = (
         "ratio", "scope", "lam_sp", "allocate", "allocate_max_factor", "allocate_patience")
 
-    ratio: float = 0.8
-    scope: str = "global"
+    ratio: float = DEFAULT_RATIO
+    scope: str = SCOPES[0]
     lam_sp: float = 0.0
     allocate: str = "source"
     allocate_max_factor: float = 4.0
@@ -116,7 +116,7 @@ class PACPaperOptions(PACOptions):
     entry calibrated with ``lam = 0.01``, source biases shared."""
 
     allocate: str = "fixed"
-    lam: float = 0.01
+    lam: float = PAPER_LAM
     train_biases: bool = False
 
 
