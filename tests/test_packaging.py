@@ -49,3 +49,12 @@ def test_cli_bad_argument_is_one_line_exit_2():
     out = _cli("demo", "--n-target", "0")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--n-target must be positive" in out.stderr
+
+
+def test_submodules_are_reachable_from_the_package():
+    run = subprocess.run([sys.executable, "-c",
+                          "import pacsim; m = pacsim.models.MLP(2, 1, hidden=[4]); "
+                          "print(type(m).__name__, callable(pacsim.transfer.select))"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["MLP", "True"]
