@@ -194,3 +194,15 @@ def test_fit_steps_runs_exactly_that_many_optimiser_steps():
     fit(b, data, epochs=3, batch_size=16, device="cpu", seed=1)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q), "9 steps of 3 batches are exactly 3 epochs"
+
+
+def test_serving_bytes_one_network_plus_mask_for_pac():
+    model, src, tgt = _problem()
+    n_bytes = 4 * sum(p.numel() for p in model.parameters())
+    ft = adapt("finetune", model, tgt, epochs=1, **KW)
+    assert ft.serving_bytes() == 2 * n_bytes
+    res = adapt("pac", model, tgt, source=src, allocate="fixed", train_biases=True, epochs=1,
+                **KW)
+    biases = 4 * sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
+    bits = -(-res.masks.n_total() // 8)
+    assert res.serving_bytes() == n_bytes + bits + biases

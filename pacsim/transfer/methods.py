@@ -50,6 +50,18 @@ class TransferResult:
     extra: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
 
+    def serving_bytes(self) -> int:
+        """Bytes needed to serve both the source and the target setting: PAC keeps one
+        network, a 1-bit mask per prunable entry and the source's own copies of what
+        calibrate let diverge (biases, BatchNorm statistics); every other method needs
+        the source network beside the adapted one."""
+        net = sum(t.numel() * t.element_size()
+                  for t in [*self.model.parameters(), *self.model.buffers()])
+        if self.masks is None:
+            return 2 * net
+        saved = sum(t.numel() * t.element_size() for t in self.masks.source_state.values())
+        return net + math.ceil(self.masks.n_total() / 8) + saved
+
     def source_view(self) -> contextlib.AbstractContextManager[nn.Module]:
         """Context in which ``model`` computes the source task: PAC's source view, or the
         adapted model itself for methods that keep one set of weights."""
