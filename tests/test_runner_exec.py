@@ -4,6 +4,7 @@ when a source model fails, one run per results folder, devices."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401
 import fcntl
 import subprocess
 import sys
@@ -132,3 +133,13 @@ def test_cells_spread_over_devices(tmp_path):
               jobs=2, devices="cpu,cpu", log=lambda m: None)
     recs = read_results(out)
     assert len(recs) == 2 and all(r["status"] == "ok" and r["device"] == "cpu" for r in recs)
+
+
+def test_a_broken_pool_ends_the_run():
+    def submit(kind, args):
+        fut: cf.Future = cf.Future()
+        fut.set_exception(cf.process.BrokenProcessPool("a worker died"))
+        return fut
+
+    with pytest.raises(cf.process.BrokenProcessPool):
+        execute.schedule(CELLS, submit, slots=2, record=lambda cell, rec: None)

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import multiprocessing as mp
 import os
+import pickle
 import re
 import signal
 import sys
@@ -28,12 +29,13 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .suite import Cell, Suite
+if TYPE_CHECKING:  # a worker imports this module first: keep it free of torch
+    from .suite import Cell, Suite
 
 Submit = Callable[[str, tuple[Any, ...]], "cf.Future[Any]"]
-Record = Callable[[Cell, dict[str, Any]], None]
+Record = Callable[["Cell", dict[str, Any]], None]
 
 
 class RunnerError(RuntimeError):
@@ -86,6 +88,8 @@ def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record
     a time; ``record(cell, rec)`` gets each cell's record as soon as it exists. A
     prepare returns ``{method: reason}`` for methods that cannot run; their cells are
     recorded as errors with that reason. A broken worker pool propagates."""
+    from .suite import Cell
+
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in todo:
         groups.setdefault((c[0], c[3]), []).append(Cell(*c))
@@ -127,6 +131,7 @@ def run_task(ctx: Any, kind: str, args: tuple[Any, ...]) -> Any:
     """One task in the process holding ``ctx`` (a :class:`protocol.Context`); a cell that
     fails becomes an error record, never an exception."""
     from .protocol import error_text, prepare, run_cell, versions
+    from .suite import Cell
 
     if kind == "prepare":
         pair, seed, methods = args
@@ -168,15 +173,15 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _init_worker(suite: Suite, out: str, devices: Any, threads: int, parent: int) -> None:
-    _die_with(parent)
+def _init_worker(suite: bytes, out: str, devices: Any, threads: int, parent: int) -> None:
+    _die_with(parent)  # first: the suite's unpickling imports torch (seconds)
     import torch
 
     from .protocol import Context
 
     global _CTX
     torch.set_num_threads(threads)
-    _CTX = Context(suite, out, devices.get())
+    _CTX = Context(pickle.loads(suite), out, devices.get())
 
 
 def _worker_task(kind: str, args: tuple[Any, ...]) -> Any:
@@ -200,7 +205,8 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, jobs: int,
         queue.put(d)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = cf.ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
-                                  initargs=(suite, str(out), queue, threads, os.getpid()))
+                                  initargs=(pickle.dumps(suite), str(out), queue, threads,
+                                            os.getpid()))
     try:
         schedule(todo, lambda kind, args: pool.submit(_worker_task, kind, args), slots=jobs,
                  record=record)
