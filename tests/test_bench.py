@@ -93,14 +93,14 @@ def test_fair_protocol_and_records(tmp_path):
 def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
     from pacsim.bench import protocol
 
-    real = protocol.adapt
+    real = protocol.select
 
     def flaky(method, *args, **kwargs):
         if method == "l2sp":
             raise FloatingPointError("l2sp diverged")
         return real(method, *args, **kwargs)
 
-    monkeypatch.setattr(protocol, "adapt", flaky)
+    monkeypatch.setattr(protocol, "select", flaky)
     out = tmp_path / "out"
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"))
     run_suite(path, out, devices="cpu", log=lambda m: None)
@@ -262,3 +262,37 @@ def test_report_of_empty_folder_is_an_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pacsim.cli", "report", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no results" in out.stderr
+
+
+def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch):
+    """Poisoned target test targets change the reported error, never what is chosen."""
+    from pacsim.bench import protocol
+
+    top = 'selection = { mode = "cv", folds = 3, max_steps = 6 }'
+    path = _suite(tmp_path, seeds=(0,), methods=("head", "l2sp", "pac"), top=top,
+                  n_target=(6,))
+    clean = tmp_path / "clean"
+    run_suite(path, clean, devices="cpu", log=lambda m: None)
+    real_load = protocol.PairData.load
+
+    def poisoned(files):
+        data = real_load(files)
+        data.target_test = (data.target_test[0], data.target_test[1] * 0 + 1e3)
+        data.target_test_y = data.target_test_y * 0 + 1e3
+        return data
+
+    monkeypatch.setattr(protocol.PairData, "load", staticmethod(poisoned))
+    dirty = tmp_path / "dirty"
+    run_suite(path, dirty, devices="cpu", log=lambda m: None)
+    a = {r["method"]: r for r in read_results(clean)}
+    b = {r["method"]: r for r in read_results(dirty)}
+    assert set(a) == {"head", "l2sp", "pac"}
+    for m in a:
+        assert a[m]["status"] == b[m]["status"] == "ok"
+        assert a[m]["selection"] == b[m]["selection"], m
+        assert a[m]["selection"]["mode"] == "cv" and a[m]["selection"]["folds"] == 3
+        assert a[m]["steps"] == a[m]["selection"]["steps"] <= 6
+        assert a[m]["target"]["rmse"] != b[m]["target"]["rmse"]
+    assert set(a["l2sp"]["selection"]["chosen"]) == {"alpha", "lr"}
+    assert set(a["pac"]["selection"]["chosen"]) == {"subspace", "lr"}
+    assert a["pac"]["memory_bytes"] < a["head"]["memory_bytes"]

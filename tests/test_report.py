@@ -210,3 +210,15 @@ def _imports_torch(code: str) -> bool:
 
 def test_import_pacsim_bench_report_does_not_import_torch():
     assert not _imports_torch("import sys; ")
+
+
+def test_report_counts_each_cell_once_after_a_rerun(tmp_path):
+    from pacsim.bench.results import append_record, latest, read_results
+
+    old = {"pair": "p", "method": "pac", "n_target": 10, "seed": 0, "status": "error",
+           "error": "x"}
+    new = dict(old, status="ok")
+    other = dict(old, seed=1)
+    for r in (old, other, new):
+        append_record(tmp_path, r)
+    assert latest(read_results(tmp_path)) == [other, new]

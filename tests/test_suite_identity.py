@@ -121,14 +121,14 @@ def test_dry_run_lists_what_would_run_and_why(tmp_path, monkeypatch):
 
     from pacsim.bench import protocol
 
-    real = protocol.adapt
+    real = protocol.select
 
     def flaky(method, *args, **kwargs):
         if method == "l2sp":
             raise FloatingPointError("diverged")
         return real(method, *args, **kwargs)
 
-    monkeypatch.setattr(protocol, "adapt", flaky)
+    monkeypatch.setattr(protocol, "select", flaky)
     _run(path, out)
     plan = _run(path, out, dry_run=True)
     assert "0 to run" in plan[0] and "1 failed" in plan[0]

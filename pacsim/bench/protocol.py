@@ -4,9 +4,11 @@ Per (pair, seed) one source model and, per allocate configuration of the PAC-fam
 methods, one PAC-allocated model are trained and cached (:func:`prepare`); every method
 and target size of that seed starts from them. Per (pair, seed) the target subsets are
 nested prefixes of one permutation of the target pool, shared by every method. Every
-method trains for exactly the same number of optimiser steps with the same optimiser
-and learning rate (:func:`run_cell`), and the final model is evaluated on the held-out
-target test set and, through its source view, on the source test set. Cache names carry
+method is either chosen by K-fold cross-validation on its target samples only (learning
+rate, its own options and the step count, from grids of equal size; the suite's
+``selection``) or trained for the same fixed number of steps (``selection = "fixed"``),
+with the same optimiser, and the final model is evaluated on the held-out target test
+set and, through its source view, on the source test set (:func:`run_cell`). Cache names carry
 a hash of the configuration that shaped the cached model.
 """
 
@@ -32,7 +34,7 @@ from ..models import CNN, MLP
 from ..pac import Masks
 from ..sims import recipes
 from ..train import fit, predict
-from ..transfer import adapt
+from ..transfer import select
 from ..transfer.methods import prune_and_allocate
 from .suite import Cell, PairSpec, Suite, config_hash
 
@@ -247,10 +249,12 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     if alloc_path is not None:
         alloc_model, alloc_masks, alloc_meta = ctx.load(alloc_path)
         extra["allocated"] = (alloc_model, alloc_masks)
+    mcfg = ctx.suite.methods[method]
     t0 = time.perf_counter()
-    res = adapt(method, source_model, target, options=ctx.suite.methods[method].options,
-                steps=spec.train.target_steps, batch_size=min(spec.train.batch_size, n_target),
-                **ctx.fit_kwargs(pair, seed), **extra)
+    res = select(method, source_model, target, selection=ctx.suite.selection,
+                 steps=spec.train.target_steps, grid=mcfg.grid,
+                 options=mcfg.options.to_dict(), batch_size=spec.train.batch_size,
+                 **ctx.fit_kwargs(pair, seed), **extra)
     seconds = time.perf_counter() - t0
     tgt, pred = data.physical(res.model, data.target_test, data.target_test_y)
     with res.source_view() as m:
@@ -262,6 +266,7 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
         "source_before": {k: src_meta["source"][k] for k in ("rmse", "nrmse")},
         "zero_shot": {k: src_meta["zero_shot"][k] for k in ("rmse", "nrmse")},
         "trainable": res.trainable, "n_params": sum(p.numel() for p in res.model.parameters()),
+        "memory_bytes": res.serving_bytes(), "selection": res.selection,
         "steps": res.history.steps, "seconds": seconds,
         "source_fingerprint": fingerprint(*source_model.state_dict().values()),
         "target_fingerprint": fingerprint(*target),

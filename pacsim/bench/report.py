@@ -30,7 +30,7 @@ from ..plots import (
     ok_records,
     tradeoff_points,
 )
-from .results import RESULTS, read_results
+from .results import RESULTS, latest, read_results
 
 #: The reference of the paired win-rate tables.
 REF = "finetune"
@@ -339,7 +339,7 @@ def write_report(out: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt  # after ..plots, which picks a headless backend
 
     out = Path(out)
-    records = read_results(out)
+    records = latest(read_results(out))
     if not records:
         raise ValueError(f"{out}: no results ({RESULTS} missing or empty)")
     ok = ok_records(records)

@@ -38,3 +38,14 @@ def append_record(out: Path, record: dict[str, Any]) -> None:
         f.write((json.dumps(record) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last record of each (pair, method, n_target, seed), in file order: a re-run
+    after a changed option appends the cell again, and only the newest one counts."""
+    last: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in records:
+        key = (r.get("pair"), r.get("method"), r.get("n_target"), r.get("seed"))
+        last.pop(key, None)
+        last[key] = r
+    return list(last.values())
