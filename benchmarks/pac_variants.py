@@ -26,11 +26,14 @@ from pacsim.transfer import select
 BASELINES = ("scratch", "finetune", "head", "l2sp", "bitfit")
 
 #: name -> (grid, fixed options); every grid has the suite's size (4 configurations).
-VARIANTS: dict[str, tuple[dict[str, list[Any]] | None, dict[str, Any]]] = {
-    "pac (grid: subspace x lr)": (None, {}),
+VARIANTS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "subspace all/last x lr": ({"subspace": ["all", "last"], "lr": [1e-3, 1e-2]}, {}),
+    "subspace ladder": ([{"subspace": ["all"], "lr": [1e-3, 1e-2]},
+                         {"subspace": ["last", "biases"], "lr": [1e-2]}], {}),
     "lr fixed, grid lam x subspace": ({"lam": [0.0, 0.01], "subspace": ["all", "last"]}, {}),
     "subspace all, grid lam x lr": ({"lam": [0.0, 0.01], "lr": [1e-3, 1e-2]}, {}),
-    "no target biases": (None, {"train_biases": False}),
+    "no target biases, all/last x lr": ({"subspace": ["all", "last"], "lr": [1e-3, 1e-2]},
+                                        {"train_biases": False}),
 }
 
 

@@ -83,6 +83,21 @@ def test_select_only_sees_the_target_samples_it_is_given(monkeypatch):
     assert {tuple(r.tolist()) for r in held_out} == rows, "each sample validated once"
 
 
+def test_a_grid_may_be_a_list_of_tables():
+    model, src, tgt = _problem()
+    grid = [{"subspace": ["all"], "lr": [1e-3, 1e-2]}, {"subspace": ["last", "biases"]}]
+    assert check_grid("pac", grid) == [{"subspace": ["all"], "lr": [1e-3, 1e-2]},
+                                       {"subspace": ["last", "biases"]}]
+    res = select("pac", model, tgt, selection=SelectionConfig(folds=3, max_steps=5), steps=2,
+                 source=src, grid=grid, **KW)
+    assert sorted(res.selection["curves"]) == ["lr=0.001,subspace=all", "lr=0.01,subspace=all",
+                                               "subspace=biases", "subspace=last"]
+    with pytest.raises(ValueError, match="needs train_biases=True"):
+        check_grid("pac-paper", {"subspace": ["biases"]})
+    with pytest.raises(ValueError, match="grid is an empty list"):
+        check_grid("pac", [])
+
+
 def test_fixed_selection_runs_the_budget_with_the_given_options():
     model, src, tgt = _problem()
     res = select("l2sp", model, tgt, selection=SelectionConfig(mode="fixed"), steps=7,
@@ -147,11 +162,15 @@ def test_source_matched_allocate_stops_once_the_source_error_is_back():
     assert fixed.extra["allocate_history"].epochs_run == 3
 
 
-@pytest.mark.parametrize("subspace", ["all", "last"])
+@pytest.mark.parametrize("subspace", ["all", "last", "biases"])
 @pytest.mark.parametrize("train_biases", [False, True])
 @pytest.mark.parametrize("optimizer,weight_decay", [("adamw", 0.1), ("sgd", 0.01)])
 def test_pac_invariants_hold_for_every_calibration_subspace(kind, subspace, train_biases,
                                                             optimizer, weight_decay):
+    if subspace == "biases" and not train_biases:
+        with pytest.raises(ValueError, match="needs train_biases=True"):
+            pac.calibrate_update(make_model(kind), pac.prune(make_model(kind), 0.5), subspace)
+        return
     model = make_model(kind)
     src, tgt = make_data(kind, seed=1), make_data(kind, seed=2, shift=0.5)
     kw = dict(epochs=3, batch_size=16, lr=1e-2, optimizer=optimizer,
@@ -174,6 +193,8 @@ def test_pac_invariants_hold_for_every_calibration_subspace(kind, subspace, trai
                 assert bool((p[spec] != 0).any()), f"{name}: freed entries did train"
     if subspace == "last":
         assert set(n for n in update if n in masks.essential) == {last}
+    if subspace == "biases":
+        assert not set(update) & set(masks.essential) and update
     x = tgt[0]
     with pac.source_view(model, masks):
         assert torch.equal(predict(model, x), predict(allocated, x))

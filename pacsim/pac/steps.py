@@ -51,7 +51,7 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
     return history
 
 
-SUBSPACES = ("all", "last")
+SUBSPACES = ("all", "last", "biases")
 #: The paper's calibrate penalty on the freed weights.
 PAPER_LAM = 0.01
 
@@ -61,11 +61,17 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
     """The update mask of calibrate: the redundant entries of every pruned tensor
     (``subspace="all"``) or of the last one that has any (``"last"``, PAC's analogue of
     training the head), plus with ``train_biases`` the biases of those layers (every
-    bias, or that layer's)."""
+    bias, or that layer's). ``"biases"`` trains no weight entry, only the target's own
+    biases (PAC's analogue of BitFit; needs ``train_biases``): the smallest subspace."""
     if subspace not in SUBSPACES:
         raise ValueError(f"unknown calibration subspace {subspace!r}; choose one of {SUBSPACES}")
+    if subspace == "biases" and not train_biases:
+        raise ValueError("calibration subspace 'biases' trains only the target's biases: "
+                         "it needs train_biases=True")
     names = list(masks.essential)
-    if subspace == "last":
+    if subspace == "biases":
+        names = []
+    elif subspace == "last":
         freed = [n for n in names if not bool(masks.essential[n].all())]
         names = freed[-1:]
     update: dict[str, bool | torch.Tensor] = {n: ~masks.essential[n] for n in names}

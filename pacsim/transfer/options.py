@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -76,8 +76,9 @@ class PACOptions(Options):
       ``allocate_patience`` epochs without improvement; ``"fixed"`` runs the budget.
     - ``lam``: ``lam * ||w_freed||^2`` during calibrate (the paper's 0.01 hurts far
       targets; selection chooses it per target).
-    - ``subspace``: which freed entries calibrate trains: ``"all"`` or only those of the
-      ``"last"`` pruned layer that has any.
+    - ``subspace``: which freed entries calibrate trains: ``"all"``, only those of the
+      ``"last"`` pruned layer that has any, or none (``"biases"``: only the target's own
+      biases).
     - ``train_biases``: the target gets its own biases (the source keeps its own).
     """
 
@@ -100,6 +101,8 @@ class PACOptions(Options):
         _check_choice("pac scope", self.scope, SCOPES)
         _check_choice("pac allocate", self.allocate, ALLOCATE_MODES)
         _check_choice("pac subspace", self.subspace, SUBSPACES)
+        if self.subspace == "biases" and not self.train_biases:
+            raise ValueError("pac subspace 'biases' needs train_biases=True")
         _check_nonneg("pac lam", self.lam)
         _check_nonneg("pac lam_sp", self.lam_sp)
         if not (math.isfinite(self.allocate_max_factor) and self.allocate_max_factor >= 1):
@@ -194,10 +197,25 @@ def method_options(method: str, raw: Mapping[str, Any] | Options | None = None) 
         raise ValueError(f"method {method!r}: {exc}") from None
 
 
-def check_grid(method: str, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+Grid = Mapping[str, list[Any]] | Sequence[Mapping[str, list[Any]]]
+
+
+def check_grid(method: str, grid: Grid) -> dict[str, list[Any]] | list[dict[str, list[Any]]]:
     """A selection grid for ``method``: each key an option (or ``lr``), each value a
     non-empty list of valid values; options that shape a cached preparation step
-    (PAC's pruning and allocate) cannot be searched per cell."""
+    (PAC's pruning and allocate) cannot be searched per cell. A list of such tables is
+    the union of their products (as scikit-learn's ``ParameterGrid`` reads it)."""
+    if isinstance(grid, (list, tuple)):
+        if not grid:
+            raise ValueError(f"method {method!r} grid is an empty list")
+        return [_check_table(method, g) for g in grid]
+    return _check_table(method, grid)
+
+
+def _check_table(method: str, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"method {method!r} grid must be a table or a list of tables, "
+                         f"got {grid!r}")
     cls = OPTIONS[method] if method in OPTIONS else None
     if cls is None:
         raise ValueError(f"unknown transfer method {method!r}; choose one of {list(OPTIONS)}")
