@@ -39,6 +39,20 @@ def make_data(kind: str, n: int = 48, seed: int = 0, shift: float = 0.0
 MODEL_KINDS = ("mlp", "cnn1d", "cnn2d")
 
 
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``pacsim ARGS`` in this process: returns (exit status, stdout, stderr)."""
+    from pacsim.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
 @pytest.fixture(params=MODEL_KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param

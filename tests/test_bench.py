@@ -246,22 +246,20 @@ def test_report_from_synthetic_results(tmp_path):
     ("seeds = [0\n", "not valid TOML"),
     ("seeds = [0]\nn_target = [5]", "no [pair.NAME] sections"),
 ])
-def test_bad_suites_one_line_exit_2(tmp_path, content, match):
+def test_bad_suites_one_line_exit_2(tmp_path, cli, content, match):
     path = tmp_path / "s.toml"
     if content is not None:
         path.write_text(content)
     with pytest.raises(SuiteError, match=match.replace("[", r"\[").replace("]", r"\]")):
         load_suite(path)
-    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",
-                          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "s.toml" in out.stderr
+    code, _, err = cli("bench", path, "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and "s.toml" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_report_of_empty_folder_is_an_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "report", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "no results" in out.stderr
+def test_report_of_empty_folder_is_an_error(tmp_path, cli):
+    code, _, err = cli("report", tmp_path)
+    assert code == 2 and "no results" in err
 
 
 def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,12 +55,11 @@ def test_build_and_skip(tmp_path):
     ("this is not toml ][", "not valid TOML"),
     (SMALL.replace('n = 30', 'n = "many"'), "bad recipe value"),
 ])
-def test_bad_recipes(tmp_path, text, match):
+def test_bad_recipes(tmp_path, cli, text, match):
     rec = tmp_path / "bad.toml"
     rec.write_text(text)
     with pytest.raises(SimulationError, match=match):
         recipes.load(rec)
-    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "datasets", str(rec), "--out",
-                          str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "bad.toml" in out.stderr and out.stderr.count("\n") == 1
+    code, _, err = cli("datasets", rec, "--out", tmp_path / "b")
+    assert code == 2 and "bad.toml" in err and err.count("\n") == 1
     assert not (tmp_path / "b").exists()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -143,28 +141,26 @@ def test_diode_devsim_run(tmp_path, monkeypatch):
     (["friedman", "--n", "0", "--out", "X"], "n must be a positive integer"),
     (["friedman", "--out", "X"], "missing --n"),
 ])
-def test_cli_errors_are_one_line_exit_2_no_file(tmp_path, args, match):
+def test_cli_errors_are_one_line_exit_2_no_file(tmp_path, cli, args, match):
     args = [str(tmp_path / "out.h5") if a == "X" else a for a in args]
-    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "simulate", *args],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and match in out.stderr, out.stderr
-    assert out.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+    code, _, err = cli("simulate", *args)
+    assert code == 2 and match in err, err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
 
 
-def test_cli_simulate_list_and_run(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "simulate", "--list"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0
+def test_cli_simulate_list_and_run(tmp_path, cli):
+    code, out, _ = cli("simulate", "--list")
+    assert code == 0
     for name in ("friedman", "pendulum", "burgers1d", "darcy2d", "diode"):
-        assert f"{name}:" in out.stdout
-    assert "temperature     K" in out.stdout
+        assert f"{name}:" in out
+    assert "temperature     K" in out
     path = tmp_path / "f.h5"
-    cmd = [sys.executable, "-m", "pacsim.cli", "simulate", "friedman", "--setting", "target",
-           "--n", "40", "--seed", "3", "--out", str(path), "--set", "q=0.5"]
-    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+    cmd = ["simulate", "friedman", "--setting", "target", "--n", "40", "--seed", "3",
+           "--out", str(path), "--set", "q=0.5"]
+    assert cli(*cmd)[0] == 0
     assert H5Dataset(path).info.params["q"] == 0.5
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "exists" in again.stderr
+    code, _, err = cli(*cmd)
+    assert code == 2 and "exists" in err
 
 
 @pytest.mark.parametrize("name,params", [

@@ -3,9 +3,6 @@ when the suite loads; a bad key or value names the file, the section and the key
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from test_bench import _suite
 
@@ -81,10 +78,9 @@ def test_bad_values_refused_at_load(tmp_path, where, text, words):
         assert w in msg, (w, msg)
 
 
-def test_bad_option_cli_one_line_exit_2(tmp_path):
+def test_bad_option_cli_one_line_exit_2(tmp_path, cli):
     path = _suite(tmp_path, extra="[method.pac]\nratoi = 0.5")
-    out = subprocess.run([sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",
-                          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "suite.toml: [method.pac]" in out.stderr and "'ratoi'" in out.stderr
+    code, _, err = cli("bench", path, "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1
+    assert "suite.toml: [method.pac]" in err and "'ratoi'" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "data").exists()
