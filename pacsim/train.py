@@ -299,3 +299,15 @@ def evaluate(model: nn.Module, data: Data, *, batch_size: int = 1024,
     finally:
         model.train(was_training)
     return acc.compute()
+
+
+# ----------------------------------------------------------------------------- many models
+
+
+def fit_many(models: Any, datasets: Any, **kwargs: Any) -> list[History]:
+    """K models of one architecture trained at once (``torch.func.vmap``), one
+    :class:`History` each; see :func:`pacsim.many.fit_many` (imported here on first use,
+    since it builds on this module)."""
+    from .many import fit_many as _fit_many
+
+    return _fit_many(models, datasets, **kwargs)

@@ -1,0 +1,602 @@
+"""Many small models of one architecture trained at once: :func:`fit_many`.
+
+A benchmark sweep is thousands of small, independent trainings of identical
+architectures; on a GPU each of them alone is a few dozen tiny kernel launches. Here K
+models become one stack: their trainable parameters live side by side in one flat
+``(K, P)`` tensor, one ``torch.func.vmap(grad_and_value(...))`` call over
+``functional_call`` gives all K losses and gradients, and one Adam/AdamW/SGD update over
+that tensor moves all K models, each with its own learning rate (a ``(K, 1)`` factor),
+data, shuffling seed, update mask and L2 pull.
+
+Exactness is enforced as in :mod:`pacsim.exact`, by the same idea and the same classes:
+every model's ``update_mask`` and ``penalty`` are first resolved and checked by one
+:class:`~pacsim.exact.UpdateMask` and one :class:`~pacsim.exact.L2Pull` per model, exactly
+as :func:`pacsim.train.fit` does, and then stacked: :class:`StackedUpdateMask` restores
+every frozen entry from its snapshot with one ``torch.where`` after each optimiser step
+(``UpdateMask.after_step`` over K models), and :class:`StackedL2Pull` adds
+``2 w_k (p - anchor_k)`` to the stacked gradient (``L2Pull.apply`` over K models). So per
+model, every frozen entry keeps its exact bits and every PAC invariant holds.
+
+The optimiser reproduces ``torch.optim``'s single-tensor CPU arithmetic (learning rate
+times bias correction computed in double and rounded once, as torch passes it to the
+kernel), so with the same gradients the updates match ``fit``'s bit for bit; the batched
+kernels of ``vmap`` round differently from one model's, so results agree with ``fit``
+closely rather than bitwise. The loop has no host synchronisation per step (per-step
+factors are precomputed once an epoch; losses are read once an epoch, as ``fit`` does).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from .data.batches import _TensorBatches, batches
+from .device import resolve_device
+from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
+from .train import OPTIMIZERS, History, _make_loss, fit
+
+Pair = tuple[Any, Any]
+_BETAS = (0.9, 0.999)
+_EPS = 1e-8
+_MOMENTUM = 0.9
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class _Slot:
+    name: str
+    shape: torch.Size
+    offset: int
+    size: int
+
+
+class _Layout:
+    """Where each parameter that any model trains lives in the flat ``(K, P)`` tensor."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        params = dict(model.named_parameters())
+        self.slots: list[_Slot] = []
+        offset = 0
+        for name in names:
+            p = params[name]
+            self.slots.append(_Slot(name, p.shape, offset, p.numel()))
+            offset += p.numel()
+        self.width = offset
+        self.sizes = [s.size for s in self.slots]
+
+    def flat(self, models: Sequence[nn.Module]) -> torch.Tensor:
+        """The stacked flat parameters ``(K, P)`` of ``models`` (a copy)."""
+        rows = []
+        for m in models:
+            params = dict(m.named_parameters())
+            rows.append(torch.cat([params[s.name].detach().reshape(-1) for s in self.slots]))
+        return torch.stack(rows)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of one model's flat vector (last axis), by parameter name."""
+        lead = flat.shape[:-1]
+        chunks = flat.split(self.sizes, dim=-1)
+        return {s.name: c.view(*lead, *s.shape) for s, c in zip(self.slots, chunks)}
+
+    def write_back(self, models: Sequence[nn.Module], flat: torch.Tensor) -> None:
+        """Copy each model's row of ``flat`` into its parameters."""
+        with torch.no_grad():
+            for k, m in enumerate(models):
+                params = dict(m.named_parameters())
+                for name, value in self.unflatten(flat[k]).items():
+                    params[name].copy_(value)
+
+
+def _resolve_mask(model: nn.Module, spec: MaskSpec | None, device: torch.device
+                  ) -> dict[str, bool | torch.Tensor]:
+    """Name -> True / False / bool tensor, resolved and checked by :class:`UpdateMask`."""
+    um = UpdateMask(model, spec, device)
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, bool | torch.Tensor] = {names[id(p)]: True for p in um.full}
+    out.update({names[id(p)]: False for p in um.frozen})
+    out.update({names[id(pp.param)]: pp.keep for pp in um.partial})
+    return out
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+class StackedUpdateMask:
+    """:class:`pacsim.exact.UpdateMask` for a stack of K models in one flat tensor.
+
+    ``keeps[k]`` is model k's resolved mask (name -> True, False or a bool tensor, as
+    :class:`UpdateMask` classifies it). Columns that every model trains are left alone;
+    the rest (laid out first by :func:`fit_many`, ``restore_width`` columns) are restored
+    from a snapshot after every step: one in-place ``torch.where``, the same operation as
+    ``UpdateMask.after_step``. A tensor one model freezes and another trains is simply an
+    all-False slice for the first.
+    """
+
+    def __init__(self, keeps: Sequence[dict[str, bool | torch.Tensor]], layout: _Layout,
+                 flat: torch.Tensor) -> None:
+        restore = [s for s in layout.slots
+                   if any(keep[s.name] is not True for keep in keeps)]
+        self.width = sum(s.size for s in restore)
+        if self.width == 0:
+            self.keep = self.snapshot = None
+            return
+        rows = []
+        for keep in keeps:
+            parts = []
+            for s in restore:
+                entry = keep[s.name]
+                if isinstance(entry, torch.Tensor):
+                    parts.append(entry.to(flat.device).reshape(-1))
+                else:
+                    parts.append(torch.full((s.size,), bool(entry), device=flat.device))
+            rows.append(torch.cat(parts))
+        self.keep = torch.stack(rows)
+        self.snapshot = flat[:, : self.width].clone()
+
+    @torch.no_grad()
+    def after_step(self, flat: torch.Tensor) -> None:
+        """Put every frozen entry of every model back to its exact snapshot value."""
+        if self.keep is not None:
+            seg = flat[:, : self.width]
+            torch.where(self.keep, seg, self.snapshot, out=seg)
+
+
+class StackedL2Pull:
+    """:class:`pacsim.exact.L2Pull` for a stack: ``grad += C * p - A`` on flat tensors.
+
+    Built from one :class:`L2Pull` per model (which checks names and shapes and holds the
+    precomputed ``2 w anchor``): ``C[k]`` is ``2 w_k`` on the columns model k pulls and 0
+    elsewhere, ``A[k]`` is ``2 w_k anchor_k`` on its anchored columns. The arithmetic per
+    entry is ``L2Pull.apply``'s (add ``2 w p``, then subtract ``2 w anchor``); a zero
+    coefficient adds exactly nothing.
+    """
+
+    def __init__(self, pulls: Sequence[L2Pull | None], models: Sequence[nn.Module],
+                 layout: _Layout, flat: torch.Tensor) -> None:
+        self.coef: torch.Tensor | None = None
+        self.anchor: torch.Tensor | None = None
+        offsets = {s.name: s for s in layout.slots}
+        for k, (pull, model) in enumerate(zip(pulls, models)):
+            if pull is None:
+                continue
+            names = {id(p): n for n, p in model.named_parameters()}
+            if self.coef is None:
+                self.coef = torch.zeros_like(flat)
+            for p in pull.to_zero + pull.to_anchor:
+                s = offsets[names[id(p)]]
+                self.coef[k, s.offset : s.offset + s.size] = pull.scale
+            for p, scaled in zip(pull.to_anchor, pull.scaled_anchors):
+                if self.anchor is None:
+                    self.anchor = torch.zeros_like(flat)
+                s = offsets[names[id(p)]]
+                self.anchor[k, s.offset : s.offset + s.size] = scaled.reshape(-1)
+
+    def apply(self, grad: torch.Tensor, flat: torch.Tensor) -> None:
+        """Add the pulls to the stacked gradient in place."""
+        if self.coef is not None:
+            grad.addcmul_(self.coef, flat)
+        if self.anchor is not None:
+            grad.sub_(self.anchor)
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+class _StackedOptimizer:
+    """Adam, AdamW or SGD (momentum 0.9) on one flat ``(K, P)`` tensor, with per-model
+    learning rates, following ``torch.optim``'s single-tensor arithmetic."""
+
+    def __init__(self, name: str, flat: torch.Tensor, weight_decay: float) -> None:
+        self.name = name
+        self.wd = weight_decay
+        self.exp_avg = torch.zeros_like(flat)
+        self.exp_avg_sq = torch.zeros_like(flat) if name != "sgd" else None
+        self.step_count = 0
+
+    def factors(self, lrs: torch.Tensor, first_step: int) -> dict[str, torch.Tensor]:
+        """Per-step, per-model factors for steps ``first_step, first_step + 1, ...`` from
+        their learning rates ``lrs`` (S, K) in double, rounded to float32 once, exactly as
+        torch rounds a Python scalar for its kernels."""
+        steps = torch.arange(first_step, first_step + lrs.shape[0], dtype=torch.float64)
+        out: dict[str, torch.Tensor] = {}
+        if self.name == "sgd":
+            out["neg_lr"] = (-lrs).float()
+        else:
+            bc1 = 1 - _BETAS[0] ** steps
+            out["neg_step"] = (-(lrs / bc1[:, None])).float()
+            if self.name == "adamw" and self.wd != 0:
+                out["decay"] = (1 - lrs * self.wd).float()
+        return out
+
+    @torch.no_grad()
+    def step(self, flat: torch.Tensor, grad: torch.Tensor, f: dict[str, torch.Tensor],
+             i: int) -> None:
+        """One update of every model; ``f`` from :meth:`factors`, ``i`` the row."""
+        self.step_count += 1
+        if self.name == "sgd":
+            if self.wd != 0:
+                grad = grad.add(flat, alpha=self.wd)
+            if self.step_count == 1:
+                self.exp_avg.copy_(grad)
+            else:
+                self.exp_avg.mul_(_MOMENTUM).add_(grad)
+            flat.addcmul_(self.exp_avg, f["neg_lr"][i][:, None])
+            return
+        assert self.exp_avg_sq is not None
+        if self.wd != 0:
+            if self.name == "adamw":
+                flat.mul_(f["decay"][i][:, None])
+            else:
+                grad = grad.add(flat, alpha=self.wd)
+        beta1, beta2 = _BETAS
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bc2_sqrt = (1 - beta2**self.step_count) ** 0.5
+        denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(_EPS)
+        flat.addcdiv_(self.exp_avg * f["neg_step"][i][:, None], denom)
+
+
+def _lr_table(lrs: Sequence[float], total_steps: int, schedule: str | None
+              ) -> Callable[[int, int], torch.Tensor]:
+    """``table(first, count)``: the learning rate of every model at steps
+    ``first .. first + count - 1`` (0-based), as ``fit``'s optimiser and scheduler set them."""
+    base = torch.tensor(list(lrs), dtype=torch.float64)
+    if schedule is None:
+        return lambda first, count: base.expand(count, -1)
+    dummy = torch.optim.SGD([{"params": [torch.zeros(1)], "lr": lr} for lr in lrs])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(dummy, T_max=total_steps)
+    state = {"next": 0}
+
+    def table(first: int, count: int) -> torch.Tensor:
+        assert first == state["next"], "learning rates are read in order"
+        rows = []
+        for _ in range(count):
+            rows.append([g["lr"] for g in dummy.param_groups])
+            dummy.step()
+            sched.step()
+        state["next"] = first + count
+        return torch.tensor(rows, dtype=torch.float64)
+
+    return table
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _not_vectorisable(model: nn.Module) -> str | None:
+    """Why ``model`` cannot train inside a stack, or None."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm,
+                          nn.modules.instancenorm._InstanceNorm)) and m.track_running_stats:
+            return (f"{name} ({type(m).__name__}) updates its running statistics in train "
+                    f"mode")
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return (f"{name} ({type(m).__name__}) draws random numbers, which a stack "
+                    f"cannot draw per model as fit does")
+    if len({p.dtype for p in model.parameters()}) > 1:
+        return "its parameters have more than one dtype"
+    return None
+
+
+def _signature(model: nn.Module) -> list[tuple[str, str, tuple[int, ...], torch.dtype]]:
+    sig = [("param", n, tuple(p.shape), p.dtype) for n, p in model.named_parameters()]
+    sig += [("buffer", n, tuple(b.shape), b.dtype) for n, b in model.named_buffers()]
+    return sig
+
+
+def _check_architectures(models: Sequence[nn.Module]) -> None:
+    first = models[0]
+    config = getattr(first, "config", None)
+    sig0 = _signature(first)
+    for k, m in enumerate(models[1:], start=1):
+        if type(m) is not type(first):
+            raise ValueError(f"fit_many needs one architecture: models[{k}] is a "
+                             f"{type(m).__name__}, models[0] a {type(first).__name__}")
+        if callable(config) and m.config() != first.config():  # type: ignore[operator]
+            raise ValueError(f"fit_many needs one architecture: models[{k}].config() "
+                             f"{m.config()} differs from models[0]'s {first.config()}")
+        sig = _signature(m)
+        if sig != sig0:
+            diff = next((a, b) for a, b in zip(sig + [None] * len(sig0),  # type: ignore[list-item]
+                                               sig0 + [None] * len(sig)) if a != b)
+            raise ValueError(f"fit_many needs one architecture: models[{k}] has {diff[0]}, "
+                             f"models[0] has {diff[1]}")
+
+
+def _per_model(value: Any, k: int, what: str) -> list[Any]:
+    if value is None:
+        return [None] * k
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{what} must be a list with one entry per model, "
+                         f"got {type(value).__name__}")
+    if len(value) != k:
+        raise ValueError(f"{what} has {len(value)} entries for {k} models")
+    return list(value)
+
+
+def _pair(data: Any, k: int, batch_size: int, device: torch.device, what: str
+          ) -> _TensorBatches:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{what}[{k}] must be an in-memory pair (X, Y) of tensors or arrays, "
+                        f"got {type(data).__name__}")
+    b = batches(data, batch_size, device, name=f"{what}[{k}]")
+    assert isinstance(b, _TensorBatches)
+    return b
+
+
+def _stack_data(items: Sequence[_TensorBatches], what: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    ns = [b.n for b in items]
+    if len(set(ns)) > 1:
+        raise ValueError(f"fit_many needs the same number of samples in every {what} set "
+                         f"within a call, got {ns}")
+    for k, b in enumerate(items[1:], start=1):
+        for name, a, ref in (("inputs", b.x, items[0].x), ("targets", b.y, items[0].y)):
+            if a.shape != ref.shape or a.dtype != ref.dtype:
+                raise ValueError(f"{what}[{k}] {name} are {a.dtype} {tuple(a.shape)}, "
+                                 f"{what}[0] {name} {ref.dtype} {tuple(ref.shape)}")
+    return torch.stack([b.x for b in items]), torch.stack([b.y for b in items])
+
+
+# ----------------------------------------------------------------------------- fit_many
+
+
+def fit_many(
+    models: Sequence[nn.Module],
+    datasets: Sequence[Pair],
+    *,
+    update_masks: Sequence[MaskSpec | None] | None = None,
+    penalties: Sequence[L2Penalty | None] | None = None,
+    seeds: Sequence[int | None] | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    lr: float | Sequence[float] = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    optimizer: str = "adam",
+    loss: str | Callable[..., torch.Tensor] = "mse",
+    val: Sequence[Pair | None] | None = None,
+    restore_best: bool = True,
+    lr_schedule: str | None = None,
+    device: str | torch.device = "auto",
+) -> list[History]:
+    """Train K models of one architecture at once; one :class:`History` per model.
+
+    Per model k, this is :func:`pacsim.train.fit` ``(models[k], datasets[k],
+    update_mask=update_masks[k], penalty=penalties[k], seed=seeds[k], lr=lr[k],
+    val=val[k], ...)`` with the shared options (budget, batch size, optimiser, weight
+    decay, loss, schedule, ``restore_best``): same shuffling (one generator per seed,
+    ``fit``'s permutation rule), same exact update masks, same L2 pull, same selection of
+    the best validation epoch. ``datasets`` are in-memory pairs ``(X, Y)`` with the same
+    number of samples and shapes (vectorised batches); ``val`` sets may differ in size.
+    ``lr`` is one float or one per model. ``History.seconds`` is each model's share of
+    the stack's wall time. The trained weights are written into ``models``.
+
+    Models with BatchNorm statistics, dropout or mixed dtypes cannot share a stack: they
+    are trained one by one through ``fit``, with a warning saying why. A callable
+    ``loss`` must work under ``torch.func.vmap``.
+    """
+    models = list(models)
+    k_models = len(models)
+    if k_models == 0:
+        raise ValueError("fit_many needs at least one model")
+    if len({id(m) for m in models}) != k_models:
+        raise ValueError("fit_many got the same model object more than once")
+    datasets = _per_model(datasets, k_models, "datasets")
+    masks_in = _per_model(update_masks, k_models, "update_masks")
+    pens = _per_model(penalties, k_models, "penalties")
+    seeds_in = _per_model(seeds, k_models, "seeds")
+    vals = _per_model(val, k_models, "val")
+    lrs = ([float(lr)] * k_models if isinstance(lr, (int, float))
+           else [float(v) for v in _per_model(lr, k_models, "lr")])
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= and steps=")
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    bad_lr = [v for v in lrs if not v > 0]
+    if bad_lr:
+        raise ValueError(f"lr must be positive, got {bad_lr[0]}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
+    _check_architectures(models)
+    loss_fn = _make_loss(loss)
+    dev = resolve_device(device)
+
+    why = _not_vectorisable(models[0])
+    if why is not None:
+        warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
+                      f"{why}", stacklevel=2)
+        return [fit(m, d, val=v, epochs=epochs, steps=steps, lr=r, batch_size=batch_size,
+                    weight_decay=weight_decay, optimizer=optimizer, loss=loss,
+                    update_mask=um, penalty=pen, device=dev, seed=s, progress=False,
+                    restore_best=restore_best, lr_schedule=lr_schedule)
+                for m, d, v, r, um, pen, s in zip(models, datasets, vals, lrs, masks_in,
+                                                   pens, seeds_in)]
+
+    for m in models:
+        m.to(dev)
+    train = [_pair(d, k, batch_size, dev, "datasets") for k, d in enumerate(datasets)]
+    x_all, y_all = _stack_data(train, "datasets")
+    del train
+    n = x_all.shape[1]
+    val_b = [None if v is None else _pair(v, k, batch_size, dev, "val")
+             for k, v in enumerate(vals)]
+    groups = _val_groups(val_b, dev)
+    keeps = [_resolve_mask(m, s, dev) for m, s in zip(models, masks_in)]
+    trainable = [[n_ for n_, e in keep.items() if e is not False] for keep in keeps]
+    pulls = [None if pen is None else L2Pull.build(m, pen, [p for n_, p in m.named_parameters()
+                                                            if n_ in set(tr)], dev)
+             for m, pen, tr in zip(models, pens, trainable)]
+    histories = [History() for _ in models]
+    if epochs == 0 or steps == 0:
+        return histories
+    for k, tr in enumerate(trainable):
+        if not tr:
+            raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
+                             f"every parameter")
+
+    # Layout: parameters that some model partly freezes first (the restore region).
+    names = [n_ for n_, _ in models[0].named_parameters()]
+    live = [n_ for n_ in names if any(keep[n_] is not False for keep in keeps)]
+    live.sort(key=lambda n_: all(keep[n_] is True for keep in keeps))
+    layout = _Layout(models[0], live)
+    flat = layout.flat(models)
+    fixed = {n_: torch.stack([dict(m.named_parameters())[n_].detach() for m in models])
+             for n_ in names if n_ not in set(live)}
+    buffers = {n_: torch.stack([dict(m.named_buffers())[n_] for m in models])
+               for n_, _ in models[0].named_buffers()}
+    mask = StackedUpdateMask(keeps, layout, flat)
+    pull = StackedL2Pull(pulls, models, layout, flat)
+    opt = _StackedOptimizer(optimizer, flat, weight_decay)
+
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def one_loss(theta: torch.Tensor, fixed_k: dict[str, torch.Tensor],
+                 buffers_k: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                 ) -> torch.Tensor:
+        pred = functional_call(base, (layout.unflatten(theta), fixed_k, buffers_k), (x,))
+        return loss_fn(pred.float(), y)
+
+    grads_and_losses = vmap(grad_and_value(one_loss))
+    val_losses = vmap(one_loss)
+
+    per_epoch = -(-n // batch_size)
+    if steps is not None:
+        epochs = -(-steps // per_epoch)
+        total_steps = steps
+    else:
+        assert epochs is not None
+        total_steps = epochs * per_epoch
+    lr_rows = _lr_table(lrs, total_steps, lr_schedule)
+    gens = []
+    for s in seeds_in:
+        if s is None:
+            s = int(torch.randint(0, 2**62, ()).item())
+        gens.append(torch.Generator().manual_seed(s))
+    offsets = (torch.arange(k_models) * n)[:, None]
+    x_flat = x_all.reshape(k_models * n, *x_all.shape[2:])
+    y_flat = y_all.reshape(k_models * n, *y_all.shape[2:])
+    with_val = [k for k, v in enumerate(val_b) if v is not None]
+    best_flat = flat.clone() if restore_best and with_val else None
+    t0 = time.perf_counter()
+    done = 0
+    for epoch in range(epochs):
+        count = min(per_epoch, total_steps - done)
+        f = {key: t.to(dev, non_blocking=True)
+             for key, t in opt.factors(lr_rows(done, count), done + 1).items()}
+        perm = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets
+        perm = perm.to(dev, non_blocking=True)
+        base.train()
+        running = torch.zeros(k_models, device=dev)
+        seen = 0
+        for i in range(count):
+            idx = perm[:, i * batch_size : (i + 1) * batch_size]
+            b = idx.shape[1]
+            idx = idx.reshape(-1)
+            xb = x_flat.index_select(0, idx).view(k_models, b, *x_flat.shape[1:])
+            yb = y_flat.index_select(0, idx).view(k_models, b, *y_flat.shape[1:])
+            grad, losses = grads_and_losses(flat, fixed, buffers, xb, yb)
+            pull.apply(grad, flat)
+            opt.step(flat, grad, f, i)
+            mask.after_step(flat)  # frozen entries back to their exact bits
+            running += losses.detach() * b
+            seen += b
+        done += count
+        train_loss = running.tolist()
+        vloss = _val_losses(val_losses, base, flat, fixed, buffers, groups, batch_size)
+        improved = []
+        for k, h in enumerate(histories):
+            h.train_loss.append(train_loss[k] / seen)
+            h.epochs_run = epoch + 1
+            h.steps = done
+            if k in vloss:
+                v = vloss[k]
+                h.val_loss.append(v)
+                h.val_steps.append(done)
+                if h.best_val is None or v < h.best_val:
+                    h.best_val, h.best_epoch = v, epoch
+                    improved.append(k)
+            else:
+                h.best_epoch = epoch
+        if best_flat is not None and improved:
+            rows = torch.tensor(improved, device=dev)
+            best_flat.index_copy_(0, rows, flat.index_select(0, rows))
+    if best_flat is not None:
+        rows = torch.tensor(with_val, device=dev)
+        flat.index_copy_(0, rows, best_flat.index_select(0, rows))
+    layout.write_back(models, flat)
+    seconds = (time.perf_counter() - t0) / k_models
+    for h in histories:
+        h.seconds = seconds
+    return histories
+
+
+@dataclass
+class _ValGroup:
+    """Validation sets of one shape, stacked: evaluated in one vmapped pass."""
+
+    ks: list[int]
+    rows: torch.Tensor | None  # rows of the stack, None when every model is in the group
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def _val_groups(val_b: Sequence[_TensorBatches | None], device: torch.device
+                ) -> list[_ValGroup]:
+    by_shape: dict[tuple[Any, ...], list[int]] = {}
+    for k, b in enumerate(val_b):
+        if b is not None:
+            by_shape.setdefault((tuple(b.x.shape), tuple(b.y.shape)), []).append(k)
+    groups = []
+    for ks in by_shape.values():
+        items = [b for k in ks if (b := val_b[k]) is not None]
+        rows = None if len(ks) == len(val_b) else torch.tensor(ks, device=device)
+        groups.append(_ValGroup(ks, rows, torch.stack([b.x for b in items]),
+                                torch.stack([b.y for b in items])))
+    return groups
+
+
+def _rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return t if rows is None else t.index_select(0, rows)
+
+
+@torch.no_grad()
+def _val_losses(val_losses: Callable[..., torch.Tensor], base: nn.Module, flat: torch.Tensor,
+                fixed: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                groups: Sequence[_ValGroup], batch_size: int) -> dict[int, float]:
+    """Mean validation loss per model that has a validation set, as ``fit`` computes it
+    (batches of ``batch_size`` in order, float64 sums)."""
+    out: dict[int, float] = {}
+    if not groups:
+        return out
+    base.eval()
+    for g in groups:
+        theta = _rows(flat, g.rows)
+        fx = {name: _rows(t, g.rows) for name, t in fixed.items()}
+        bf = {name: _rows(t, g.rows) for name, t in buffers.items()}
+        total = torch.zeros(len(g.ks), dtype=torch.float64, device=flat.device)
+        n = g.x.shape[1]
+        for i in range(0, n, batch_size):
+            xb, yb = g.x[:, i : i + batch_size], g.y[:, i : i + batch_size]
+            total += val_losses(theta, fx, bf, xb, yb).double() * xb.shape[1]
+        out.update({k: v / n for k, v in zip(g.ks, total.tolist())})
+    base.train()
+    return out
+
+__all__ = ["StackedL2Pull", "StackedUpdateMask", "fit_many"]
