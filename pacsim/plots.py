@@ -24,11 +24,10 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-#: Methods in display order: the five baselines, then the PAC family. A plain tuple (not
-#: ``pacsim.transfer.METHODS``) so that reports and notebooks start without torch.
-BASELINES = ("scratch", "finetune", "head", "l2sp", "bitfit")
-PAC_METHODS = ("pac-paper", "pac")
-METHOD_ORDER = BASELINES + PAC_METHODS
+# Methods in display order: the five baselines, then the PAC family (torch-free names).
+from .method_names import BASELINES, PAC_METHODS  # noqa: E402,F401 - used by the report
+from .method_names import METHODS as METHOD_ORDER  # noqa: E402
+
 COLORS = {"scratch": "#999999", "finetune": "#1f77b4", "head": "#9467bd", "l2sp": "#2ca02c",
           "bitfit": "#8c564b", "pac-paper": "#ff7f0e", "pac": "#d62728"}
 

@@ -32,6 +32,7 @@ from torch import nn
 from .. import pac
 from ..device import resolve_device
 from ..exact import L2Penalty, MaskSpec
+from ..method_names import METHODS as _NAMES
 from ..models.registry import build
 from ..train import Data, History, evaluate, fit
 from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
@@ -243,7 +244,8 @@ _RUNNERS: dict[str, Callable[..., TransferResult]] = {
     "pac": _pac,
     "pac-paper": _pac,
 }
-METHODS = tuple(_RUNNERS)
+METHODS = _NAMES
+assert set(METHODS) == set(_RUNNERS) == set(OPTIONS), "one name list for every method"
 _FIT_ARGS = set(inspect.signature(fit).parameters) - {"model", "train", "update_mask"}
 
 
