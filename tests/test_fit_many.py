@@ -1,0 +1,251 @@
+"""fit_many: K models at once agree with K fit runs, keep every frozen entry exact per
+model (PAC invariants inside a stack), and refuse what it cannot do with clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_data, make_model
+
+from pacsim import pac
+from pacsim.exact import L2Penalty
+from pacsim.models import CNN, MLP
+from pacsim.train import fit, fit_many, predict
+
+CPU = {"device": "cpu"}
+
+
+def _net(kind: str, seed: int) -> torch.nn.Module:
+    """conftest's models without BatchNorm (a stack trains those one by one)."""
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        return MLP(4, 2, hidden=(16, 16))
+    return CNN(1, 1, 1, width=6, depth=1, kernel_size=3, padding_mode="circular")
+
+
+def _data(kind: str, seed: int, n: int = 48, shift: float = 0.0):
+    return make_data("mlp" if kind == "mlp" else "cnn1d", n=n, seed=seed, shift=shift)
+
+
+def _close(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-5) -> None:
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=atol, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn1d"])
+@pytest.mark.parametrize("optimizer,wd,budget", [("adam", 0.0, {"epochs": 3}),
+                                                 ("adamw", 0.1, {"steps": 7}),
+                                                 ("adam", 0.05, {"epochs": 2}),
+                                                 ("sgd", 0.01, {"steps": 5})])
+def test_k3_reproduces_three_fit_runs(kind, optimizer, wd, budget):
+    models = [_net(kind, s) for s in range(3)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data(kind, s) for s in range(3)]
+    kw = dict(batch_size=16, optimizer=optimizer, weight_decay=wd, **budget, **CPU)
+    hist = fit_many(models, data, seeds=[0, 1, 2], lr=1e-2, **kw)
+    for m, r, d, s, h in zip(models, refs, data, range(3), hist):
+        ref = fit(r, d, seed=s, lr=1e-2, **kw)
+        _close(m, r)
+        assert h.steps == ref.steps and h.epochs_run == ref.epochs_run
+        assert h.train_loss == pytest.approx(ref.train_loss, rel=1e-5)
+        assert h.best_epoch == ref.best_epoch and h.val_loss == []
+
+
+def test_cosine_schedule_and_val_with_best_epoch_match_fit():
+    models = [_net("mlp", s) for s in range(3)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data("mlp", s) for s in range(3)]
+    vals = [_data("mlp", 10, n=20), None, _data("mlp", 11, n=30)]  # sizes may differ
+    kw = dict(epochs=6, batch_size=16, lr=3e-2, lr_schedule="cosine", **CPU)
+    hist = fit_many(models, data, seeds=[5, 6, 7], val=vals, **kw)
+    for m, r, d, v, s, h in zip(models, refs, data, vals, (5, 6, 7), hist):
+        ref = fit(r, d, val=v, seed=s, **kw)
+        _close(m, r)
+        assert h.val_loss == pytest.approx(ref.val_loss, rel=1e-5)
+        assert h.val_steps == ref.val_steps and h.best_epoch == ref.best_epoch
+    assert len(hist[0].val_loss) == 6 and hist[0].val_steps == [3, 6, 9, 12, 15, 18]
+    assert hist[1].val_loss == [] and hist[1].best_epoch == 5
+    assert hist[0].best_val == min(hist[0].val_loss)
+
+
+def _random_masks(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(p.shape, generator=g) > 0.5 for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn1d"])
+def test_frozen_entries_bit_exact_per_model_under_adamw(kind):
+    models = [_net(kind, s) for s in range(4)]
+    before = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
+    names = list(before[0])
+    specs = [
+        _random_masks(models[0], 0),
+        {names[0]: True, names[-1]: _random_masks(models[1], 1)[names[-1]]},  # rest frozen
+        None,  # everything trains
+        {n: _random_masks(models[3], 3)[n] for n in names[::2]},
+    ]
+    fit_many(models, [_data(kind, s) for s in range(4)], update_masks=specs,
+             seeds=[0, 1, 2, 3], optimizer="adamw", weight_decay=0.5, lr=5e-2, epochs=3,
+             batch_size=16, **CPU)
+    for m, b, spec in zip(models, before, specs):
+        for name, p in m.named_parameters():
+            keep = True if spec is None else spec.get(name, False)
+            keep = torch.full(p.shape, keep) if isinstance(keep, bool) else keep
+            assert torch.equal(p[~keep], b[name][~keep]), name
+            if keep.any():
+                assert not torch.equal(p[keep], b[name][keep]), name
+
+
+def _vec(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _allocate_spec(model, masks):
+    spec = {n: True for n, _ in model.named_parameters()}
+    spec.update(masks.essential)
+    return spec
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn1d"])
+def test_pac_invariants_hold_per_model_inside_a_stack(kind):
+    models = [_net(kind, s) for s in range(3)]
+    masks = [pac.prune(m, ratio=0.7, scope=scope)
+             for m, scope in zip(models, ("global", "layer", "global"))]
+    src = [_data(kind, 1 + s) for s in range(3)]
+    tgt = [_data(kind, 20 + s, shift=0.5) for s in range(3)]
+    kw = dict(epochs=3, batch_size=16, lr=1e-2, optimizer="adamw", weight_decay=0.1, **CPU)
+    pruned = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
+
+    # allocate: essential entries (and everything unpruned) train, redundant stay 0.0
+    fit_many(models, src, update_masks=[_allocate_spec(m, mk) for m, mk in zip(models, masks)],
+             penalties=[L2Penalty(0.01, p) for p in pruned], seeds=[0, 1, 2], **kw)
+    for m, mk, pr in zip(models, masks, pruned):
+        for name, w in pac.prunable_weights(m).items():
+            red = w[~mk.essential[name]]
+            assert torch.equal(red, torch.zeros_like(red)), name
+            assert not torch.equal(w[mk.essential[name]], pr[name][mk.essential[name]]), name
+        mk.stage = "allocated"
+    allocated = [copy.deepcopy(m) for m in models]
+
+    # calibrate: three different subspaces in one stack, as pac.calibrate sets them up
+    options = [("all", False), ("last", False), ("all", True)]
+    updates, penalties = [], []
+    for m, mk, (subspace, biases) in zip(models, masks, options):
+        update = pac.calibrate_update(m, mk, subspace, biases)
+        params = dict(m.named_parameters())
+        for name, spec in update.items():
+            if spec is True:
+                mk.source_state[name] = params[name].detach().clone()
+        updates.append(update)
+        penalties.append(L2Penalty(0.01, {n: None for n in update if n in mk.essential}))
+    fit_many(models, tgt, update_masks=updates, penalties=penalties, seeds=[3, 4, 5], **kw)
+
+    x = torch.cat([_data(kind, 9, n=20)[0], 100 * _data(kind, 8, n=4)[0]])
+    for m, a, mk, update in zip(models, allocated, masks, updates):
+        changed = False
+        after = dict(m.named_parameters())
+        for name, p0 in a.named_parameters():
+            p1 = after[name]
+            if name in mk.essential:
+                ess = mk.essential[name]
+                assert torch.equal(p1[ess], p0[ess]), name
+                changed |= not torch.equal(p1[~ess], p0[~ess])
+            elif update.get(name) is not True:
+                assert torch.equal(p1, p0), name
+        assert changed, "calibrate did not train the redundant entries"
+        target_out = predict(m, x)
+        with pac.source_view(m, mk) as src_model:
+            assert torch.equal(predict(src_model, x), predict(a, x))
+        assert torch.equal(predict(m, x), target_out)
+        assert not torch.equal(target_out, predict(a, x))
+
+
+def test_per_model_lr_and_penalty_take_effect():
+    torch.manual_seed(0)
+    base = _net("mlp", 0)
+    data = _data("mlp", 0)
+    anchor = {n: torch.randn_like(p) for n, p in base.named_parameters()}
+    settings = [(1e-3, None), (3e-2, None), (1e-2, L2Penalty(1.0, {n: None for n in anchor})),
+                (1e-2, L2Penalty(0.5, anchor))]
+    models = [copy.deepcopy(base) for _ in settings]
+    kw = dict(epochs=4, batch_size=16, **CPU)
+    fit_many(models, [data] * 4, seeds=[0] * 4, lr=[s[0] for s in settings],
+             penalties=[s[1] for s in settings], **kw)
+    for m, (lr, pen) in zip(models, settings):
+        ref = copy.deepcopy(base)
+        fit(ref, data, seed=0, lr=lr, penalty=pen, **kw)
+        _close(m, ref)
+    unpulled = copy.deepcopy(base)
+    fit(unpulled, data, seed=0, lr=1e-2, **kw)
+    w0, w, free = _vec(base), [_vec(m) for m in models], _vec(unpulled)
+    assert (w[1] - w0).norm() > 5 * (w[0] - w0).norm()  # the larger learning rate moves further
+    assert w[2].norm() < 0.9 * free.norm()  # pulled to zero
+    a = torch.cat([t.flatten() for t in anchor.values()])
+    assert (w[3] - a).norm() < 0.95 * (free - a).norm()  # pulled to the anchor
+
+
+def test_batchnorm_falls_back_to_fit_with_a_warning_and_still_trains():
+    models = [make_model("cnn1d", s) for s in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data("cnn1d", s) for s in range(2)]
+    kw = dict(epochs=2, batch_size=16, lr=1e-2, **CPU)
+    with pytest.warns(UserWarning, match=r"one by one with fit\(\).*BatchNorm1d.*running"):
+        hist = fit_many(models, data, seeds=[0, 1], **kw)
+    for m, r, d, s, h in zip(models, refs, data, (0, 1), hist):
+        ref = fit(r, d, seed=s, **kw)
+        assert h.train_loss == ref.train_loss
+        for (name, a), b in zip(m.state_dict().items(), r.state_dict().values()):
+            assert torch.equal(a, b), name
+        assert not torch.equal(m.state_dict()["blocks.0.norm1.running_mean"],
+                               make_model("cnn1d", s).state_dict()["blocks.0.norm1.running_mean"])
+
+
+def test_weights_written_back_and_budget_zero_is_a_no_op():
+    models = [_net("mlp", s) for s in range(2)]
+    before = [copy.deepcopy(m) for m in models]
+    hist = fit_many(models, [_data("mlp", s) for s in range(2)], steps=0, **CPU)
+    assert all(h.steps == 0 and h.train_loss == [] for h in hist)
+    for m, b in zip(models, before):
+        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), b.parameters()))
+    rng = torch.get_rng_state()
+    fit_many(models, [_data("mlp", s) for s in range(2)], steps=2, seeds=[0, 1], **CPU)
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded runs leave the global RNG alone
+    for m, b in zip(models, before):
+        assert not torch.equal(m.net[0].weight, b.net[0].weight)
+
+
+def test_bad_inputs_give_clear_errors():
+    two = [_net("mlp", 0), _net("mlp", 1)]
+    data = [_data("mlp", 0), _data("mlp", 1)]
+    with pytest.raises(ValueError, match="at least one model"):
+        fit_many([], [], epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"same number of samples .* got \[48, 40\]"):
+        fit_many(two, [data[0], _data("mlp", 1, n=40)], epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"one architecture: models\[1\]\.config\(\)"):
+        fit_many([two[0], MLP(4, 2, hidden=(16, 8))], data, epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"one architecture: models\[1\] is a CNN"):
+        fit_many([two[0], _net("cnn1d", 0)], data, epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"one architecture: models\[1\] has"):
+        fit_many([torch.nn.Linear(4, 2), torch.nn.Linear(4, 3)], data, epochs=1, **CPU)
+    with pytest.raises(ValueError, match="datasets has 1 entries for 2 models"):
+        fit_many(two, data[:1], epochs=1, **CPU)
+    with pytest.raises(ValueError, match="lr has 3 entries for 2 models"):
+        fit_many(two, data, epochs=1, lr=[1e-3] * 3, **CPU)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        fit_many(two, data, epochs=1, lr=[1e-3, 0.0], **CPU)
+    with pytest.raises(ValueError, match="same model object more than once"):
+        fit_many([two[0], two[0]], data, epochs=1, **CPU)
+    with pytest.raises(ValueError, match="exactly one of epochs= and steps="):
+        fit_many(two, data, **CPU)
+    with pytest.raises(ValueError, match=r"datasets\[1\] inputs are"):
+        fit_many(two, [data[0], (torch.rand(48, 5), data[1][1])], epochs=1, **CPU)
+    with pytest.raises(TypeError, match=r"datasets\[0\] must be an in-memory pair"):
+        fit_many(two, [torch.utils.data.TensorDataset(*data[0]), data[1]], epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"update_mask names unknown parameters"):
+        fit_many(two, data, update_masks=[{"nope": True}, None], epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"nothing to train in models\[0\]"):
+        fit_many(two, data, update_masks=[{}, None], epochs=1, **CPU)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fit_many(two, data, epochs=1, optimizer="lbfgs", **CPU)
