@@ -201,6 +201,9 @@ class _StackedOptimizer:
         self.wd = weight_decay
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat) if name != "sgd" else None
+        # Workspaces: large fresh CPU allocations cost page faults on every step.
+        self.denom = torch.empty_like(flat) if name != "sgd" else None
+        self.scaled = torch.empty_like(flat) if name != "sgd" else None
         self.step_count = 0
 
     def factors(self, lrs: torch.Tensor, first_step: int) -> dict[str, torch.Tensor]:
@@ -221,29 +224,31 @@ class _StackedOptimizer:
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor, f: dict[str, torch.Tensor],
              i: int) -> None:
-        """One update of every model; ``f`` from :meth:`factors`, ``i`` the row."""
+        """One update of every model (``grad`` is used as scratch); ``f`` from
+        :meth:`factors`, ``i`` the row."""
         self.step_count += 1
         if self.name == "sgd":
             if self.wd != 0:
-                grad = grad.add(flat, alpha=self.wd)
+                grad.add_(flat, alpha=self.wd)
             if self.step_count == 1:
                 self.exp_avg.copy_(grad)
             else:
                 self.exp_avg.mul_(_MOMENTUM).add_(grad)
             flat.addcmul_(self.exp_avg, f["neg_lr"][i][:, None])
             return
-        assert self.exp_avg_sq is not None
         if self.wd != 0:
             if self.name == "adamw":
                 flat.mul_(f["decay"][i][:, None])
             else:
-                grad = grad.add(flat, alpha=self.wd)
+                grad.add_(flat, alpha=self.wd)
+        assert self.exp_avg_sq is not None and self.denom is not None and self.scaled is not None
         beta1, beta2 = _BETAS
         self.exp_avg.lerp_(grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bc2_sqrt = (1 - beta2**self.step_count) ** 0.5
-        denom = (self.exp_avg_sq.sqrt() / bc2_sqrt).add_(_EPS)
-        flat.addcdiv_(self.exp_avg * f["neg_step"][i][:, None], denom)
+        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bc2_sqrt).add_(_EPS)
+        torch.mul(self.exp_avg, f["neg_step"][i][:, None], out=self.scaled)
+        flat.addcdiv_(self.scaled, self.denom)
 
 
 def _lr_table(lrs: Sequence[float], total_steps: int, schedule: str | None
