@@ -1,0 +1,122 @@
+"""Model-steps per second: ``fit`` one model at a time against ``fit_many`` for K models.
+
+Two models of the suites: the MLP 10-128-128-128-1 (batch 32) and the quick suite's 1D
+CNN (width 12, depth 2, kernel 5, circular padding) on Burgers' 128-point grid (batch
+32). Every model trains all its parameters with Adam for a fixed number of steps on its
+own random data; times are wall clock around the whole call (setup included); ``fit``
+and every K run interleaved, round after round, and the best round is reported (the
+median beside it), which is the least disturbed figure on a shared machine. Usage:
+``python benchmarks/throughput.py [--device cpu] [--threads 1 2] [--ks 1 8 32 64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from pacsim.device import resolve_device
+from pacsim.models import CNN, MLP
+from pacsim.sysinfo import one_line
+from pacsim.train import fit, fit_many
+
+CASES: dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, ...], tuple[int, ...], int]] = {
+    # name: (model factory, input shape, target shape, samples per model)
+    "MLP 10-128x3-1, batch 32": (lambda: MLP(10, 1, hidden=(128, 128, 128)), (10,), (1,), 512),
+    "CNN1D w12 d2 k5, nx 128, batch 32": (
+        lambda: CNN(1, 1, 1, width=12, depth=2, kernel_size=5, padding_mode="circular"),
+        (1, 128), (1, 128), 256),
+}
+BATCH = 32
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _problem(case: str, k: int) -> tuple[list[torch.nn.Module], list[tuple[torch.Tensor, ...]]]:
+    factory, xs, ys, n = CASES[case]
+    torch.manual_seed(0)
+    models = [factory() for _ in range(k)]
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(n, *xs, generator=g), torch.randn(n, *ys, generator=g))
+            for _ in range(k)]
+    return models, data
+
+
+def _rate(run: Callable[[], int], dev: torch.device) -> float:
+    """Model-steps/s of one call of ``run`` (which returns the model-steps it did)."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    done = run()
+    _sync(dev)
+    return done / (time.perf_counter() - t0)
+
+
+def measure(case: str, ks: list[int], steps: int, dev: torch.device, repeats: int
+            ) -> list[dict]:
+    """One row per K: ``fit`` one model at a time (4 models; its rate does not depend on
+    K) against ``fit_many`` of K models, interleaved round by round so that both see the
+    same load; best and median of ``repeats`` rounds after a warm-up round."""
+    kw = {"steps": steps, "batch_size": BATCH, "lr": 1e-3, "device": dev}
+    models, data = _problem(case, 4)
+
+    def one_at_a_time() -> int:
+        for i, (m, d) in enumerate(zip(models, data)):
+            fit(m, d, seed=i, progress=False, **kw)
+        return len(models) * steps
+
+    runs: dict[str, Callable[[], int]] = {"fit": one_at_a_time}
+    for k in ks:
+        models_k, data_k = _problem(case, k)
+
+        def stacked(models_k=models_k, data_k=data_k, k=k) -> int:
+            fit_many(models_k, data_k, seeds=list(range(k)), **kw)
+            return k * steps
+
+        runs[f"K={k}"] = stacked
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(repeats + 1):
+        for name, run in runs.items():
+            rate = _rate(run, dev)
+            if rep:  # the first round warms up
+                rates[name].append(rate)
+    fit_best, fit_med = max(rates["fit"]), statistics.median(rates["fit"])
+    return [{"model": case, "threads": torch.get_num_threads(), "K": k,
+             "fit": fit_best, "fit_many": max(rates[f"K={k}"]),
+             "speedup": max(rates[f"K={k}"]) / fit_best,
+             "speedup_median": statistics.median(rates[f"K={k}"]) / fit_med}
+            for k in ks]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--mlp-steps", type=int, default=200)
+    ap.add_argument("--cnn-steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    print(one_line(dev))
+    print("load average (1, 5, 15 min) at start: "
+          + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+    print(f"{'model':<34} {'threads':>7} {'K':>4} {'fit':>9} {'fit_many':>9} {'speedup':>8} "
+          f"{'(median)':>8}   [model-steps/s, best of {args.repeats}]")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for case, steps in zip(CASES, (args.mlp_steps, args.cnn_steps)):
+            for r in measure(case, args.ks, steps, dev, args.repeats):
+                print(f"{r['model']:<34} {r['threads']:>7} {r['K']:>4} {r['fit']:>9.0f} "
+                      f"{r['fit_many']:>9.0f} {r['speedup']:>7.2f}x "
+                      f"{r['speedup_median']:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
