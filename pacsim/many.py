@@ -275,6 +275,98 @@ def _lr_table(lrs: Sequence[float], total_steps: int, schedule: str | None
     return table
 
 
+# ----------------------------------------------------------------------------- stack
+
+
+@dataclass
+class _ValGroup:
+    """Validation sets of one shape, stacked: evaluated in one vmapped pass."""
+
+    ks: list[int]
+    rows: torch.Tensor | None  # rows of the stack, None when every model is in the group
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def _val_groups(val_b: Sequence[_TensorBatches | None], device: torch.device
+                ) -> list[_ValGroup]:
+    by_shape: dict[tuple[Any, ...], list[int]] = {}
+    for k, b in enumerate(val_b):
+        if b is not None:
+            by_shape.setdefault((tuple(b.x.shape), tuple(b.y.shape)), []).append(k)
+    groups = []
+    for ks in by_shape.values():
+        items = [b for k in ks if (b := val_b[k]) is not None]
+        rows = None if len(ks) == len(val_b) else torch.tensor(ks, device=device)
+        groups.append(_ValGroup(ks, rows, torch.stack([b.x for b in items]),
+                                torch.stack([b.y for b in items])))
+    return groups
+
+
+class _Stack:
+    """K models as one: trainable parameters in a flat ``(K, P)`` tensor (columns that
+    some model partly freezes first), the rest stacked per name, one meta-device copy of
+    the architecture for ``functional_call``, and the stacked mask and pull."""
+
+    def __init__(self, models: Sequence[nn.Module],
+                 keeps: Sequence[dict[str, bool | torch.Tensor]],
+                 pulls: Sequence[L2Pull | None], loss_fn: Callable[..., torch.Tensor]) -> None:
+        params = [dict(m.named_parameters()) for m in models]
+        names = list(params[0])
+        live = [n for n in names if any(keep[n] is not False for keep in keeps)]
+        live.sort(key=lambda n: all(keep[n] is True for keep in keeps))  # stable
+        self.layout = _Layout(models[0], live)
+        self.flat = self.layout.flat(models)
+        self.fixed = {n: torch.stack([p[n].detach() for p in params])
+                      for n in names if n not in set(live)}
+        self.buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in models])
+                        for n, _ in models[0].named_buffers()}
+        self.mask = StackedUpdateMask(keeps, self.layout, self.flat)
+        self.pull = StackedL2Pull(pulls, models, self.layout, self.flat)
+        base = copy.deepcopy(models[0]).to("meta")
+        layout = self.layout
+
+        def one_loss(theta: torch.Tensor, fixed: dict[str, torch.Tensor],
+                     buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                     ) -> torch.Tensor:
+            pred = functional_call(base, (layout.unflatten(theta), fixed, buffers), (x,))
+            return loss_fn(pred.float(), y)
+
+        self.base = base.train()
+        self._grads = vmap(grad_and_value(one_loss))
+        self._losses = vmap(one_loss)
+
+    def grads_and_losses(self, x: torch.Tensor, y: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat gradients ``(K, P)`` and losses ``(K,)`` of a stacked batch ``(K, B, ...)``."""
+        return self._grads(self.flat, self.fixed, self.buffers, x, y)
+
+    @torch.no_grad()
+    def val_losses(self, groups: Sequence[_ValGroup], batch_size: int) -> dict[int, float]:
+        """Mean validation loss of every model that has a validation set, as ``fit``
+        computes it (eval mode, batches of ``batch_size`` in order, float64 sums)."""
+        out: dict[int, float] = {}
+        if not groups:
+            return out
+        self.base.eval()
+        for g in groups:
+            theta = _rows(self.flat, g.rows)
+            fixed = {name: _rows(t, g.rows) for name, t in self.fixed.items()}
+            buffers = {name: _rows(t, g.rows) for name, t in self.buffers.items()}
+            total = torch.zeros(len(g.ks), dtype=torch.float64, device=self.flat.device)
+            n = g.x.shape[1]
+            for i in range(0, n, batch_size):
+                xb, yb = g.x[:, i : i + batch_size], g.y[:, i : i + batch_size]
+                total += self._losses(theta, fixed, buffers, xb, yb).double() * xb.shape[1]
+            out.update({k: v / n for k, v in zip(g.ks, total.tolist())})
+        self.base.train()
+        return out
+
+
+def _rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return t if rows is None else t.index_select(0, rows)
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -318,6 +410,26 @@ def _check_architectures(models: Sequence[nn.Module]) -> None:
                              f"models[0] has {diff[1]}")
 
 
+def _check_options(epochs: int | None, steps: int | None, lrs: Sequence[float],
+                   weight_decay: float, optimizer: str, lr_schedule: str | None) -> None:
+    """``fit``'s checks of the shared options."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= and steps=")
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    bad_lr = [v for v in lrs if not v > 0]
+    if bad_lr:
+        raise ValueError(f"lr must be positive, got {bad_lr[0]}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
+
+
 def _per_model(value: Any, k: int, what: str) -> list[Any]:
     if value is None:
         return [None] * k
@@ -354,6 +466,27 @@ def _stack_data(items: Sequence[_TensorBatches], what: str
 
 
 # ----------------------------------------------------------------------------- fit_many
+
+
+def _record_epoch(histories: Sequence[History], epoch: int, steps: int,
+                  running: Sequence[float], seen: int, val_loss: dict[int, float]) -> list[int]:
+    """Append one epoch to every history as ``fit`` does; the models whose validation
+    loss improved."""
+    improved = []
+    for k, h in enumerate(histories):
+        h.train_loss.append(running[k] / seen)
+        h.epochs_run = epoch + 1
+        h.steps = steps
+        if k in val_loss:
+            v = val_loss[k]
+            h.val_loss.append(v)
+            h.val_steps.append(steps)
+            if h.best_val is None or v < h.best_val:
+                h.best_val, h.best_epoch = v, epoch
+                improved.append(k)
+        else:
+            h.best_epoch = epoch
+    return improved
 
 
 def fit_many(
@@ -404,21 +537,7 @@ def fit_many(
     vals = _per_model(val, k_models, "val")
     lrs = ([float(lr)] * k_models if isinstance(lr, (int, float))
            else [float(v) for v in _per_model(lr, k_models, "lr")])
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= and steps=")
-    if epochs is not None and epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if steps is not None and steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    bad_lr = [v for v in lrs if not v > 0]
-    if bad_lr:
-        raise ValueError(f"lr must be positive, got {bad_lr[0]}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    if lr_schedule not in (None, "cosine"):
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
+    _check_options(epochs, steps, lrs, weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)
@@ -444,43 +563,19 @@ def fit_many(
              for k, v in enumerate(vals)]
     groups = _val_groups(val_b, dev)
     keeps = [_resolve_mask(m, s, dev) for m, s in zip(models, masks_in)]
-    trainable = [[n_ for n_, e in keep.items() if e is not False] for keep in keeps]
-    pulls = [None if pen is None else L2Pull.build(m, pen, [p for n_, p in m.named_parameters()
-                                                            if n_ in set(tr)], dev)
-             for m, pen, tr in zip(models, pens, trainable)]
+    pulls = [None if pen is None else L2Pull.build(
+                 m, pen, [p for name, p in m.named_parameters() if keep[name] is not False], dev)
+             for m, pen, keep in zip(models, pens, keeps)]
     histories = [History() for _ in models]
     if epochs == 0 or steps == 0:
         return histories
-    for k, tr in enumerate(trainable):
-        if not tr:
+    for k, keep in enumerate(keeps):
+        if all(e is False for e in keep.values()):
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
 
-    # Layout: parameters that some model partly freezes first (the restore region).
-    names = [n_ for n_, _ in models[0].named_parameters()]
-    live = [n_ for n_ in names if any(keep[n_] is not False for keep in keeps)]
-    live.sort(key=lambda n_: all(keep[n_] is True for keep in keeps))
-    layout = _Layout(models[0], live)
-    flat = layout.flat(models)
-    fixed = {n_: torch.stack([dict(m.named_parameters())[n_].detach() for m in models])
-             for n_ in names if n_ not in set(live)}
-    buffers = {n_: torch.stack([dict(m.named_buffers())[n_] for m in models])
-               for n_, _ in models[0].named_buffers()}
-    mask = StackedUpdateMask(keeps, layout, flat)
-    pull = StackedL2Pull(pulls, models, layout, flat)
-    opt = _StackedOptimizer(optimizer, flat, weight_decay)
-
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def one_loss(theta: torch.Tensor, fixed_k: dict[str, torch.Tensor],
-                 buffers_k: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-                 ) -> torch.Tensor:
-        pred = functional_call(base, (layout.unflatten(theta), fixed_k, buffers_k), (x,))
-        return loss_fn(pred.float(), y)
-
-    grads_and_losses = vmap(grad_and_value(one_loss))
-    val_losses = vmap(one_loss)
-
+    stack = _Stack(models, keeps, pulls, loss_fn)
+    opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
     per_epoch = -(-n // batch_size)
     if steps is not None:
         epochs = -(-steps // per_epoch)
@@ -498,7 +593,7 @@ def fit_many(
     x_flat = x_all.reshape(k_models * n, *x_all.shape[2:])
     y_flat = y_all.reshape(k_models * n, *y_all.shape[2:])
     with_val = [k for k, v in enumerate(val_b) if v is not None]
-    best_flat = flat.clone() if restore_best and with_val else None
+    best_flat = stack.flat.clone() if restore_best and with_val else None
     t0 = time.perf_counter()
     done = 0
     for epoch in range(epochs):
@@ -507,7 +602,6 @@ def fit_many(
              for key, t in opt.factors(lr_rows(done, count), done + 1).items()}
         perm = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets
         perm = perm.to(dev, non_blocking=True)
-        base.train()
         running = torch.zeros(k_models, device=dev)
         seen = 0
         for i in range(count):
@@ -516,92 +610,26 @@ def fit_many(
             idx = idx.reshape(-1)
             xb = x_flat.index_select(0, idx).view(k_models, b, *x_flat.shape[1:])
             yb = y_flat.index_select(0, idx).view(k_models, b, *y_flat.shape[1:])
-            grad, losses = grads_and_losses(flat, fixed, buffers, xb, yb)
-            pull.apply(grad, flat)
-            opt.step(flat, grad, f, i)
-            mask.after_step(flat)  # frozen entries back to their exact bits
+            grad, losses = stack.grads_and_losses(xb, yb)
+            stack.pull.apply(grad, stack.flat)
+            opt.step(stack.flat, grad, f, i)
+            stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits
             running += losses.detach() * b
             seen += b
         done += count
-        train_loss = running.tolist()
-        vloss = _val_losses(val_losses, base, flat, fixed, buffers, groups, batch_size)
-        improved = []
-        for k, h in enumerate(histories):
-            h.train_loss.append(train_loss[k] / seen)
-            h.epochs_run = epoch + 1
-            h.steps = done
-            if k in vloss:
-                v = vloss[k]
-                h.val_loss.append(v)
-                h.val_steps.append(done)
-                if h.best_val is None or v < h.best_val:
-                    h.best_val, h.best_epoch = v, epoch
-                    improved.append(k)
-            else:
-                h.best_epoch = epoch
+        improved = _record_epoch(histories, epoch, done, running.tolist(), seen,
+                                 stack.val_losses(groups, batch_size))
         if best_flat is not None and improved:
             rows = torch.tensor(improved, device=dev)
-            best_flat.index_copy_(0, rows, flat.index_select(0, rows))
+            best_flat.index_copy_(0, rows, stack.flat.index_select(0, rows))
     if best_flat is not None:
         rows = torch.tensor(with_val, device=dev)
-        flat.index_copy_(0, rows, best_flat.index_select(0, rows))
-    layout.write_back(models, flat)
+        stack.flat.index_copy_(0, rows, best_flat.index_select(0, rows))
+    stack.layout.write_back(models, stack.flat)
     seconds = (time.perf_counter() - t0) / k_models
     for h in histories:
         h.seconds = seconds
     return histories
 
-
-@dataclass
-class _ValGroup:
-    """Validation sets of one shape, stacked: evaluated in one vmapped pass."""
-
-    ks: list[int]
-    rows: torch.Tensor | None  # rows of the stack, None when every model is in the group
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-def _val_groups(val_b: Sequence[_TensorBatches | None], device: torch.device
-                ) -> list[_ValGroup]:
-    by_shape: dict[tuple[Any, ...], list[int]] = {}
-    for k, b in enumerate(val_b):
-        if b is not None:
-            by_shape.setdefault((tuple(b.x.shape), tuple(b.y.shape)), []).append(k)
-    groups = []
-    for ks in by_shape.values():
-        items = [b for k in ks if (b := val_b[k]) is not None]
-        rows = None if len(ks) == len(val_b) else torch.tensor(ks, device=device)
-        groups.append(_ValGroup(ks, rows, torch.stack([b.x for b in items]),
-                                torch.stack([b.y for b in items])))
-    return groups
-
-
-def _rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    return t if rows is None else t.index_select(0, rows)
-
-
-@torch.no_grad()
-def _val_losses(val_losses: Callable[..., torch.Tensor], base: nn.Module, flat: torch.Tensor,
-                fixed: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                groups: Sequence[_ValGroup], batch_size: int) -> dict[int, float]:
-    """Mean validation loss per model that has a validation set, as ``fit`` computes it
-    (batches of ``batch_size`` in order, float64 sums)."""
-    out: dict[int, float] = {}
-    if not groups:
-        return out
-    base.eval()
-    for g in groups:
-        theta = _rows(flat, g.rows)
-        fx = {name: _rows(t, g.rows) for name, t in fixed.items()}
-        bf = {name: _rows(t, g.rows) for name, t in buffers.items()}
-        total = torch.zeros(len(g.ks), dtype=torch.float64, device=flat.device)
-        n = g.x.shape[1]
-        for i in range(0, n, batch_size):
-            xb, yb = g.x[:, i : i + batch_size], g.y[:, i : i + batch_size]
-            total += val_losses(theta, fx, bf, xb, yb).double() * xb.shape[1]
-        out.update({k: v / n for k, v in zip(g.ks, total.tolist())})
-    base.train()
-    return out
 
 __all__ = ["StackedL2Pull", "StackedUpdateMask", "fit_many"]
