@@ -44,11 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     b.add_argument("suite", help="suite TOML file, e.g. benchmarks/suites/quick.toml")
     b.add_argument("--out", required=True, help="results folder")
-    b.add_argument("--jobs", type=int, default=1, help="cells run in N processes")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="cells run in N processes (default 1); with --executor ray and no "
+                        "--address, the embedded Ray's size in cells (default: every core)")
     b.add_argument("--devices", default=None, metavar="LIST",
                    help="devices of the workers, e.g. cuda:0,cuda:1 or cpu (default: every "
                         "visible CUDA device, else cpu); one worker per device first")
     b.add_argument("--device", dest="devices", help=argparse.SUPPRESS)
+    b.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local processes (default) or Ray tasks (pip install 'pacsim[ray]')")
+    b.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="with --executor ray: join the running Ray cluster there (auto: the "
+                        "one `ray start` left on this machine or RAY_ADDRESS); default: "
+                        "start an embedded Ray on this machine")
+    b.add_argument("--cpus-per-cell", type=float, default=1.0, metavar="N",
+                   help="with --executor ray: CPUs of each task (default 1)")
+    b.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
+                   help="with --executor ray: GPUs of each task, fractions share a GPU "
+                        "(e.g. 0.25; default 0: the CPU)")
     b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     b.add_argument("--dry-run", action="store_true",
                    help="list the cells that would run and why (new, changed, failed); "
@@ -92,7 +105,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         run_suite(args.suite, args.out, jobs=args.jobs, devices=args.devices,
-                  retry_failed=args.retry_failed, dry_run=args.dry_run)
+                  retry_failed=args.retry_failed, dry_run=args.dry_run,
+                  executor=args.executor, address=args.address,
+                  cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell)
     except RunnerError as exc:
         print(f"pacsim bench: error: {exc}", file=sys.stderr)
         return 1

@@ -6,12 +6,16 @@ why (:func:`plan_suite`: new, changed, failed). Each finished cell is appended t
 ``results.jsonl`` the moment it completes, so a killed run loses only the cells in
 flight. The protocol (what a cell is and how it is measured) is
 :mod:`pacsim.bench.protocol`; scheduling and worker processes are
-:mod:`pacsim.bench.execute`.
+:mod:`pacsim.bench.execute` (local) or :mod:`pacsim.bench.ray_executor` (Ray), two
+adapters behind the same planning and appending.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sims import recipes
-from . import execute
+from . import execute, ray_executor
 from .results import RESULTS, append_record, read_results
 from .suite import Cell, Suite, cell_key, load_suite
 
@@ -89,13 +93,13 @@ def plan_suite(suite: Suite, records: Sequence[dict[str, Any]], retry_failed: bo
     return plan
 
 
-def _summary(suite: Suite, plan: Plan, jobs: int, devices: Sequence[str], out: Path) -> str:
+def _summary(suite: Suite, plan: Plan, how: str, out: Path) -> str:
     kept = (f"; {plan.kept_failed} failed cell(s) kept (--retry-failed runs them again)"
             if plan.kept_failed else "")
     return (f"suite {suite.name}: {plan.total} cells, {plan.done} already done, "
             f"{len(plan.todo)} to run ({plan.count('new')} new, {plan.count('changed')} "
-            f"changed, {plan.count('failed')} failed){kept}; {jobs} job(s) on "
-            f"{','.join(devices)}; results in {out / RESULTS}")
+            f"changed, {plan.count('failed')} failed){kept}; {how}; results in "
+            f"{out / RESULTS}")
 
 
 def _dry_run(suite: Suite, plan: Plan, log: Callable[[str], Any]) -> None:
@@ -110,27 +114,53 @@ def _dry_run(suite: Suite, plan: Plan, log: Callable[[str], Any]) -> None:
 
 
 def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
-              jobs: int = 1, devices: str | Sequence[str] | None = None,
+              jobs: int | None = None, devices: str | Sequence[str] | None = None,
               device: str | None = None, data_dir: str | None = None,
               retry_failed: bool = False, dry_run: bool = False,
+              executor: str = "local", address: str | None = None,
+              cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
               log: Callable[[str], Any] = print) -> Path:
     """Run (or resume) a suite into ``out``; returns the results file.
 
-    ``devices``: ``"cuda:0,cuda:1"``, a list, or None for every visible CUDA device (else
-    the CPU); ``device`` is the older single-device spelling. With ``jobs`` > 1 each
-    worker process takes one device, round robin. ``dry_run`` only says what would run
-    and why. A second run on the same ``out`` is refused (:class:`execute.FolderBusy`).
+    ``executor="local"``: ``jobs`` processes (default 1) on ``devices``
+    (``"cuda:0,cuda:1"``, a list, or None for every visible CUDA device, else the CPU;
+    ``device`` is the older single-device spelling), each worker on one device, round
+    robin. ``executor="ray"``: Ray tasks of ``cpus_per_cell`` CPUs and ``gpus_per_cell``
+    GPUs each, on the cluster at ``address`` (``"auto"`` or ``"HOST:PORT"``) or, without
+    one, on an embedded Ray of ``jobs * cpus_per_cell`` CPUs (default: every core).
+    ``dry_run`` only says what would run and why. A second run on the same ``out`` is
+    refused (:class:`execute.FolderBusy`).
     """
     suite = load_suite(suite_path, data_dir=data_dir)
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    devs = execute.resolve_devices(devices if devices is not None else device)
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor must be local or ray, got {executor!r}")
     out = Path(out)
+    if executor == "ray":
+        if devices is not None or device is not None:
+            raise ValueError("--devices is for --executor local; on Ray each cell gets "
+                             "--gpus-per-cell GPUs from Ray")
+        ray_executor.require_ray()
+        ray_opts: ray_executor.RayOptions | None = ray_executor.RayOptions(
+            address, None if jobs is None else math.ceil(jobs * cpus_per_cell),
+            cpus_per_cell, gpus_per_cell)
+        devs: list[str] = []
+        how = ray_opts.describe()
+    else:
+        if address is not None or cpus_per_cell != 1 or gpus_per_cell != 0:
+            raise ValueError("--address, --cpus-per-cell and --gpus-per-cell need "
+                             "--executor ray")
+        ray_opts, jobs = None, jobs or 1
+        devs = execute.resolve_devices(devices if devices is not None else device)
+        how = f"{jobs} job(s) on {','.join(devs)}"
     if dry_run:
         plan = plan_suite(suite, read_results(out), retry_failed)
-        log(_summary(suite, plan, jobs, devs, out))
+        log(_summary(suite, plan, how, out))
         _dry_run(suite, plan, log)
         return out / RESULTS
+    if ray_opts is not None and ray_opts.address is not None:
+        ray_executor.check_address(ray_opts.address)  # fail fast, before data is built
     with execute.folder_lock(out):
         execute.repair_tail(out / RESULTS)
         (out / "cache").mkdir(parents=True, exist_ok=True)
@@ -138,25 +168,40 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
             recipes.build(spec.recipe, suite.data_dir,
                           log=lambda m: None if m.endswith("skipped") else log(m))
         plan = plan_suite(suite, read_results(out), retry_failed)
-        log(_summary(suite, plan, jobs, devs, out))
-        if plan.todo:
-            _write_machine(out, suite, jobs, devs)
-            _execute(suite, out, plan.cells(), jobs, devs, log)
+        log(_summary(suite, plan, how, out))
+        if not plan.todo:
+            return out / RESULTS
+        if ray_opts is None:
+            _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs})
+            run = functools.partial(execute.run_cells, jobs=min(jobs, len(plan.todo)),
+                                    devices=devs)
+            _execute(suite, out, plan.cells(), run, log)
+            return out / RESULTS
+        with ray_executor.connect(ray_opts, log) as ray:
+            cluster = ray.cluster_resources()
+            _write_machine(out, suite, {"executor": "ray", **dataclasses.asdict(ray_opts),
+                                        "jobs": ray_opts.slots(cluster),
+                                        "cluster": cluster})
+            run = functools.partial(ray_executor.run_cells, options=ray_opts)
+            _execute(suite, out, plan.cells(), run, log)
     return out / RESULTS
 
 
-def _write_machine(out: Path, suite: Suite, jobs: int, devices: list[str]) -> None:
+def _write_machine(out: Path, suite: Suite, execution: dict[str, Any]) -> None:
+    """The driver's machine and how the cells were executed, beside the results."""
     import torch
 
     from ..sysinfo import describe
 
-    info = {**describe(torch.device(devices[0])), "suite": str(suite.path), "jobs": jobs,
-            "devices": devices}
+    devices = execution.get("devices") or ["cpu"]
+    info = {**describe(torch.device(devices[0])), "suite": str(suite.path), **execution}
     (out / "machine.json").write_text(json.dumps(info, indent=2))
 
 
-def _execute(suite: Suite, out: Path, todo: list[Cell], jobs: int, devices: list[str],
+def _execute(suite: Suite, out: Path, todo: list[Cell], run: Callable[..., None],
              log: Callable[[str], Any]) -> None:
+    """Run ``todo`` with ``run`` (an executor's ``run_cells``), appending each record the
+    moment it arrives and logging progress."""
     t0 = time.perf_counter()
     counts = {"ok": 0, "error": 0}
 
@@ -170,7 +215,6 @@ def _execute(suite: Suite, out: Path, todo: list[Cell], jobs: int, devices: list
         log(f"[{i}/{len(todo)}] {cell_key(*cell)} {status}; {len(todo) - i} left, "
             f"ETA {eta:.0f} s")
 
-    execute.run_cells(suite, out, todo, jobs=min(jobs, len(todo)), devices=devices,
-                      record=record)
+    run(suite, out, todo, record=record)
     log(f"done: {counts['ok']} ok, {counts['error']} failed in "
         f"{time.perf_counter() - t0:.0f} s")
