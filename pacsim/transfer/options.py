@@ -134,16 +134,19 @@ OPTIONS: dict[str, type[Options]] = {
 }
 
 #: Selection grids of equal size (4 configurations) for every method: the learning rate
-#: for methods without options of their own; L2-SP's strength and PAC's calibration
-#: subspace (every freed entry, or the last layer's: PAC's analogue of head) beside it.
+#: for methods without options of their own; L2-SP's strength beside it; for PAC the
+#: calibration subspace (the target's biases only, the last layer's freed entries, every
+#: freed entry: PAC's analogues of BitFit, head and fine-tuning) with the learning rate.
 #: The step count is chosen on top of the grid, from the mean cross-validation curve.
-DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
+DEFAULT_GRIDS: dict[str, Any] = {
     "scratch": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "finetune": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "head": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "bitfit": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "l2sp": {"lr": [1e-3, 3e-3], "alpha": [0.01, 0.1]},
-    "pac": {"subspace": ["all", "last"], "lr": [1e-3, 1e-2]},
+    # a ladder of calibration subspaces, smallest to largest target capacity
+    "pac": [{"subspace": ["biases", "last"], "lr": [1e-2]},
+            {"subspace": ["all"], "lr": [1e-3, 1e-2]}],
     "pac-paper": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
 }
 
