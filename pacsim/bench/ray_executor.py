@@ -165,6 +165,7 @@ def connect(options: RayOptions, log: Any = print) -> Iterator[Any]:
         res = ray.cluster_resources()
         log(f"ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU(s), "
             f"{res.get('GPU', 0):g} GPU(s)")
+        _check_feasible(ray, options)
         yield ray
     finally:
         ray.shutdown()
@@ -296,7 +297,6 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOpti
     ray = require_ray()
     from .suite import Cell
 
-    _check_feasible(ray, options)
     suite = dataclasses.replace(suite, data_dir=Path(suite.data_dir).resolve())
     gpu = options.gpus_per_cell > 0
     env = _Env(uuid.uuid4().hex, [ray.put(suite)], str(Path(out).resolve()),
