@@ -4,8 +4,10 @@ A suite is generated in a temporary folder (the quick suite's Friedman and pendu
 pairs, models and budgets, ``selection = "fixed"`` so a cell is one training), its data
 built once, then run from scratch into a fresh results folder by: the local executor
 with ``--jobs 1`` and ``--jobs 2``, and Ray (an embedded instance of ``--ray-cpus`` CPUs,
-1 CPU per cell). Wall time covers everything ``pacsim bench`` does for the run: source
-and allocated models, every cell, and for Ray starting and stopping the instance.
+1 CPU per cell). ``--jobs 1`` runs in this process with ``--threads`` torch threads
+(default 1, as each worker of ``--jobs 2`` and each 1-CPU Ray task has). Wall time
+covers everything ``pacsim bench`` does for the run: source and allocated models, every
+cell, and for Ray starting and stopping the instance.
 Goal: Ray within 1.15x of the local executor's wall time at the same parallelism, and
 both scaling with workers.
 
@@ -95,12 +97,21 @@ def measure(suite: Path, folder: Path, runs: list[tuple[str, dict]]) -> list[dic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=600,
+                   help="target steps per cell (default 600: long enough that starting "
+                        "workers is not the whole story)")
     p.add_argument("--source-epochs", type=int, default=15)
     p.add_argument("--methods", nargs="+", default=["finetune", "head", "l2sp", "bitfit",
                                                      "pac"])
-    p.add_argument("--ray-cpus", type=int, default=2)
+    p.add_argument("--jobs", type=int, nargs="+", default=[1, 2],
+                   help="local runs: --jobs of each (default 1 2)")
+    p.add_argument("--ray-jobs", type=int, nargs="+", default=[2],
+                   help="Ray runs: cells at a time of each (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the in-process --jobs 1 run (default 1)")
     args = p.parse_args()
+
+    import os
 
     import torch
 
@@ -108,33 +119,46 @@ def main() -> None:
     from pacsim.sims import recipes
     from pacsim.sysinfo import one_line
 
+    ncpu = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="pacsim-sweep-") as tmp:
         folder = Path(tmp)
         suite = write_suite(folder, args.seeds, args.methods, args.steps, args.source_epochs)
         s = load_suite(suite)
         for spec in s.pairs.values():  # data once, outside the timings
             recipes.build(spec.recipe, s.data_dir, log=lambda m: None)
-        runs = [("local --jobs 1", {"jobs": 1, "devices": "cpu"}),
-                ("local --jobs 2", {"jobs": 2, "devices": "cpu"}),
-                (f"ray, {args.ray_cpus} CPUs", {"executor": "ray", "jobs": args.ray_cpus})]
-        rows = measure(suite, folder, runs)
-    print(f"machine: {one_line(torch.device('cpu'))}")
+        # the local executor gives each of N workers cpu_count // N torch threads; Ray
+        # gets the same (N cells at a time, cpu_count // N CPUs each) for a fair race
+        def threads(j: int) -> int:
+            return args.threads if j == 1 else max(1, ncpu // j)
+
+        runs = [(f"local --jobs {j}", j, threads(j), {"jobs": j, "devices": "cpu"})
+                for j in args.jobs]
+        runs += [(f"ray, {j} at a time", j, threads(j),
+                  {"executor": "ray", "jobs": j, "cpus_per_cell": threads(j)})
+                 for j in args.ray_jobs]
+        machine = one_line(torch.device("cpu"))
+        torch.set_num_threads(args.threads)  # the in-process run; workers set their own
+        rows = measure(suite, folder, [(name, kw) for name, _, _, kw in runs])
+    print(f"machine: {machine}")
     print(f"suite: {len(s.pairs)} pairs, {len(s.methods)} methods, {args.seeds} seeds, "
           f"n_target [20, 100], {args.steps} target steps, fixed budget: "
           f"{len(s.cells())} cells, {len(s.pairs) * args.seeds} source models")
     base = rows[0]["wall_s"]
-    print("\n| executor | cells ok | wall s | cells/s | speed-up vs --jobs 1 | of which "
-          "Ray start s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
+    print(f"\n| executor | threads per cell | cells ok | wall s | cells/s | "
+          f"speed-up vs {rows[0]['run']} | of which Ray start s |")
+    print("|---|---|---|---|---|---|---|")
+    for (_, _, threads, _), r in zip(runs, rows):
         start = f"{r['ray_start_s']:.1f}" if r["ray_start_s"] is not None else "-"
-        print(f"| {r['run']} | {r['ok']}/{r['cells']} | {r['wall_s']:.1f} | "
+        print(f"| {r['run']} | {threads} | {r['ok']}/{r['cells']} | {r['wall_s']:.1f} | "
               f"{r['cells_per_s']:.2f} | {base / r['wall_s']:.2f}x | {start} |")
-    print(f"\nRay / local --jobs 2 wall time: {rows[2]['wall_s'] / rows[1]['wall_s']:.2f}x "
-          "(goal <= 1.15)")
-    same = rows[2]["records"] == rows[1]["records"]
-    print(f"Ray records equal to local --jobs 2 (metrics, choices, fingerprints): "
-          f"{'yes' if same else 'NO'}")
+    local = {j: r for (_, j, _, kw), r in zip(runs, rows) if "executor" not in kw}
+    print()
+    for (_, j, _, kw), r in zip(runs, rows):
+        if "executor" in kw and j in local:
+            same = r["records"] == local[j]["records"]
+            print(f"Ray / local --jobs {j} wall time: {r['wall_s'] / local[j]['wall_s']:.2f}x "
+                  f"(goal <= 1.15); records equal (metrics, choices, fingerprints): "
+                  f"{'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":
