@@ -140,6 +140,7 @@ def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path, jobs):
     out = tmp_path / "out"
@@ -184,6 +185,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path, jobs):
     assert set(keys) == {cell_key(*c) for c in load_suite(path).cells()}
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_runner_killed_while_they_start(tmp_path):
     path = _suite(tmp_path, seeds=(0, 1), methods=("finetune",))
     proc = subprocess.Popen([sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 from test_bench import _synthetic
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "analysis.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_runs(tmp_path, monkeypatch):
     results = _synthetic(tmp_path)
     monkeypatch.setenv("PACSIM_RESULTS", str(results))

@@ -16,6 +16,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow
+
 from test_bench import _alive, _suite  # noqa: E402
 
 from pacsim.bench import cell_key, load_suite  # noqa: E402
