@@ -41,7 +41,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from .data.batches import _TensorBatches, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
-from .train import OPTIMIZERS, History, _make_loss, fit
+from .train import History, _make_loss, check_fit_options, fit
 
 Pair = tuple[Any, Any]
 _BETAS = (0.9, 0.999)
@@ -410,26 +410,6 @@ def _check_architectures(models: Sequence[nn.Module]) -> None:
                              f"models[0] has {diff[1]}")
 
 
-def _check_options(epochs: int | None, steps: int | None, lrs: Sequence[float],
-                   weight_decay: float, optimizer: str, lr_schedule: str | None) -> None:
-    """``fit``'s checks of the shared options."""
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= and steps=")
-    if epochs is not None and epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if steps is not None and steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    bad_lr = [v for v in lrs if not v > 0]
-    if bad_lr:
-        raise ValueError(f"lr must be positive, got {bad_lr[0]}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    if lr_schedule not in (None, "cosine"):
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
-
-
 def _per_model(value: Any, k: int, what: str) -> list[Any]:
     if value is None:
         return [None] * k
@@ -537,7 +517,7 @@ def fit_many(
     vals = _per_model(val, k_models, "val")
     lrs = ([float(lr)] * k_models if isinstance(lr, (int, float))
            else [float(v) for v in _per_model(lr, k_models, "lr")])
-    _check_options(epochs, steps, lrs, weight_decay, optimizer, lr_schedule)
+    check_fit_options(epochs, steps, lrs, weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)

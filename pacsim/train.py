@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +93,27 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator 
         yield torch.Generator().manual_seed(seed)
 
 
+def check_fit_options(epochs: int | None, steps: int | None, lrs: Sequence[float],
+                   weight_decay: float, optimizer: str, lr_schedule: str | None) -> None:
+    """Check the budget and optimiser options of :func:`fit` (and ``fit_many``: one
+    learning rate per model); ValueError names the bad one."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= and steps=")
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    bad_lr = [v for v in lrs if not v > 0]
+    if bad_lr:
+        raise ValueError(f"lr must be positive, got {bad_lr[0]}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -138,18 +159,7 @@ def fit(
     may stop part-way); give one of them. ``stop_when(history)`` is asked after every
     epoch and ends training when it returns True (e.g. a target validation loss).
     """
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= and steps=")
-    if epochs is not None and epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if steps is not None and steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if lr_schedule not in (None, "cosine"):
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
+    check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule)
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     dev = resolve_device(device)

@@ -6,24 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_recipes import SMALL
 
 from pacsim.data import H5Dataset
 from pacsim.sims import recipes
-
-SMALL = """
-name = "tiny"
-simulator = "friedman"
-seed = 4
-[source]
-setting = "source"
-n = 30
-[target]
-setting = "target"
-n = 20
-split = [0.5, 0.0, 0.5]
-[target.set]
-q = 2.0
-"""
 
 
 def _recipe(tmp_path: Path, text: str = SMALL) -> recipes.Recipe:
