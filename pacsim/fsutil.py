@@ -10,18 +10,39 @@ from pathlib import Path
 from typing import Any
 
 
+def check_target(path: Path, overwrite: bool, hint: str) -> None:
+    """Refuse to publish onto ``path``: anything that is not a regular file (a device such
+    as /dev/null, a folder, a FIFO), always; an existing file or a dangling symbolic
+    link, unless ``overwrite``."""
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() and not path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path}: a dangling symbolic link is there; {hint}")
+        return
+    if not path.is_file():
+        raise FileExistsError(f"{path}: exists and is not a regular file; refusing to "
+                              "replace it")
+    if not overwrite:
+        raise FileExistsError(f"{path}: exists; {hint}")
+
+
 class AtomicFile:
     """A temporary path in the destination folder that becomes ``path`` on :meth:`commit`.
 
     The rename is atomic on one file system, so ``path`` is either absent (or its old
-    version) or complete; :meth:`discard` removes the temporary file.
+    version) or complete; :meth:`discard` removes the temporary file. Without
+    ``overwrite`` the publish never clobbers: it hard-links the finished file into place,
+    which fails if another writer got there first (check-then-rename would silently
+    replace that writer's file). Nothing but a regular file is ever replaced.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False,
                  hint: str = "pass overwrite=True to replace it") -> None:
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path}: exists; {hint}")
+        self.overwrite = overwrite
+        self.hint = hint
+        check_target(self.path, overwrite, hint)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                    dir=self.path.parent)
@@ -29,8 +50,25 @@ class AtomicFile:
         self.tmp = Path(tmp)
 
     def commit(self) -> Path:
-        """Rename the temporary file onto the destination."""
-        os.replace(self.tmp, self.path)
+        """Publish the temporary file at the destination (see the class notes)."""
+        if self.overwrite:
+            try:
+                check_target(self.path, True, self.hint)  # it may have changed meanwhile
+            except FileExistsError:
+                self.discard()
+                raise
+            os.replace(self.tmp, self.path)
+            return self.path
+        try:
+            os.link(self.tmp, self.path)
+        except FileExistsError:
+            self.discard()
+            raise FileExistsError(f"{self.path}: appeared while this was being written; "
+                                  f"{self.hint}") from None
+        except OSError:  # a file system without hard links: the best a rename can do
+            os.replace(self.tmp, self.path)
+            return self.path
+        self.discard()
         return self.path
 
     def discard(self) -> None:

@@ -34,8 +34,11 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks | None = None,
                     meta: dict[str, Any] | None = None,
-                    normalizer: Normalizer | None = None) -> Path:
+                    normalizer: Normalizer | None = None, overwrite: bool = False) -> Path:
     """Save ``model`` (a registered pacsim model), optional PAC ``masks`` and JSON ``meta``.
+
+    Like the data writers, an existing file is kept unless ``overwrite`` (and nothing but
+    a regular file is ever replaced); the write is atomic.
 
     ``normalizer``: the data statistics the model was trained with; they come back as
     ``meta["normalizer"]`` and :func:`load_predictor` uses them to predict in physical units.
@@ -59,7 +62,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
         "meta": meta_json,
         "normalizer": None if normalizer is None else json.dumps(normalizer.to_dict()),
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -96,3 +98,47 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(FileExistsError, match="out.bin"):
         atomic_write(target, lambda tmp: None, overwrite=False)
     assert target.read_bytes() == b"old"
+
+
+def test_nothing_but_a_regular_file_is_ever_replaced(tmp_path, cli):
+    from pacsim.fsutil import AtomicFile
+
+    fifo, folder = tmp_path / "pipe", tmp_path / "dir.h5"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for target in (fifo, folder):
+        for overwrite in (False, True):
+            with pytest.raises(FileExistsError, match="not a regular file"):
+                AtomicFile(target, overwrite=overwrite)
+        code, _, err = cli("simulate", "friedman", "--n", "4", "--out", target, "--overwrite")
+        assert code == 2 and "not a regular file" in err and err.count("\n") == 1
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir()
+    dangling = tmp_path / "link.pt"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError, match="dangling symbolic link"):
+        save_checkpoint(dangling, make_model("mlp"))
+    save_checkpoint(dangling, make_model("mlp"), overwrite=True)
+    assert dangling.is_file() and not dangling.is_symlink()
+
+
+def test_publishing_never_clobbers_a_file_that_appeared_meanwhile(tmp_path):
+    from pacsim.fsutil import AtomicFile
+
+    target = tmp_path / "same.h5"
+    first = AtomicFile(target)
+    first.tmp.write_bytes(b"mine")
+    target.write_bytes(b"the other writer's")  # finished first
+    with pytest.raises(FileExistsError, match="appeared while this was being written"):
+        first.commit()
+    assert target.read_bytes() == b"the other writer's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.h5"]
+
+
+def test_save_checkpoint_keeps_an_existing_file_unless_asked(tmp_path):
+    precious = tmp_path / "precious.pt"
+    precious.write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="precious.pt: exists"):
+        save_checkpoint(precious, make_model("mlp"))
+    assert precious.read_bytes() == b"not ours"
+    save_checkpoint(precious, make_model("mlp"), overwrite=True)
+    assert load_checkpoint(precious)[0].config() == make_model("mlp").config()

@@ -213,7 +213,8 @@ def _prepare_source(ctx: Context, pair: str, seed: int) -> None:
             "source": data.physical(model, data.source_test, data.source_test_y)[0],
             "zero_shot": data.physical(model, data.target_test, data.target_test_y)[0],
             "config": ctx.suite.source_config(pair, seed)}
-    save_checkpoint(path, model.cpu(), meta=meta, normalizer=data.normalizer)
+    # the name is a hash of the configuration: a file already there is the same model
+    save_checkpoint(path, model.cpu(), meta=meta, normalizer=data.normalizer, overwrite=True)
 
 
 def _prepare_allocated(ctx: Context, pair: str, seed: int, method: str, path: Path) -> None:
@@ -233,7 +234,8 @@ def _prepare_allocated(ctx: Context, pair: str, seed: int, method: str, path: Pa
             "source": data.physical(model, data.source_test, data.source_test_y)[0],
             "summary": masks.summary(), "allocate": info,
             "config": ctx.suite.allocate_config(pair, seed, method)}
-    save_checkpoint(path, model.cpu(), masks.to("cpu"), meta=meta, normalizer=data.normalizer)
+    save_checkpoint(path, model.cpu(), masks.to("cpu"), meta=meta, normalizer=data.normalizer,
+                    overwrite=True)
 
 
 def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
