@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -103,9 +104,9 @@ def check_fit_options(epochs: int | None, steps: int | None, lrs: Sequence[float
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if steps is not None and steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    bad_lr = [v for v in lrs if not v > 0]
+    bad_lr = [v for v in lrs if not (math.isfinite(v) and v > 0)]
     if bad_lr:
-        raise ValueError(f"lr must be positive, got {bad_lr[0]}")
+        raise ValueError(f"lr must be a finite positive number, got {bad_lr[0]}")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if optimizer not in OPTIMIZERS:
@@ -158,6 +159,10 @@ def fit(
     The budget is ``epochs`` passes or exactly ``steps`` optimiser steps (the last pass
     may stop part-way); give one of them. ``stop_when(history)`` is asked after every
     epoch and ends training when it returns True (e.g. a target validation loss).
+    A loss that is not finite ends training with a ValueError naming the epoch and its
+    steps (checked once an epoch, no host sync per step); the model is left at its best
+    epoch, else as it was when that epoch began. With a built-in loss, model outputs and
+    targets must have the same shape.
     """
     check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule)
     if patience is not None and patience < 1:
@@ -196,6 +201,9 @@ def fit(
     try:
         with mask.frozen_tensors(), _seeded(seed, dev) as gen:
             for epoch in range(epochs):
+                # one snapshot an epoch: where a diverged epoch leaves the model
+                epoch_start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                first_step = history.steps + 1
                 model.train()
                 for m in bn:
                     m.eval()
@@ -204,6 +212,12 @@ def fit(
                 for x, y in train_b.epoch(gen):
                     with autocast:
                         pred = model(x)
+                        if history.steps == 0 and isinstance(loss, str) \
+                                and pred.shape != y.shape:
+                            raise ValueError(
+                                f"the model gives outputs of shape {tuple(pred.shape[1:])} "
+                                f"per sample, the targets have {tuple(y.shape[1:])}: data "
+                                "and model do not match")
                         batch_loss = loss_fn(pred.float(), y)
                     opt.zero_grad(set_to_none=True)
                     batch_loss.backward()
@@ -220,6 +234,13 @@ def fit(
                     if history.steps == total_steps:
                         break
                 history.train_loss.append(float(running) / count)
+                if not math.isfinite(history.train_loss[-1]):
+                    left = "its best epoch" if best_state is not None else "that epoch's start"
+                    model.load_state_dict(best_state if best_state is not None else epoch_start)
+                    raise ValueError(
+                        f"training diverged: the loss is not finite in epoch {epoch + 1} "
+                        f"(steps {first_step}-{history.steps}); the model is left at {left}; "
+                        "check the data for NaN/inf and lower lr")
                 history.epochs_run = epoch + 1
                 if val_b is not None:
                     v = _mean_loss(model, val_b, loss_fn, autocast)

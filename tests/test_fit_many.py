@@ -233,7 +233,7 @@ def test_bad_inputs_give_clear_errors():
         fit_many(two, data[:1], epochs=1, **CPU)
     with pytest.raises(ValueError, match="lr has 3 entries for 2 models"):
         fit_many(two, data, epochs=1, lr=[1e-3] * 3, **CPU)
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be a finite positive number"):
         fit_many(two, data, epochs=1, lr=[1e-3, 0.0], **CPU)
     with pytest.raises(ValueError, match="same model object more than once"):
         fit_many([two[0], two[0]], data, epochs=1, **CPU)

@@ -215,3 +215,35 @@ def test_progress_bar_only_when_asked(capsys):
     assert "demo-fit" in capsys.readouterr().err
     fit(make_model("mlp"), _data(), epochs=2, device="cpu")  # not a terminal: silent
     assert capsys.readouterr().err == ""
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_model_sane():
+    from torch.utils.data import TensorDataset
+
+    x, y = _data(32)
+    bad_y = y.clone()
+    bad_y[5, 0] = float("nan")  # past the pair check: inside a Dataset
+    model = make_model("mlp")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"not finite in epoch 1 \(steps 1-4\).*epoch's start"):
+        fit(model, TensorDataset(x, bad_y), epochs=3, batch_size=8, device="cpu", seed=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # diverging later with a validation set: left at the best epoch, which is finite
+    model = make_model("mlp")
+    with pytest.raises(ValueError, match="training diverged.*its best epoch"):
+        fit(model, (x * 1e3, y), val=(x, y), epochs=50, lr=1e5, optimizer="sgd", device="cpu",
+            seed=0)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    with pytest.raises(ValueError, match="lr must be a finite positive number, got inf"):
+        fit(make_model("mlp"), (x, y), epochs=1, lr=float("inf"), device="cpu")
+
+
+def test_outputs_and_targets_of_different_shapes_are_refused():
+    from pacsim.transfer import adapt
+
+    x = torch.rand(8, 4)
+    with pytest.raises(ValueError, match=r"outputs of shape \(2,\).*targets have \(3,\)"):
+        adapt("finetune", make_model("mlp"), (x, torch.rand(8, 3)), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="data and model do not match"):
+        fit(make_model("mlp"), (x, torch.rand(8, 1)), epochs=1, device="cpu")
