@@ -22,6 +22,7 @@ import torch
 from sklearn.model_selection import KFold, ParameterGrid
 from torch import nn
 
+from ..data.batches import as_tensor
 from ..train import Data
 from .methods import TransferResult, adapt, allocated_model
 from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
@@ -80,7 +81,7 @@ CURVE_POINTS = 60
 def _as_pair(target: Data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(target, (tuple, list)) and len(target) == 2):
         raise TypeError(f"selection needs the {what} data as a pair (X, Y) of tensors or arrays")
-    x, y = (torch.as_tensor(a) for a in target)
+    x, y = (as_tensor(a, f"{what} {w}") for a, w in zip(target, ("inputs", "targets")))
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{what} inputs and targets differ in sample count: "
                          f"{x.shape[0]} and {y.shape[0]}")
