@@ -1,4 +1,4 @@
-"""``pacsim inspect``: describe a pacsim-h5 or PDEBench file."""
+"""``pacsim inspect``: describe a pacsim-h5, The Well or PDEBench file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import numpy as np
 from .errors import DatasetError
 from .format import FORMAT, open_h5, validate
 from .pdebench import PDEBenchFile, detect
+from .the_well import WellFile, is_the_well
+
+PROVENANCE = ("source_file", "source_format", "dataset_name", "pairs", "t_index", "stride",
+              "input_channels", "target_channels")
 
 
 def _dataset_info(ds: h5py.Dataset) -> dict[str, Any]:
@@ -65,10 +69,18 @@ def describe(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any
                 out["sample_param_names"] = info.sample_param_names
             if info.normalizer is not None:
                 out["stats"] = {k: _summary(v) for k, v in info.normalizer.__dict__.items()}
+            source = {k: info.attrs[k] for k in PROVENANCE if k in info.attrs}
+            if source:
+                out["source"] = source
             return out
-        if detect(f) is None:
-            raise DatasetError(f"{path}: neither a pacsim-h5 nor a PDEBench file "
-                               f"(top-level keys: {sorted(f.keys())[:8]})")
+        well = is_the_well(f)
+        if not well and detect(f) is None:
+            raise DatasetError(f"{path}: neither a pacsim-h5 nor a PDEBench file, nor one of "
+                               f"The Well (top-level keys: {sorted(f.keys())[:8]})")
+    if well:
+        with WellFile(path) as wf:
+            return {**base, "format": "the_well", **wf.describe(),
+                    "coords": {k: _summary(v) for k, v in wf.coords.items()}}
     with PDEBenchFile(path) as pb:
         return {**base, "format": f"pdebench ({pb.layout} layout)", "n_trajectories": pb.n,
                 "n_times": pb.n_times, "state_shape": list(pb.state_shape),
@@ -99,6 +111,22 @@ def render(d: dict[str, Any]) -> str:
             lines.append(f"param names {d['sample_param_names']}")
         for k, v in d.get("stats", {}).items():
             lines.append(f"stats       {k} = {v}")
+        if "source" in d:
+            lines.append(f"source      {json.dumps(d['source'])}")
+    elif d["format"] == "the_well":
+        grid = ", ".join(f"{n}={s}" for n, s in zip(d["spatial_dims"], d["grid"]))
+        lines += [f"dataset     {d['dataset_name']}  ({d['grid_type']} grid {grid})",
+                  f"trajectories {d['n_trajectories']} x {d['n_steps']} time steps",
+                  f"params      {json.dumps(d['params'])}"]
+        for name, fl in d["fields"].items():
+            varies = [w for w, k in (("time", "time_varying"), ("sample", "sample_varying"))
+                      if fl[k]]
+            lines.append(f"field t{fl['order']}  {name} {tuple(fl['shape'])}  varies in "
+                         f"{' and '.join(varies) or 'neither time nor sample'}")
+        if d["boundary_conditions"]:
+            lines.append(f"boundaries  {json.dumps(d['boundary_conditions'])}")
+        lines += [f"inputs      {d['input_channels']}",
+                  f"targets     {d['target_channels']}"]
     else:
         lines += [f"trajectories {d['n_trajectories']} x {d['n_times']} time steps, state "
                   f"{tuple(d['state_shape'])} (fields {d['fields']})",

@@ -15,7 +15,7 @@ States are returned channel-first, ``(C, Nx[, Ny])``, the layout of pacsim's CNN
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,9 @@ class PDEBenchFile:
             self.channels = len(self.fields)
             coords = {"x": "x-coordinate", "y": "y-coordinate", "t": "t-coordinate"}
         else:
-            if input_field is not None:
-                raise DatasetError(f"{self.path}: input_field applies to the single-file layout")
+            for name, value in (("input_field", input_field), ("fields", fields)):
+                if value is not None:
+                    raise DatasetError(f"{self.path}: {name} applies to the single-file layout")
             self.groups = _seed_groups(f)
             data = f[f"{self.groups[0]}/data"]
             if data.ndim not in (3, 4):
@@ -136,16 +137,22 @@ class PDEBenchFile:
         return (self.channels, *self.spatial)
 
     def trajectories(self, lo: int, hi: int, times: Any = slice(None)) -> np.ndarray:
-        """Trajectories ``lo:hi`` at ``times`` as float32 ``(B, T, C, Nx[, Ny])``."""
+        """Trajectories ``lo:hi`` at ``times`` as float32 ``(B, T, C, Nx[, Ny])``.
+
+        :class:`DatasetError` if they hold a NaN or inf.
+        """
         if self.layout == "single":
             parts = [np.asarray(self._f[name][lo:hi, times], dtype=np.float32)
                      for name in self.fields]
-            return np.stack(parts, axis=2)
-        out = []
-        for g in self.groups[lo:hi]:
-            d = np.asarray(self._f[f"{g}/data"][times], dtype=np.float32)
-            out.append(np.moveaxis(d, -1, 1))
-        return np.stack(out)
+            out = np.stack(parts, axis=2)
+        else:
+            out = np.stack([np.moveaxis(np.asarray(self._f[f"{g}/data"][times],
+                                                   dtype=np.float32), -1, 1)
+                            for g in self.groups[lo:hi]])
+        if not np.isfinite(out).all():
+            bad = lo + int(np.argmin(np.isfinite(out.reshape(len(out), -1)).all(axis=1)))
+            raise DatasetError(f"{self.path}: trajectory {bad} contains NaN or inf")
+        return out
 
     def time_index(self, time: float) -> int:
         """Index of the stored time step nearest to ``time``."""
@@ -166,10 +173,12 @@ class PDEBenchFile:
         if mode == "final":
             ti = self.time_index(time) if time is not None else t_index
             if not -self.n_times <= ti < self.n_times:
-                raise ValueError(f"t_index {ti} outside the {self.n_times} stored time steps")
+                raise DatasetError(f"{self.path}: t_index {ti} outside the {self.n_times} "
+                                   "stored time steps")
             ti %= self.n_times
         elif not 0 < stride < self.n_times:
-            raise ValueError(f"stride must lie in [1, {self.n_times - 1}], got {stride}")
+            raise DatasetError(f"{self.path}: stride must lie in [1, {self.n_times - 1}], "
+                               f"got {stride}")
         for lo in range(0, self.n, block):
             hi = min(lo + block, self.n)
             if mode == "final":
@@ -188,8 +197,10 @@ class PDEBenchFile:
 
     def to_pacsim(self, out: str | os.PathLike[str], *, mode: str = "final", t_index: int = -1,
                   time: float | None = None, stride: int = 1, seed: int = 0,
-                  split: Sequence[float] = (0.8, 0.1, 0.1), overwrite: bool = False) -> Path:
-        """Convert into a pacsim-h5 file, streaming block by block."""
+                  split: Sequence[float] = (0.8, 0.1, 0.1), overwrite: bool = False,
+                  attrs: Mapping[str, Any] | None = None) -> Path:
+        """Convert into a pacsim-h5 file, streaming block by block; ``attrs`` are extra
+        root attributes (provenance)."""
         first_x, first_y = next(self.pairs(mode, t_index=t_index, time=time, stride=stride,
                                            block=1))
         params = {**self.attrs, "source_file": self.path.name, "mode": mode,
@@ -201,7 +212,8 @@ class PDEBenchFile:
         coords = {k: v for k, v in self.coords.items()}
         with DatasetWriter(out, input_shape=first_x.shape[1:], target_shape=first_y.shape[1:],
                            simulator="pdebench", setting=self.path.stem, params=params,
-                           seed=seed, coords=coords, split=split, overwrite=overwrite) as w:
+                           seed=seed, coords=coords, split=split, overwrite=overwrite,
+                           attrs=attrs) as w:
             for x, y in self.pairs(mode, t_index=t_index, time=time, stride=stride):
                 w.append(x, y)
         return Path(out)
