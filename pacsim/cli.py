@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 
@@ -70,12 +71,201 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--report", action="store_true", help="write the report when done")
     rep = sub.add_parser("report", help="write DIR/report.md and figures from results")
     rep.add_argument("dir", help="results folder of pacsim bench")
+    _workflow_parsers(sub)
     ins = sub.add_parser("inspect", help="describe a pacsim-h5 or PDEBench HDF5 file")
     ins.add_argument("file", help="path of the HDF5 file")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
     ins.add_argument("--check", action="store_true",
                      help="also scan every value for NaN or inf (reads the whole file)")
     return p
+
+
+def _common(p: argparse.ArgumentParser, *, train: bool = True) -> None:
+    if train:
+        p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+        p.add_argument("--weight-decay", type=float, default=0.0, help="(default 0)")
+        p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches "
+                                                           "and sample draws (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def _workflow_parsers(sub: Any) -> None:
+    t = sub.add_parser("train", help="train a surrogate on a pacsim-h5 file",
+                       description="Fit a surrogate on the file's train split, keep the epoch "
+                                   "with the lowest val loss, write a checkpoint. Under "
+                                   "torchrun it trains data-parallel (DDP).")
+    t.add_argument("data", help="pacsim-h5 file (e.g. from pacsim simulate or convert)")
+    t.add_argument("--model", default="auto", choices=("auto", "mlp", "cnn"),
+                   help="auto: mlp for flat samples, cnn for fields (default)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option, e.g. hidden=64,64 (mlp) or width=32 (cnn)")
+    t.add_argument("--out", required=True, help="checkpoint to write")
+    t.add_argument("--epochs", type=int, default=100, help="(default 100)")
+    t.add_argument("--batch-size", type=int, default=64, help="(default 64)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after N epochs without a better val loss")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    _common(t)
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    x = sub.add_parser("transfer", help="transfer a checkpoint to another setting's data",
+                       description="Adapt a source checkpoint to the train split of a target "
+                                   "file with one method; hyper-parameters chosen by "
+                                   "cross-validation on the target samples only (--select "
+                                   "cv, default) or fixed.")
+    x.add_argument("checkpoint", help="source checkpoint (from pacsim train)")
+    x.add_argument("target", help="target pacsim-h5 file")
+    x.add_argument("--method", default="pac",
+                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit or scratch")
+    x.add_argument("--n", type=int, default=None,
+                   help="use N samples of the target train split (default: all)")
+    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. ratio=0.5, lam=0.01, alpha=0.1")
+    x.add_argument("--source", default=None,
+                   help="source data for PAC's allocate (default: the file the checkpoint "
+                        "was trained on)")
+    x.add_argument("--select", default="cv", choices=("cv", "fixed"),
+                   help="cv: choose lr, options and steps on the target samples (default); "
+                        "fixed: --lr, --set and --steps as given")
+    x.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
+    x.add_argument("--steps", type=int, default=500,
+                   help="optimiser steps (fixed), or a third of CV's maximum (default 500)")
+    x.add_argument("--batch-size", type=int, default=32, help="(default 32)")
+    x.add_argument("--allocate-epochs", type=int, default=None,
+                   help="PAC allocate budget (default: a third of the source training's)")
+    _common(x)
+    x.add_argument("--out", required=True, help="checkpoint to write")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p = sub.add_parser("predict", help="predict with a checkpoint, write a pacsim-h5 file")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", help="pacsim-h5 file whose inputs are predicted")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="which samples (default test)")
+    p.add_argument("--source-view", action="store_true",
+                   help="a PAC checkpoint's source setting instead of its target")
+    p.add_argument("--batch-size", type=int, default=1024, help="samples per read")
+    p.add_argument("--out", required=True, help="predictions file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _common(p, train=False)
+    c = sub.add_parser("convert", help="turn a The Well or PDEBench file into pacsim-h5",
+                       description="Read trajectories of a The Well or PDEBench HDF5 file "
+                                   "one at a time and write (input, target) pairs as "
+                                   "pacsim-h5.")
+    c.add_argument("file", help="The Well or PDEBench HDF5 file")
+    c.add_argument("--to", default="pacsim-h5", choices=("pacsim-h5",), help="output format")
+    c.add_argument("--out", required=True, help="pacsim-h5 file to write")
+    c.add_argument("--pairs", default="next", choices=("next", "ic-to-T"),
+                   help="next: state -> next state (default); ic-to-T: initial state -> "
+                        "state at --t-index")
+    c.add_argument("--t-index", type=int, default=None,
+                   help="with ic-to-T: the target step (default last; negative from the end)")
+    c.add_argument("--stride", type=int, default=None, help="with next: steps ahead (default 1)")
+    c.add_argument("--fields", default=None, help="comma-separated field names (default all)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a pacsim-h5 file")
+    e.add_argument("checkpoint")
+    e.add_argument("data")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="(default test)")
+    e.add_argument("--source-view", action="store_true",
+                   help="a PAC checkpoint's source setting instead of its target")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    _common(e, train=False)
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: JSON (``3``, ``0.1``, ``true``, ``[32, 32]``), comma-separated
+    numbers (``32,32``) or a word (``all``)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return [json.loads(t) for t in text.split(",")] if "," in text else None
+    except ValueError:
+        pass
+    if text.replace("-", "_").isidentifier():
+        return text
+    raise ValueError(f"--set: cannot read value {text!r}; use a number, a comma-separated "
+                     "list of numbers, true/false or a word")
+
+
+def _settings(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        v = _value(value.strip())
+        if v is None and value.strip() != "null":
+            v = value.strip()
+        out[key.strip()] = v
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .workflow import train_surrogate
+
+    train_surrogate(args.data, args.out, model=args.model, options=_settings(args.set),
+                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, patience=args.patience,
+                    device=args.device, seed=args.seed, amp=args.amp,
+                    overwrite=args.overwrite)
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from .workflow import transfer_surrogate
+
+    transfer_surrogate(args.checkpoint, args.target, args.out, method=args.method, n=args.n,
+                       options=_settings(args.set), source=args.source,
+                       selection=args.select, folds=args.folds, steps=args.steps,
+                       lr=args.lr, batch_size=args.batch_size,
+                       weight_decay=args.weight_decay, allocate_epochs=args.allocate_epochs,
+                       device=args.device, seed=args.seed, overwrite=args.overwrite)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .workflow import predict_file
+
+    path = predict_file(args.checkpoint, args.inputs, args.out, split=args.split,
+                        source_view=args.source_view, batch_size=args.batch_size,
+                        device=args.device, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .workflow import evaluate_file
+
+    res = evaluate_file(args.checkpoint, args.data, split=args.split,
+                        source_view=args.source_view, device=args.device)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    view = " (source view)" if args.source_view else ""
+    print(f"{args.checkpoint}{view} on {args.data}, split {args.split} ({res['n']} samples)")
+    names = ("rmse", "nrmse", "mae", "max_error", "r2")
+    print(f"{'':<10}" + "".join(f"{m:>12}" for m in names))
+    print(f"{'all':<10}" + "".join(f"{res[m]:>12.4g}" for m in names))
+    for c, ch in enumerate(res.get("channels", [])):
+        print(f"{'channel ' + str(c):<10}" + "".join(f"{ch[m]:>12.4g}" for m in names))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .data import convert
+
+    kwargs = {} if args.stride is None else {"stride": args.stride}
+    path = convert(args.file, args.out, pairs=args.pairs, t_index=args.t_index,
+                   fields=args.fields, seed=args.seed, overwrite=args.overwrite, **kwargs)
+    print(f"wrote {path}")
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -164,7 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"demo": _demo, "inspect": _inspect, "simulate": _simulate,
-                "datasets": _datasets, "bench": _bench, "report": _report}
+                "datasets": _datasets, "bench": _bench, "report": _report, "train": _train,
+                "transfer": _transfer, "predict": _predict, "evaluate": _evaluate,
+                "convert": _convert}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -178,6 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # point stdout at /dev/null so the interpreter's final flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if "torch" in sys.modules:  # leave a torchrun process group (no-op otherwise)
+            from .distributed import finish
+
+            finish()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from torch import nn
 
 from .data.batches import Batches, Data, as_tensor, batches
 from .device import resolve_device
+from .distributed import all_sum, world
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
 from .metrics import Accumulator
 from .progress import progress_bar
@@ -163,15 +164,26 @@ def fit(
     steps (checked once an epoch, no host sync per step); the model is left at its best
     epoch, else as it was when that epoch began. With a built-in loss, model outputs and
     targets must have the same shape.
+
+    Inside a process group of several ranks (``torchrun``, see :mod:`pacsim.distributed`)
+    the model trains as :class:`~torch.nn.parallel.DistributedDataParallel`: every rank
+    draws the same global batches (``seed`` is required) and computes only its share, and
+    losses are averaged over the ranks, so the run follows the one-process run with the
+    same ``batch_size``.
     """
     check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule)
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     dev = resolve_device(device)
     loss_fn = _make_loss(loss)
+    shard = world()
+    if shard is not None and seed is None:
+        raise ValueError("data-parallel training needs seed=: every rank must draw the "
+                         "same batches")
     model.to(dev)
-    train_b = batches(train, batch_size, dev, name="train")
-    val_b = batches(val, batch_size, dev, shuffle=False, name="val") if val is not None else None
+    train_b = batches(train, batch_size, dev, name="train", shard=shard)
+    val_b = (batches(val, batch_size, dev, shuffle=False, name="val", shard=shard)
+             if val is not None else None)
 
     mask = UpdateMask(model, update_mask, dev)
     trainable = mask.trainable
@@ -200,6 +212,8 @@ def fit(
     was_training = model.training
     try:
         with mask.frozen_tensors(), _seeded(seed, dev) as gen:
+            net = model if shard is None else nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None)
             for epoch in range(epochs):
                 # one snapshot an epoch: where a diverged epoch leaves the model
                 epoch_start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -211,16 +225,22 @@ def fit(
                 count = 0
                 for x, y in train_b.epoch(gen):
                     with autocast:
-                        pred = model(x)
+                        pred = net(x)
                         if history.steps == 0 and isinstance(loss, str) \
                                 and pred.shape != y.shape:
                             raise ValueError(
                                 f"the model gives outputs of shape {tuple(pred.shape[1:])} "
                                 f"per sample, the targets have {tuple(y.shape[1:])}: data "
                                 "and model do not match")
-                        batch_loss = loss_fn(pred.float(), y)
+                        if x.shape[0]:
+                            batch_loss = loss_fn(pred.float(), y)
+                        else:  # a rank with no share of a tiny batch still joins the sync
+                            batch_loss = pred.float().sum() * 0.0
                     opt.zero_grad(set_to_none=True)
-                    batch_loss.backward()
+                    if shard is None:
+                        batch_loss.backward()
+                    else:
+                        (batch_loss * train_b.share).backward()
                     if pull is not None:
                         pull.apply()
                     mask.before_step(clip_grad)
@@ -233,6 +253,9 @@ def fit(
                     history.steps += 1
                     if history.steps == total_steps:
                         break
+                if shard is not None:
+                    running, total = all_sum(running, torch.tensor(float(count), device=dev))
+                    count = int(total)
                 history.train_loss.append(float(running) / count)
                 if not math.isfinite(history.train_loss[-1]):
                     left = "its best epoch" if best_state is not None else "that epoch's start"
@@ -284,8 +307,13 @@ def _mean_loss(model: nn.Module, data: Batches,
     for x, y in data.epoch(None):
         with autocast:
             pred = model(x)
-        total += loss_fn(pred.float(), y).double() * x.shape[0]
-        count += x.shape[0]
+        if x.shape[0]:
+            total += loss_fn(pred.float(), y).double() * x.shape[0]
+            count += x.shape[0]
+    if data.shard is not None:
+        total, n = all_sum(total, torch.tensor(float(count), dtype=torch.float64,
+                                               device=data.device))
+        count = int(n)
     return float(total) / count
 
 
@@ -317,19 +345,32 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1024,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, *, batch_size: int = 1024,
-             device: str | torch.device | None = None) -> dict[str, float]:
-    """All metrics of :mod:`pacsim.metrics` for ``model`` on ``data`` (any accepted form)."""
+             device: str | torch.device | None = None, per_channel: bool = False
+             ) -> dict[str, Any]:
+    """All metrics of :mod:`pacsim.metrics` for ``model`` on ``data`` (any accepted form).
+
+    ``per_channel``: for fields (samples ``(C, *grid)``) also ``"channels"``, one metrics
+    dict per output channel."""
     dev = _model_device(model) if device is None else resolve_device(device)
     model.to(dev)
     acc = Accumulator()
+    channels: list[Accumulator] = []
     was_training = model.training
     model.eval()
     try:
         for x, y in batches(data, batch_size, dev, shuffle=False, name="eval").epoch(None):
-            acc.update(model(x), y)
+            pred = model(x)
+            acc.update(pred, y)
+            if per_channel and y.dim() >= 3:
+                channels = channels or [Accumulator() for _ in range(y.shape[1])]
+                for c, a in enumerate(channels):
+                    a.update(pred[:, c], y[:, c])
     finally:
         model.train(was_training)
-    return acc.compute()
+    out: dict[str, Any] = acc.compute()
+    if channels:
+        out["channels"] = [a.compute() for a in channels]
+    return out
 
 
 # ----------------------------------------------------------------------------- many models

@@ -1,5 +1,11 @@
 """Mini-batches for the trainer from any accepted data form: an in-memory pair ``(X, Y)``
-(moved to the device once), a Dataset of ``(x, y)`` or a DataLoader."""
+(moved to the device once), a Dataset of ``(x, y)`` or a DataLoader.
+
+With ``shard=(rank, world)`` (data-parallel training) every process draws the same
+global batches (same generator) and keeps only its share of each; ``share`` then says
+how much this rank's mean loss weighs, so that averaging the ranks' gradients gives the
+global batch's mean gradient even when a batch does not split evenly.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +31,26 @@ def as_tensor(a: Any, what: str) -> torch.Tensor:
     return a
 
 
-class _TensorBatches:
+class _Sharded:
+    """The part of every global batch that belongs to this rank."""
+
+    shard: tuple[int, int] | None = None
+    share: float = 1.0
+
+    def _mine(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.shard is None:
+            return idx
+        rank, size = self.shard
+        mine = idx.tensor_split(size)[rank]
+        self.share = mine.numel() * size / max(idx.numel(), 1)
+        return mine
+
+
+class _TensorBatches(_Sharded):
     """Mini-batches from an in-memory pair; the pair moves to the device once."""
 
-    def __init__(self, pair: tuple[Any, Any], batch_size: int, device: torch.device, name: str):
+    def __init__(self, pair: tuple[Any, Any], batch_size: int, device: torch.device, name: str,
+                 shard: tuple[int, int] | None = None):
         x, y = (as_tensor(a, f"{name} {w}") for a, w in zip(pair, ("inputs", "targets")))
         if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
             raise ValueError(
@@ -45,27 +67,34 @@ class _TensorBatches:
         self.n = x.shape[0]
         self.batch_size = batch_size
         self.device = device
+        self.shard = shard
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
     def epoch(self, generator: torch.Generator | None
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if generator is None:
+        if generator is None and self.shard is None:
             for i in range(0, self.n, self.batch_size):
                 yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
             return
-        perm = torch.randperm(self.n, generator=generator).to(self.device, non_blocking=True)
+        perm = (torch.arange(self.n) if generator is None
+                else torch.randperm(self.n, generator=generator))
+        perm = perm.to(self.device, non_blocking=True)
         for i in range(0, self.n, self.batch_size):
-            idx = perm[i : i + self.batch_size]
+            idx = self._mine(perm[i : i + self.batch_size])
             yield self.x[idx], self.y[idx]
 
 
-class _LoaderBatches:
-    """Mini-batches from a Dataset (wrapped in a DataLoader) or a user's DataLoader."""
+class _LoaderBatches(_Sharded):
+    """Mini-batches from a Dataset (wrapped in a DataLoader) or a user's DataLoader.
+
+    Sharded, a Dataset is indexed directly with this rank's positions of each global
+    batch (one read per batch for datasets with ``batch_read``); a user's DataLoader is
+    used as given (shard it yourself, e.g. with a DistributedSampler)."""
 
     def __init__(self, data: Dataset | DataLoader, batch_size: int, device: torch.device,
-                 shuffle: bool):
+                 shuffle: bool, shard: tuple[int, int] | None = None):
         self.device = device
         if isinstance(data, DataLoader):
             self._loader: DataLoader | None = data
@@ -77,6 +106,7 @@ class _LoaderBatches:
             self._dataset = data
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.shard = shard if self._loader is None else None
 
     def __len__(self) -> int:
         if self._loader is not None:
@@ -85,6 +115,9 @@ class _LoaderBatches:
 
     def epoch(self, generator: torch.Generator | None
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.shard is not None:
+            yield from self._sharded_epoch(generator)
+            return
         loader = self._loader
         if loader is None:
             loader = make_loader(self._dataset, self.batch_size,
@@ -94,16 +127,39 @@ class _LoaderBatches:
             x, y = batch[0], batch[1]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def _sharded_epoch(self, generator: torch.Generator | None
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = self._dataset
+        n = len(data)  # type: ignore[arg-type]
+        shuffled = self.shuffle and generator is not None
+        # the permutation a RandomSampler with this generator would draw
+        perm = torch.randperm(n, generator=generator) if shuffled else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            mine = self._mine(perm[i : i + self.batch_size])
+            if not mine.numel():  # a batch smaller than the world: this rank idles
+                x0, y0 = (torch.as_tensor(v) for v in data[0][:2])  # type: ignore[index]
+                x, y = x0.new_empty((0, *x0.shape)), y0.new_empty((0, *y0.shape))
+            elif getattr(data, "batch_read", False):
+                x, y = data[mine.numpy()][:2]  # type: ignore[index]
+            else:
+                items = [data[int(j)] for j in mine]  # type: ignore[index]
+                x = torch.stack([torch.as_tensor(it[0]) for it in items])
+                y = torch.stack([torch.as_tensor(it[1]) for it in items])
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
 
 def batches(data: Data, batch_size: int, device: torch.device, *, shuffle: bool = True,
-            name: str = "train") -> _TensorBatches | _LoaderBatches:
-    """Wrap any accepted data form: ``(X, Y)``, a Dataset of ``(x, y)``, or a DataLoader."""
+            name: str = "train", shard: tuple[int, int] | None = None
+            ) -> _TensorBatches | _LoaderBatches:
+    """Wrap any accepted data form: ``(X, Y)``, a Dataset of ``(x, y)``, or a DataLoader.
+
+    ``shard=(rank, world)``: keep only this rank's share of every batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return _TensorBatches(tuple(data), batch_size, device, name)
+        return _TensorBatches(tuple(data), batch_size, device, name, shard)
     if isinstance(data, (Dataset, DataLoader)):
-        return _LoaderBatches(data, batch_size, device, shuffle)
+        return _LoaderBatches(data, batch_size, device, shuffle, shard)
     raise TypeError(
         f"{name} data must be a pair (X, Y), a torch Dataset or a DataLoader, "
         f"got {type(data).__name__}"

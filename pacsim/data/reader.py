@@ -92,7 +92,8 @@ class H5Dataset(Dataset):
     """Samples ``(x, y)`` of one split of a pacsim-h5 file, as float32 tensors.
 
     ``normalize=True`` applies the file's train-split statistics (see
-    :attr:`normalizer`). ``in_memory="auto"`` loads the split when it is smaller than
+    :attr:`normalizer`); a :class:`Normalizer` applies those instead (e.g. a source
+    model's statistics to target data). ``in_memory="auto"`` loads the split when it is smaller than
     512 MiB and reads lazily otherwise. The HDF5 handle is opened on first use in each
     process, so the dataset pickles into DataLoader workers under any start method.
     Indexing with a list/array of positions returns a whole batch from one sorted read.
@@ -101,7 +102,7 @@ class H5Dataset(Dataset):
     batch_read = True
 
     def __init__(self, path: str | os.PathLike[str], split: str = "train",
-                 normalize: bool = True, in_memory: bool | str = "auto") -> None:
+                 normalize: bool | Normalizer = True, in_memory: bool | str = "auto") -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if in_memory not in (True, False, "auto"):
@@ -111,10 +112,12 @@ class H5Dataset(Dataset):
         with open_h5(self.path) as f:
             self.info: FileInfo = validate(f, self.path)
             maps = {k: SampleMap.build(f[k]) for k in ("inputs", "targets")}
-        if normalize and self.info.normalizer is None:
+        if normalize is True and self.info.normalizer is None:
             raise DatasetError(f"{self.path}: no 'stats' group (empty train split?); "
                                "open with normalize=False")
-        self.normalizer: Normalizer | None = self.info.normalizer if normalize else None
+        self.normalizer: Normalizer | None = (
+            normalize if isinstance(normalize, Normalizer)
+            else self.info.normalizer if normalize else None)
         self.indices = self.info.splits[split]
         sample_bytes = 4 * (int(np.prod(self.info.input_shape))
                             + int(np.prod(self.info.target_shape)))
@@ -251,7 +254,7 @@ def loader(dataset: Dataset, batch_size: int = 64, *, shuffle: bool = True,
                       drop_last=drop_last, **kwargs)
 
 
-def open_splits(path: str | os.PathLike[str], normalize: bool = True,
+def open_splits(path: str | os.PathLike[str], normalize: bool | Normalizer = True,
                 in_memory: bool | str = "auto", splits: Sequence[str] = SPLITS
                 ) -> dict[str, H5Dataset]:
     """Every split of a file, keyed by name, e.g. for ``evaluate`` on each."""

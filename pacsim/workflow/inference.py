@@ -1,0 +1,123 @@
+"""Use a checkpoint on a pacsim-h5 file: predictions to a new file, or metrics.
+
+``pacsim predict`` and ``pacsim evaluate`` as functions. Both work in physical units
+(the checkpoint's normalisation is applied and undone) and read the file batch by batch,
+so a file larger than memory works; ``source_view=True`` asks a PAC checkpoint for its
+source setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import pac
+from ..data.format import SPLITS, open_h5
+from ..data.reader import H5Dataset, read_rows
+from ..data.stats import Normalizer
+from ..data.writer import DatasetWriter
+from ..device import resolve_device
+from ..io import load_checkpoint
+from ..models.physical import PhysicalModel
+from ..train import evaluate
+from .provenance import check_out, check_shapes, file_fingerprint, file_info
+
+PREDICT_SPLITS = (*SPLITS, "all")
+
+
+@contextlib.contextmanager
+def _served(checkpoint: str | os.PathLike[str], source_view: bool, device: str
+            ) -> Iterator[tuple[nn.Module, nn.Module, pac.Masks | None, dict[str, Any]]]:
+    """``(physical model, bare model, masks, meta)``; inside the source view if asked."""
+    model, masks, meta = load_checkpoint(checkpoint)
+    if source_view and masks is None:
+        raise ValueError(f"{checkpoint} is not a PAC checkpoint (it has no masks); "
+                         "--source-view needs one")
+    model.to(resolve_device(device)).eval()
+    phys = (PhysicalModel(model, Normalizer.from_dict(meta["normalizer"]))
+            if "normalizer" in meta else model)
+    phys.to(resolve_device(device))
+    if source_view:
+        assert masks is not None
+        with pac.source_view(model, masks):
+            yield phys, model, masks, meta
+    else:
+        yield phys, model, masks, meta
+
+
+def _check_split(split: str, allowed: tuple[str, ...]) -> None:
+    if split not in allowed:
+        raise ValueError(f"split must be one of {list(allowed)}, got {split!r}")
+
+
+def evaluate_file(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], *,
+                  split: str = "test", source_view: bool = False, device: str = "auto",
+                  ) -> dict[str, Any]:
+    """Metrics of the checkpoint on one split of ``data``, in physical units: RMSE,
+    nRMSE (mean relative L2 per sample, as PDEBench defines it), MAE, max error, R2, and
+    per output channel for fields."""
+    _check_split(split, SPLITS)
+    info = file_info(data)
+    with _served(checkpoint, source_view, device) as (phys, model, _, meta):
+        check_shapes(model, meta, checkpoint, data, info)
+        ds = H5Dataset(data, split, normalize=False)
+        if not len(ds):
+            raise ValueError(f"{data}: split {split!r} has no samples")
+        metrics = evaluate(phys, ds, per_channel=True, device=resolve_device(device))
+    return {"checkpoint": str(checkpoint), "data": str(data), "split": split,
+            "n": int(info.splits[split].size), "source_view": source_view, **metrics}
+
+
+def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[str],
+                 out: str | os.PathLike[str], *, split: str = "test", source_view: bool = False,
+                 batch_size: int = 1024, device: str = "auto", overwrite: bool = False
+                 ) -> Path:
+    """Predict the ``inputs`` of one split of a pacsim-h5 file (``"all"``: every sample,
+    in file order) and write ``out``: a pacsim-h5 file with those inputs, the predictions
+    as ``targets`` (physical units), all samples in its test split, and the checkpoint,
+    source file and view in its attributes. Streams ``batch_size`` samples at a time;
+    the file appears only when complete."""
+    _check_split(split, PREDICT_SPLITS)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_out(out, overwrite)
+    info = file_info(inputs)
+    rows = (np.arange(info.n) if split == "all" else np.sort(info.splits[split]))
+    if rows.size == 0:
+        raise ValueError(f"{inputs}: split {split!r} has no samples")
+    dev = resolve_device(device)
+    attrs = {"predicted_by": str(Path(checkpoint).resolve()),
+             "checkpoint_fingerprint": file_fingerprint(checkpoint),
+             "predicted_from": str(Path(inputs).resolve()),
+             "predicted_split": split, "source_view": bool(source_view)}
+    with _served(checkpoint, source_view, device) as (phys, model, _, meta), \
+            open_h5(Path(inputs)) as f, torch.no_grad():
+        check_shapes(model, meta, checkpoint, inputs, info, targets=False)
+        writer: DatasetWriter | None = None
+        try:
+            for lo in range(0, rows.size, batch_size):
+                x = read_rows(f["inputs"], rows[lo:lo + batch_size])
+                pred = phys(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev))
+                pred = pred.float().cpu().numpy()
+                if writer is None:
+                    writer = DatasetWriter(
+                        out, input_shape=info.input_shape, target_shape=pred.shape[1:],
+                        simulator=str(info.attrs.get("simulator", "unknown")),
+                        setting=str(info.attrs.get("setting", "unknown")),
+                        params=info.params, seed=int(info.attrs.get("seed", 0)),
+                        coords=info.coords or None, input_names=info.input_names,
+                        split=(0.0, 0.0, 1.0), overwrite=overwrite, attrs=attrs)
+                writer.append(x, pred)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    assert writer is not None
+    return writer.close()

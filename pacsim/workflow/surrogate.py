@@ -1,0 +1,276 @@
+"""Train a surrogate on a pacsim-h5 file, and transfer it to another setting's file.
+
+These are ``pacsim train`` and ``pacsim transfer`` as functions. Both write a pacsim
+checkpoint (model config, weights, PAC masks, the normalisation and a record of the data)
+and return a summary dict. Under ``torchrun`` they train data-parallel (see
+:mod:`pacsim.distributed`): every rank reads its share of each batch lazily from the
+file and only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import pac
+from ..data import H5Dataset, Normalizer
+from ..distributed import init_from_env, is_main, launched
+from ..io import load_checkpoint, save_checkpoint
+from ..models.physical import PhysicalModel
+from ..models.sizing import default_model, for_data
+from ..train import evaluate, fit
+from ..transfer import METHODS, SelectionConfig, select
+from ..transfer.options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, method_options
+from .provenance import check_out, check_shapes, data_record, file_fingerprint, file_info
+
+Log = Callable[[str], Any]
+
+#: Source data beyond this size stays on disk during allocate (read batch by batch).
+_IN_MEMORY = "auto"
+
+
+def _split(path: str | os.PathLike[str], split: str, normalize: bool | Normalizer
+           ) -> H5Dataset | None:
+    """One split of a file (None when empty); read lazily under torchrun."""
+    ds = H5Dataset(path, split, normalize=normalize,
+                   in_memory=False if launched() else _IN_MEMORY)
+    return ds if len(ds) else None
+
+
+def _trainable(ds: H5Dataset | None) -> Any:
+    """What the trainer should get: the tensors when in memory, else the dataset."""
+    if ds is None:
+        return None
+    return ds.tensors() if ds.in_memory else ds
+
+
+def physical_metrics(model: nn.Module, normalizer: Normalizer, path: str | os.PathLike[str],
+                     split: str, *, masks: pac.Masks | None = None, per_channel: bool = False,
+                     device: str | torch.device | None = None) -> dict[str, Any] | None:
+    """Metrics in physical units of ``model`` (trained on normalised data) on one split
+    of ``path``; through the source view when ``masks`` are given. None for an empty split."""
+    ds = _split(path, split, normalize=False)
+    if ds is None:
+        return None
+    phys = PhysicalModel(model, normalizer)
+    if masks is None:
+        return evaluate(phys, ds, per_channel=per_channel, device=device)
+    with pac.source_view(model, masks):
+        return evaluate(phys, ds, per_channel=per_channel, device=device)
+
+
+def _log(log: Log | None) -> Log:
+    return (log or print) if is_main() else (lambda _msg: None)
+
+
+def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                    model: str = "auto", options: Mapping[str, Any] | None = None,
+                    epochs: int = 100, batch_size: int = 64, lr: float = 1e-3,
+                    weight_decay: float = 0.0, optimizer: str = "adam",
+                    patience: int | None = None, lr_schedule: str | None = "cosine",
+                    device: str = "auto", seed: int = 0, amp: bool = False,
+                    overwrite: bool = False, progress: bool | None = None,
+                    log: Log | None = None) -> dict[str, Any]:
+    """Fit a surrogate on ``data``'s train split, keep the epoch with the lowest loss on
+    its val split, and write the checkpoint ``out``.
+
+    ``model``: ``"mlp"``, ``"cnn"`` or ``"auto"`` (mlp for flat samples, cnn for fields),
+    sized from the data; ``options`` are the model's other arguments (e.g. ``width``).
+    Returns the checkpoint's metadata (what was trained on, how, and its val metrics).
+    """
+    say = _log(log)
+    check_out(out, overwrite)
+    info = file_info(data)
+    name = default_model(info.input_shape) if model == "auto" else model
+    torch.manual_seed(seed)
+    net = for_data(name, info.input_shape, info.target_shape, options)
+    dev = init_from_env(device)
+    train = _split(data, "train", normalize=True)
+    if train is None:
+        raise ValueError(f"{data}: the train split is empty")
+    val = _split(data, "val", normalize=True)
+    if val is None:
+        say(f"note: {data} has no val split; the last epoch is kept")
+    say(f"training {name} ({sum(p.numel() for p in net.parameters()):,} parameters) on "
+        f"{len(train)} samples of {data}, device {dev}")
+    history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
+                  batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+                  patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed, amp=amp,
+                  progress=progress if is_main() else False, desc="train")
+    normalizer = train.normalizer
+    assert normalizer is not None
+    metrics = {"val": physical_metrics(net, normalizer, data, "val", device=dev)}
+    meta = {
+        "kind": "source",
+        "model": name,
+        "data": data_record(data, info),
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "weight_decay": weight_decay, "optimizer": optimizer, "patience": patience,
+                  "lr_schedule": lr_schedule, "seed": seed, "amp": amp,
+                  "best_epoch": history.best_epoch, "epochs_run": history.epochs_run,
+                  "seconds": history.seconds},
+        "metrics": metrics,
+    }
+    if metrics["val"] is not None:
+        say(f"val RMSE {metrics['val']['rmse']:.4g} (physical units), nRMSE "
+            f"{metrics['val']['nrmse']:.4g}, best epoch {(history.best_epoch or 0) + 1} "
+            f"of {history.epochs_run}")
+    if is_main():
+        save_checkpoint(out, net, meta=meta, normalizer=normalizer, overwrite=overwrite)
+        say(f"wrote {out}")
+    return meta
+
+
+def _grid_without(method: str, fixed: set[str]) -> Any:
+    """The method's default grid less the options the user fixed."""
+    grid = DEFAULT_GRIDS[method]
+    tables = grid if isinstance(grid, list) else [grid]
+    kept: list[dict[str, Any]] = []
+    for table in tables:
+        t = {k: v for k, v in table.items() if k not in fixed}
+        if t not in kept:
+            kept.append(t)
+    kept = [t for t in kept if t] or [{}]
+    return kept if len(kept) > 1 else kept[0]
+
+
+def _source_file(ckpt: str | os.PathLike[str], meta: dict[str, Any],
+                 source: str | os.PathLike[str] | None) -> Path:
+    """The source data for PAC's allocate: ``source`` or the file the checkpoint records
+    (refused when its bytes changed since)."""
+    if source is not None:
+        return Path(source)
+    rec = meta.get("data") or {}
+    if "file" not in rec:
+        raise ValueError(f"{ckpt} records no source data file; pass --source SOURCE.h5")
+    path = Path(rec["file"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the source data recorded in {ckpt} is gone; "
+                                "pass --source SOURCE.h5")
+    if rec.get("fingerprint") and file_fingerprint(path) != rec["fingerprint"]:
+        raise ValueError(f"{path} changed since {ckpt} was trained on it; pass --source "
+                         "SOURCE.h5 to use it anyway")
+    return path
+
+
+def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.PathLike[str],
+                       out: str | os.PathLike[str], *, method: str = "pac",
+                       n: int | None = None, options: Mapping[str, Any] | None = None,
+                       source: str | os.PathLike[str] | None = None,
+                       selection: str = "cv", folds: int = 5, steps: int = 500,
+                       lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
+                       allocate_epochs: int | None = None, device: str = "auto",
+                       seed: int = 0, overwrite: bool = False, progress: bool | None = None,
+                       log: Log | None = None) -> dict[str, Any]:
+    """Transfer the surrogate in ``checkpoint`` to ``target``'s train split (its first
+    ``n`` samples drawn by ``seed``, default all) with ``method`` and write ``out``.
+
+    ``selection="cv"`` chooses the learning rate, the method's options that ``options``
+    does not fix, and the step count (up to ``3 * steps``) by ``folds``-fold
+    cross-validation on those samples only, then retrains on all of them;
+    ``"fixed"`` trains ``steps`` steps at ``lr`` with ``options``. PAC methods prune and
+    allocate on the source data (``source`` or the file the checkpoint records) for up to
+    ``allocate_epochs`` (default: a third of the source training's epochs) and store
+    their masks, so the source view keeps serving the source setting.
+    The target data is normalised with the checkpoint's statistics: one normalisation
+    serves both settings. Returns the new checkpoint's metadata.
+    """
+    say = _log(log)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    opts = dict(options or {})
+    method_options(method, opts)  # a bad option fails before anything is read
+    cfg = SelectionConfig(mode=selection, folds=folds)
+    check_out(out, overwrite)
+    model, masks, meta = load_checkpoint(checkpoint)
+    if "normalizer" not in meta:
+        raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
+                         "pacsim train)")
+    is_pac = method.startswith("pac")
+    if is_pac and masks is not None:
+        raise ValueError(f"{checkpoint} is already a PAC checkpoint; transfer from the "
+                         "source checkpoint it came from")
+    normalizer = Normalizer.from_dict(meta["normalizer"])
+    info = file_info(target)
+    check_shapes(model, meta, checkpoint, target, info)
+    dev = init_from_env(device)
+    pool = H5Dataset(target, "train", normalize=normalizer)
+    n_avail = len(pool)
+    n = n_avail if n is None else n
+    if not 0 < n <= n_avail:
+        raise ValueError(f"--n {n}: {target} has {n_avail} samples in its train split")
+    x, y = pool.subset(n, seed=seed) if n < n_avail else pool.tensors()
+    kwargs: dict[str, Any] = {}
+    src_path: Path | None = None
+    if is_pac:
+        src_path = _source_file(checkpoint, meta, source)
+        src_info = file_info(src_path)
+        check_shapes(model, meta, checkpoint, src_path, src_info)
+        src_train = _split(src_path, "train", normalize=normalizer)
+        if src_train is None:
+            raise ValueError(f"{src_path}: the train split is empty")
+        src_val = _split(src_path, "val", normalize=normalizer)
+        tr = meta.get("train") or {}
+        alloc_epochs = allocate_epochs or max(1, int(tr.get("epochs", 30)) // 3)
+        kwargs.update(source=_trainable(src_train), source_val=_trainable(src_val),
+                      allocate_kwargs={"epochs": alloc_epochs,
+                                       "batch_size": int(tr.get("batch_size", 64))})
+    before = physical_metrics(model, normalizer, target, "val", device=dev)
+    say(f"{method}: {n} target samples of {target}, selection {selection}"
+        + (f" ({cfg.folds}-fold CV)" if selection == "cv" else "") + f", device {dev}")
+    fixed = set(opts) | ({"lr"} if selection == "fixed" else set())
+    grid = _grid_without(method, fixed - set(TRAIN_GRID_KEYS)) if selection == "cv" else None
+    res = select(method, model, (x, y), selection=cfg, steps=steps, grid=grid, options=opts,
+                 lr=lr, batch_size=batch_size, seed=seed, device=dev,
+                 weight_decay=weight_decay, progress=progress if is_main() else False,
+                 **kwargs)
+    after = physical_metrics(res.model, normalizer, target, "val", device=dev)
+    record: dict[str, Any] = {
+        "kind": "target",
+        "model": meta.get("model"),
+        "method": method,
+        "options": res.extra.get("options", {}),
+        "selection": {k: v for k, v in (res.selection or {}).items() if k != "curves"},
+        "n": n,
+        "seed": seed,
+        "source_checkpoint": {"file": str(Path(checkpoint).resolve()),
+                              "kind": meta.get("kind")},
+        "data": data_record(target, info),
+        "source_data": meta.get("data"),
+        "train": {"steps": res.history.steps, "batch_size": batch_size, "lr": lr,
+                  "weight_decay": weight_decay, "seconds": res.history.seconds},
+        "metrics": {"target_val_before": before, "target_val": after},
+    }
+    _report(say, "target val", before, after)
+    if res.masks is not None and src_path is not None:
+        record["source_data"] = data_record(src_path, file_info(src_path))
+        src_before = (meta.get("metrics") or {}).get("val")
+        if src_before is None:
+            src_before = physical_metrics(model, normalizer, src_path, "val", device=dev)
+        src_after = physical_metrics(res.model, normalizer, src_path, "val",
+                                     masks=res.masks, device=dev)
+        record["metrics"].update(source_val_before=src_before, source_val_view=src_after)
+        _report(say, "source val (source view)", src_before, src_after)
+    if res.selection and res.selection.get("mode") == "cv":
+        say(f"chosen by CV on the {n} target samples: {json.dumps(res.selection['chosen'])}, "
+            f"{res.selection['steps']} steps")
+    if is_main():
+        save_checkpoint(out, res.model, masks=res.masks, meta=record, normalizer=normalizer,
+                        overwrite=overwrite)
+        say(f"wrote {out}")
+    return record
+
+
+def _report(say: Log, what: str, before: dict[str, Any] | None,
+            after: dict[str, Any] | None) -> None:
+    if before is None or after is None:
+        say(f"{what}: no samples")
+        return
+    say(f"{what} RMSE: {before['rmse']:.4g} before -> {after['rmse']:.4g} after "
+        f"(nRMSE {before['nrmse']:.4g} -> {after['nrmse']:.4g})")

@@ -1,0 +1,230 @@
+"""pacsim train / transfer / predict / evaluate on files, and the README walk-through."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pacsim.data import H5Dataset, write_dataset
+from pacsim.io import load_checkpoint, load_predictor
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _flat(path: Path, n: int, shift: float, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(n, 3))
+    y = np.stack([np.sin(2 * x[:, 0]) + x[:, 1] * x[:, 2] + shift, x[:, 0] - shift], 1)
+    return write_dataset(path, x * 10 + 5, y * 3, simulator="toy", setting=f"s{shift}",
+                         params={"shift": shift}, seed=seed)
+
+
+def _field(path: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2, 16))
+    y = np.concatenate([np.roll(x[:, :1], 1, -1), x[:, 1:] * 2 + 1], 1)
+    return write_dataset(path, x, y, simulator="toyfield", setting="s", params={}, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A source file, a target file and a trained source checkpoint."""
+    from pacsim.cli import main
+
+    d = tmp_path_factory.mktemp("wf")
+    _flat(d / "src.h5", 400, 0.0, 0)
+    _flat(d / "tgt.h5", 120, 0.7, 1)
+    assert main(["train", str(d / "src.h5"), "--out", str(d / "src.pt"), "--epochs", "30",
+                 "--set", "hidden=32,32"]) == 0
+    return d
+
+
+def _transfer(cli, d: Path, out: str, *extra: str) -> tuple[int, str, str]:
+    return cli("transfer", d / "src.pt", d / "tgt.h5", "--n", "16", "--steps", "20",
+               "--out", d / out, *extra)
+
+
+def test_train_writes_a_checkpoint_that_records_its_data(files):
+    model, masks, meta = load_checkpoint(files / "src.pt")
+    assert masks is None and meta["kind"] == "source" and meta["model"] == "mlp"
+    assert model.config()["hidden"] == [32, 32]
+    rec = meta["data"]
+    assert rec["file"] == str((files / "src.h5").resolve())
+    assert rec["simulator"] == "toy" and rec["setting"] == "s0.0"
+    assert rec["params"] == {"shift": 0.0} and len(rec["fingerprint"]) == 16
+    assert rec["input_shape"] == [3] and rec["target_shape"] == [2]
+    assert meta["train"]["epochs"] == 30 and meta["metrics"]["val"]["rmse"] > 0
+    # physical units in, physical units out
+    x, y = H5Dataset(files / "src.h5", "val", normalize=False).tensors()
+    pred = load_predictor(files / "src.pt")(x).detach()
+    assert torch.sqrt(((pred - y) ** 2).mean()) == pytest.approx(
+        meta["metrics"]["val"]["rmse"], rel=1e-4)
+
+
+def test_pac_transfer_keeps_the_source_and_is_reproducible(cli, files):
+    for out in ("pac_a.pt", "pac_b.pt"):
+        code, text, err = _transfer(cli, files, out, "--select", "fixed")
+        assert code == 0, err
+    assert "target val RMSE" in text and "source view" in text
+    _, masks, meta = load_checkpoint(files / "pac_a.pt")
+    assert masks is not None and meta["method"] == "pac" and meta["n"] == 16
+    assert meta["source_data"]["file"] == str((files / "src.h5").resolve())
+    results = []
+    for out in ("pac_a.pt", "pac_b.pt"):
+        code, text, err = cli("evaluate", files / out, files / "src.h5", "--source-view",
+                              "--json")
+        assert code == 0, err
+        results.append(json.loads(text))
+    assert results[0]["rmse"] == results[1]["rmse"]  # bit-identical across runs
+    code, text, _ = cli("evaluate", files / "src.pt", files / "src.h5", "--json")
+    src = json.loads(text)
+    assert results[0]["rmse"] <= 1.25 * src["rmse"]  # the allocated model, close to the source
+
+
+def test_cv_transfer_records_its_choice(cli, files):
+    code, text, err = _transfer(cli, files, "ft.pt", "--method", "finetune", "--folds", "2")
+    assert code == 0, err
+    _, masks, meta = load_checkpoint(files / "ft.pt")
+    assert masks is None and meta["selection"]["mode"] == "cv"
+    assert "lr" in meta["selection"]["chosen"] and meta["selection"]["steps"] >= 1
+    assert "chosen by CV" in text
+
+
+def test_set_options_are_fixed_not_searched(cli, files):
+    code, _, err = _transfer(cli, files, "pac_all.pt", "--folds", "2", "--set", "subspace=all")
+    assert code == 0, err
+    meta = load_checkpoint(files / "pac_all.pt")[2]
+    assert meta["options"]["subspace"] == "all"
+    assert "subspace" not in meta["selection"]["chosen"]
+
+
+def test_predict_streams_physical_predictions(cli, files, tmp_path):
+    code, _, err = cli("predict", files / "src.pt", files / "tgt.h5", "--split", "all",
+                       "--batch-size", "7", "--out", tmp_path / "p.h5")
+    assert code == 0, err
+    with h5py.File(files / "tgt.h5") as f:
+        x = f["inputs"][:]
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert np.array_equal(f["inputs"][:], x)
+        got = f["targets"][:]
+        assert f.attrs["predicted_by"] == str((files / "src.pt").resolve())
+        assert f.attrs["predicted_split"] == "all" and f["splits/test"].size == len(x)
+    want = load_predictor(files / "src.pt")(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # a source-view prediction of a PAC checkpoint is the source view's output
+    _transfer(cli, files, "pac_p.pt", "--select", "fixed")
+    code, _, err = cli("predict", files / "pac_p.pt", files / "src.h5", "--source-view",
+                       "--out", tmp_path / "sv.h5")
+    assert code == 0, err
+    with h5py.File(tmp_path / "sv.h5") as f:
+        assert f.attrs["source_view"]
+
+
+def test_evaluate_reports_every_channel_of_a_field(cli, tmp_path):
+    _field(tmp_path / "f.h5", 60, 0)
+    code, _, err = cli("train", tmp_path / "f.h5", "--out", tmp_path / "f.pt", "--epochs", "2",
+                       "--set", "width=4", "--set", "depth=1")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "f.pt")[2]["model"] == "cnn"
+    code, text, err = cli("evaluate", tmp_path / "f.pt", tmp_path / "f.h5", "--json")
+    res = json.loads(text)
+    assert len(res["channels"]) == 2
+    for key in ("rmse", "nrmse", "mae", "max_error", "r2"):
+        assert np.isfinite(res[key]) and all(np.isfinite(c[key]) for c in res["channels"])
+    code, text, _ = cli("evaluate", tmp_path / "f.pt", tmp_path / "f.h5")
+    assert "channel 1" in text
+
+
+def _refused(cli, args, *needles, out: Path | None = None) -> None:
+    code, text, err = cli(*args)
+    assert code == 2, (text, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert str(needle) in lines[0], lines[0]
+    if out is not None:
+        assert not out.exists()
+
+
+def test_bad_input_is_one_line_and_nothing_written(cli, files, tmp_path):
+    other = _field(tmp_path / "field.h5", 30, 0)
+    out = tmp_path / "x.pt"
+    # checkpoint and data of different shapes: both named
+    _refused(cli, ["transfer", files / "src.pt", other, "--out", out], "src.pt", "field.h5",
+             out=out)
+    _refused(cli, ["evaluate", files / "src.pt", other], "src.pt", "field.h5")
+    _refused(cli, ["predict", files / "src.pt", other, "--out", tmp_path / "p.h5"],
+             "field.h5", out=tmp_path / "p.h5")
+    # an unknown model or method option
+    _refused(cli, ["train", files / "src.h5", "--set", "widht=3", "--out", out], "widht",
+             "hidden", out=out)
+    _refused(cli, ["transfer", files / "src.pt", files / "tgt.h5", "--set", "lamda=1",
+                   "--out", out], "lamda", out=out)
+    # --n beyond the train split
+    _refused(cli, ["transfer", files / "src.pt", files / "tgt.h5", "--n", "5000", "--out", out],
+             "5000", "96", out=out)
+    # --source-view on a non-PAC checkpoint
+    _refused(cli, ["evaluate", files / "src.pt", files / "src.h5", "--source-view"],
+             "not a PAC checkpoint")
+    # unknown layout, missing files
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["data"] = np.zeros(3)
+    _refused(cli, ["train", tmp_path / "foreign.h5", "--out", out], "foreign.h5", out=out)
+    _refused(cli, ["evaluate", tmp_path / "nope.pt", files / "src.h5"], "nope.pt")
+    _refused(cli, ["train", tmp_path / "nope.h5", "--out", out], "nope.h5", out=out)
+    # an existing --out is kept unless --overwrite
+    out.write_bytes(b"precious")
+    _refused(cli, ["train", files / "src.h5", "--out", out], "exists")
+    _refused(cli, ["transfer", files / "src.pt", files / "tgt.h5", "--out", out], "exists")
+    assert out.read_bytes() == b"precious"
+
+
+def test_pac_needs_its_source_data(cli, files, tmp_path):
+    import shutil
+
+    moved = tmp_path / "src.pt"
+    shutil.copy(files / "src.pt", moved)
+    ckpt = torch.load(moved, weights_only=True)
+    meta = json.loads(ckpt["meta"])
+    meta["data"]["file"] = str(tmp_path / "gone.h5")
+    ckpt["meta"] = json.dumps(meta)
+    torch.save(ckpt, moved)
+    args = ["transfer", moved, files / "tgt.h5", "--n", "8", "--steps", "5", "--select",
+            "fixed", "--out", tmp_path / "t.pt"]
+    _refused(cli, args, "gone.h5", "--source")
+    code, _, err = cli(*args, "--source", files / "src.h5")
+    assert code == 0, err
+
+
+def test_transfer_from_a_pac_checkpoint_with_pac_is_refused(cli, files, tmp_path):
+    _transfer(cli, files, "pac_r.pt", "--select", "fixed")
+    _refused(cli, ["transfer", files / "pac_r.pt", files / "tgt.h5", "--out",
+                   tmp_path / "t.pt"], "already a PAC checkpoint")
+
+
+def walkthrough() -> list[list[str]]:
+    text = README.read_text()
+    block = re.search(r"<!-- walkthrough[^>]*-->\n```bash\n(.*?)```", text, re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_walkthrough_runs_as_written(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in walkthrough():
+        assert args[0] == "pacsim"
+        code, text, err = cli(*args[1:])
+        assert code == 0, (args, err)
+    assert {"source.pt", "pac.pt", "finetune.pt", "predictions.h5"} <= {
+        p.name for p in tmp_path.iterdir()}
+    code, text, _ = cli("evaluate", "pac.pt", "source.h5", "--source-view", "--json")
+    view = json.loads(text)["rmse"]
+    code, text, _ = cli("evaluate", "source.pt", "source.h5", "--json")
+    assert view <= 1.1 * json.loads(text)["rmse"]
