@@ -14,9 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-
-from .reader import loader as make_loader
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 Data = tuple[Any, Any] | Dataset | DataLoader
 
@@ -87,11 +85,13 @@ class _TensorBatches(_Sharded):
 
 
 class _LoaderBatches(_Sharded):
-    """Mini-batches from a Dataset (wrapped in a DataLoader) or a user's DataLoader.
+    """Mini-batches from a Dataset or a user's DataLoader.
 
-    Sharded, a Dataset is indexed directly with this rank's positions of each global
-    batch (one read per batch for datasets with ``batch_read``); a user's DataLoader is
-    used as given (shard it yourself, e.g. with a DistributedSampler)."""
+    A Dataset is indexed with the positions of each batch (one read per batch for
+    datasets with ``batch_read``, like :class:`~pacsim.data.H5Dataset`), in the order an
+    in-memory pair would be drawn: same seed, same batches, in memory or on disk.
+    Sharded, each rank fetches only its share. A user's DataLoader is used as given
+    (shard it yourself, e.g. with a DistributedSampler)."""
 
     def __init__(self, data: Dataset | DataLoader, batch_size: int, device: torch.device,
                  shuffle: bool, shard: tuple[int, int] | None = None):
@@ -115,37 +115,28 @@ class _LoaderBatches(_Sharded):
 
     def epoch(self, generator: torch.Generator | None
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.shard is not None:
-            yield from self._sharded_epoch(generator)
+        if self._loader is not None:
+            for batch in self._loader:
+                x, y = batch[0], batch[1]
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             return
-        loader = self._loader
-        if loader is None:
-            loader = make_loader(self._dataset, self.batch_size,
-                                 shuffle=self.shuffle and generator is not None,
-                                 generator=generator, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            x, y = batch[0], batch[1]
+        n = len(self._dataset)  # type: ignore[arg-type]
+        perm = (torch.randperm(n, generator=generator)
+                if self.shuffle and generator is not None else torch.arange(n))
+        for i in range(0, n, self.batch_size):
+            x, y = self._fetch(self._mine(perm[i : i + self.batch_size]))
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _sharded_epoch(self, generator: torch.Generator | None
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        data = self._dataset
-        n = len(data)  # type: ignore[arg-type]
-        shuffled = self.shuffle and generator is not None
-        # the permutation a RandomSampler with this generator would draw
-        perm = torch.randperm(n, generator=generator) if shuffled else torch.arange(n)
-        for i in range(0, n, self.batch_size):
-            mine = self._mine(perm[i : i + self.batch_size])
-            if not mine.numel():  # a batch smaller than the world: this rank idles
-                x0, y0 = (torch.as_tensor(v) for v in data[0][:2])  # type: ignore[index]
-                x, y = x0.new_empty((0, *x0.shape)), y0.new_empty((0, *y0.shape))
-            elif getattr(data, "batch_read", False):
-                x, y = data[mine.numpy()][:2]  # type: ignore[index]
-            else:
-                items = [data[int(j)] for j in mine]  # type: ignore[index]
-                x = torch.stack([torch.as_tensor(it[0]) for it in items])
-                y = torch.stack([torch.as_tensor(it[1]) for it in items])
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        data: Any = self._dataset
+        if not idx.numel():  # a batch smaller than the world: this rank idles
+            x0, y0 = (torch.as_tensor(v) for v in data[0][:2])
+            return x0.new_empty((0, *x0.shape)), y0.new_empty((0, *y0.shape))
+        if getattr(data, "batch_read", False):
+            x, y = data[idx.numpy()][:2]
+            return torch.as_tensor(x), torch.as_tensor(y)
+        batch = default_collate([data[int(j)] for j in idx])
+        return batch[0], batch[1]
 
 
 def batches(data: Data, batch_size: int, device: torch.device, *, shuffle: bool = True,
