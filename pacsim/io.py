@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data.stats import Normalizer
+from .data.stats import Normalizer, stat_shape
 from .fsutil import atomic_write
 from .models.physical import PhysicalModel
 from .models.registry import build
@@ -92,11 +92,48 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         meta = json.loads(payload["meta"])
         if payload.get("normalizer") is not None:
             meta["normalizer"] = json.loads(payload["normalizer"])
-            Normalizer.from_dict(meta["normalizer"])
+            _check_normalizer(Normalizer.from_dict(meta["normalizer"]), model.config(), meta)
+        _check_finite(payload["state_dict"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: damaged pacsim checkpoint ({first[:200]})") from None
     return model, masks, meta
+
+
+def _check_finite(state: dict[str, Any]) -> None:
+    """Refuse NaN or inf in any floating-point tensor of a state dict."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor)
+           and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"weights hold NaN or inf: {', '.join(bad[:5])}")
+
+
+def _expected_stat_shapes(config: dict[str, Any], meta: dict[str, Any]
+                          ) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Statistics shapes implied by the recorded data shapes, else by the model config."""
+    data = meta.get("data")
+    if isinstance(data, dict) and "input_shape" in data and "target_shape" in data:
+        return (stat_shape(tuple(data["input_shape"])),
+                stat_shape(tuple(data["target_shape"])))
+    if config.get("name") == "cnn":
+        tail = (1,) * int(config.get("dim", 1))
+        return (int(config["in_channels"]), *tail), (int(config["out_channels"]), *tail)
+    return None, None
+
+
+def _check_normalizer(norm: Normalizer, config: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Finite statistics, positive stds, shapes that fit the data or the model."""
+    norm.check()
+    expected = _expected_stat_shapes(config, meta)
+    for side, want in zip(("input", "target"), expected):
+        have = tuple(getattr(norm, f"{side}_mean").shape)
+        if want is not None and have != want:
+            raise ValueError(f"normalizer {side} statistics have shape {list(have)}, the "
+                             f"model's data needs {list(want)}")
+        dim = config.get("in_dim" if side == "input" else "out_dim")
+        if want is None and len(have) == 1 and isinstance(dim, int) and have[0] != dim:
+            raise ValueError(f"normalizer {side} statistics have {have[0]} features, the "
+                             f"model {dim}")
 
 
 def load_predictor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"

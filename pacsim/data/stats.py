@@ -107,3 +107,17 @@ class Normalizer:
                           for k in ("input_mean", "input_std", "target_mean", "target_std")})
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a normalizer description: {exc}") from exc
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless every mean is finite, every std finite and positive,
+        and each side's mean and std have one shape."""
+        for side in ("input", "target"):
+            mean, std = getattr(self, f"{side}_mean"), getattr(self, f"{side}_std")
+            if mean.shape != std.shape:
+                raise ValueError(f"normalizer {side}_mean has shape {list(mean.shape)} but "
+                                 f"{side}_std {list(std.shape)}")
+            if not np.isfinite(mean).all():
+                raise ValueError(f"normalizer {side}_mean holds NaN or inf")
+            if not (np.isfinite(std).all() and (std > 0).all()):
+                raise ValueError(f"normalizer {side}_std must be finite and positive "
+                                 f"(min {float(np.min(std)) if std.size else 'n/a'})")
