@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write DIR/report.md and figures from results")
     rep.add_argument("dir", help="results folder of pacsim bench")
     _workflow_parsers(sub)
-    ins = sub.add_parser("inspect", help="describe a pacsim-h5 or PDEBench HDF5 file")
+    ins = sub.add_parser("inspect", help="describe a pacsim-h5, PDEBench or The Well HDF5 file")
     ins.add_argument("file", help="path of the HDF5 file")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
     ins.add_argument("--check", action="store_true",
@@ -346,6 +346,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: ``FILE: reason`` for system errors, else the first line."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, FileExistsError):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pacsim`` console script; returns the exit status."""
     parser = _parser()
@@ -359,9 +368,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "convert": _convert}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"pacsim {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("pacsim: interrupted", file=sys.stderr)
         return 130
@@ -370,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # point stdout at /dev/null so the interpreter's final flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (ValueError, OSError) as exc:
+        print(f"pacsim {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     finally:
         if "torch" in sys.modules:  # leave a torchrun process group (no-op otherwise)
             from .distributed import finish

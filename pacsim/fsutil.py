@@ -3,17 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def check_target(path: Path, overwrite: bool, hint: str) -> None:
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a regular file (None when it can): empty name,
+    missing, a symbolic-link loop, a folder, a FIFO or device."""
+    if str(path) == "":
+        return "empty file name"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file" + (" (a dangling symbolic link)" if os.path.lexists(path) else "")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return exc.strerror or str(exc)
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if (
+            stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "a socket"
+        return f"is {kind}, not a regular file"
+    return None
+
+
+def check_parent(path: str | os.PathLike[str]) -> None:
+    """Refuse an empty path, or one below something that is not a folder."""
+    if os.fspath(path) == "":
+        raise ValueError("output path is empty")
+    path = Path(path)
+    for up in path.parents:
+        if os.path.lexists(up):
+            if not up.is_dir():
+                raise FileExistsError(f"{up}: is not a folder, so {path} cannot be created")
+            return
+
+
+def check_target(path: str | os.PathLike[str], overwrite: bool, hint: str) -> None:
     """Refuse to publish onto ``path``: anything that is not a regular file (a device such
     as /dev/null, a folder, a FIFO), always; an existing file or a dangling symbolic
-    link, unless ``overwrite``."""
+    link, unless ``overwrite``; an empty path or one below a file."""
+    check_parent(path)
+    path = Path(path)
     if not os.path.lexists(path):
         return
     if path.is_symlink() and not path.exists():
@@ -39,10 +77,10 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False,
                  hint: str = "pass overwrite=True to replace it") -> None:
+        check_target(path, overwrite, hint)
         self.path = Path(path)
         self.overwrite = overwrite
         self.hint = hint
-        check_target(self.path, overwrite, hint)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                    dir=self.path.parent)

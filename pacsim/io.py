@@ -19,7 +19,7 @@ from torch import nn
 
 from . import __version__
 from .data.stats import Normalizer, stat_shape
-from .fsutil import atomic_write
+from .fsutil import atomic_write, not_a_file
 from .models.physical import PhysicalModel
 from .models.registry import build
 from .pac.masks import Masks
@@ -68,14 +68,20 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, Masks | None, dict[str, Any]]:
     """Load ``(model, masks, meta)`` from a file written by :func:`save_checkpoint`."""
+    why = not_a_file(path)
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    if why is not None:
+        why = "no such checkpoint file" if why == "no such file" else why
+        raise CheckpointError(f"{path}: {why}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint we trust"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a pacsim checkpoint ({first[:200]})") from None
+        if "weights only load failed" in str(exc).lower():
+            first = "contains pickled code or objects; refused"
+        else:
+            text = str(exc).strip()
+            first = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise CheckpointError(f"{path}: not a pacsim checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a pacsim checkpoint (no '{FORMAT}' marker)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -85,7 +91,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         )
     try:
         model = build(json.loads(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
+        _load_state(model, payload["state_dict"])
         masks = None if payload["masks"] is None else Masks.from_state_dict(payload["masks"])
         if masks is not None:
             masks.check_model(model)
@@ -98,6 +104,24 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: damaged pacsim checkpoint ({first[:200]})") from None
     return model, masks, meta
+
+
+def _load_state(model: nn.Module, state: Any) -> None:
+    """``load_state_dict`` that names missing, unexpected and mis-shaped entries."""
+    if not isinstance(state, dict):
+        raise ValueError("state_dict is not a mapping")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} (model {list(v.shape)})" for k, v in own.items()
+              if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+    parts = [f"{what} {', '.join(keys[:5])}" + (f" and {len(keys) - 5} more" if len(keys) > 5
+                                                  else "")
+             for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("wrong shape", shapes)) if keys]
+    if parts:
+        raise ValueError(f"weights do not fit the {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state)
 
 
 def _check_finite(state: dict[str, Any]) -> None:

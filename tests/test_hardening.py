@@ -47,3 +47,121 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", model)
     with pytest.raises(CheckpointError, match="weights hold NaN or inf"):
         load_checkpoint(path)
+
+
+# --- one line naming the right problem, exit 2 ---------------------------------------
+
+def _small_file(path):
+    from pacsim.data import write_dataset
+
+    g = np.random.default_rng(0)
+    return write_dataset(path, g.random((10, 3), dtype=np.float32),
+                         g.random((10, 2), dtype=np.float32), simulator="t", setting="s",
+                         params={}, seed=0)
+
+
+def _one_line(code: int, err: str, *needles: str) -> None:
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_inspect_of_damaged_structures_is_one_line(tmp_path, cli):
+    import shutil
+
+    import h5py
+
+    ok = _small_file(tmp_path / "ok.h5")
+    sub, loop = tmp_path / "sub.h5", tmp_path / "loop.h5"
+    shutil.copy(ok, sub)
+    shutil.copy(ok, loop)
+    with h5py.File(sub, "a") as f:
+        f.create_group("coords/a").create_dataset("b", data=[1.0])
+    with h5py.File(loop, "a") as f:
+        f["coords/l"] = h5py.SoftLink("/coords/l")
+    pdb = tmp_path / "pdb.h5"
+    with h5py.File(pdb, "w") as f:
+        f.create_group("0000/data")
+    _one_line(*cli("inspect", sub)[::2], "'coords/a' is a group")
+    _one_line(*cli("inspect", loop)[::2], "loop")
+    _one_line(*cli("inspect", pdb)[::2], "'0000/data' is a group")
+
+
+def test_coordinate_names_with_a_slash_are_refused(tmp_path):
+    from pacsim.data import DatasetError, write_dataset
+
+    with pytest.raises(DatasetError, match="without '/'"):
+        write_dataset(tmp_path / "c.h5", np.zeros((4, 1), np.float32),
+                      np.zeros((4, 1), np.float32), simulator="t", setting="s", params={},
+                      seed=0, coords={"a/b": [1.0]})
+    assert not list(tmp_path.iterdir())
+
+
+def test_inspect_names_what_the_path_really_is(tmp_path, cli):
+    import os
+
+    folder, fifo, loop = tmp_path / "d.h5", tmp_path / "fifo", tmp_path / "l1"
+    folder.mkdir()
+    os.mkfifo(fifo)
+    loop.symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(loop)
+    for target, needle in ((folder, "is a folder"), (fifo, "is a FIFO"),
+                           ("/dev/null", "is a device"), (loop, "symbolic link loop"),
+                           ("", "empty file name"), (tmp_path / "nope.h5", "no such file")):
+        _one_line(*cli("inspect", target)[::2], needle)
+
+
+def test_simulate_bad_seed_and_outputs_are_one_line(tmp_path, cli):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    sim = ("simulate", "friedman", "--n", "4")
+    _one_line(*cli(*sim, "--seed", "9" * 23, "--out", tmp_path / "s.h5")[::2], "seed")
+    _one_line(*cli(*sim, "--out", "")[::2], "output path is empty")
+    _one_line(*cli(*sim, "--out", afile / "x.h5")[::2], "afile: is not a folder")
+    _one_line(*cli(*sim, "--out", tmp_path, "--overwrite")[::2], "not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_bogus_device_is_a_value_error():
+    from pacsim.device import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        resolve_device("bogus")
+
+
+def test_bench_and_report_on_wrong_paths_are_one_line(tmp_path, cli):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    suite = tmp_path / "s.toml"
+    suite.write_text("")
+    _one_line(*cli("bench", suite, "--out", afile)[::2], "afile")
+    for name, content in (("arr", "[1, 2]\n"), ("notarget", '{"status": "ok"}\n')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text(content)
+        code, _, err = cli("report", tmp_path / name)
+        assert code == 2 and "line 1 skipped" in err and "Traceback" not in err, err
+    (tmp_path / "rdir" / "results.jsonl").mkdir(parents=True)
+    _one_line(*cli("report", tmp_path / "rdir")[::2], "is a folder")
+    _one_line(*cli("report", afile)[::2], "not a results folder")
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    from pacsim.models import MLP
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"format": "pacsim-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"contains pickled code or objects; refused\)$"):
+        load_checkpoint(tmp_path / "evil.pt")
+    path = save_checkpoint(tmp_path / "m.pt", MLP(4, 2, hidden=(16, 16)))
+    payload = torch.load(path, weights_only=True)
+    state = payload["state_dict"]
+    state["extra.weight"] = state.pop("net.0.weight")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"missing .*weight.*unexpected extra\.weight"):
+        load_checkpoint(path)
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path / "dir.pt")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -334,16 +335,31 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
 
 
-def write_report(out: str | os.PathLike[str]) -> Path:
-    """Write ``out/report.md`` and its PNG figures; returns the report path."""
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _stderr) -> Path:
+    """Write ``out/report.md`` and its PNG figures; returns the report path.
+
+    Unusable lines of the results file are skipped, each reported through ``warn``; a
+    folder without one successful cell is a ``ValueError``.
+    """
     import matplotlib.pyplot as plt  # after ..plots, which picks a headless backend
 
     out = Path(out)
-    records = latest(read_results(out))
+    if os.path.lexists(out) and not out.is_dir():
+        raise ValueError(f"{out}: not a results folder")
+    records = latest(read_results(out, warn, complete=True))
     if not records:
-        raise ValueError(f"{out}: no results ({RESULTS} missing or empty)")
+        raise ValueError(f"{out}: no results ({RESULTS} missing or empty, or every line "
+                         "skipped)")
     ok = ok_records(records)
     failed = [r for r in records if r.get("status") != "ok"]
+    if not ok:
+        first = str(failed[0].get("error", "no error recorded")).strip().splitlines()
+        raise ValueError(f"{out}: no successful cells ({len(failed)} failed; first: "
+                         f"{(first or ['?'])[0][:160]})")
     g = grid(records)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)

@@ -5,25 +5,57 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..fsutil import not_a_file
 
 RESULTS = "results.jsonl"
 
 
-def read_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Records of ``out/results.jsonl``; a torn last line (killed mid-write) is ignored."""
+#: Keys of every record, and the metrics a finished (``status == "ok"``) cell must carry.
+KEYS = ("pair", "method", "n_target", "seed", "status")
+OK_METRICS = ("target", "zero_shot", "source_before", "source_after")
+
+
+def record_problem(rec: Any, complete: bool = False) -> str | None:
+    """Why ``rec`` is not a record (None when it is); ``complete``: also a finished cell
+    without the metrics a report needs."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    missing = [k for k in KEYS if k not in rec]
+    if complete and rec.get("status") == "ok":
+        missing += [k for k in OK_METRICS
+                    if not isinstance(rec.get(k), dict) or "rmse" not in rec[k]]
+    return f"lacks {', '.join(repr(k) for k in missing)}" if missing else None
+
+
+def read_results(out: str | os.PathLike[str], warn: Callable[[str], None] | None = None,
+                 complete: bool = False) -> list[dict[str, Any]]:
+    """Records of ``out/results.jsonl``, skipping lines that are not records (a torn last
+    line of a killed run among them; with ``complete``, finished cells without their
+    metrics too); ``warn`` hears of each by line number."""
     path = Path(out) / RESULTS
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
+    why = not_a_file(path)
+    if why is not None:
+        raise ValueError(f"{path}: {why}")
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            problem: str | None = "not valid JSON"
+        else:
+            problem = record_problem(rec, complete)
+        if problem is None:
+            records.append(rec)
+        elif warn is not None:
+            warn(f"{path}: line {number} skipped: {problem}")
     return records
 
 

@@ -131,6 +131,8 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
     ``dry_run`` only says what would run and why. A second run on the same ``out`` is
     refused (:class:`execute.FolderBusy`).
     """
+    if os.path.lexists(out) and not Path(out).is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; --out names the results folder")
     suite = load_suite(suite_path, data_dir=data_dir)
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")

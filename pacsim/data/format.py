@@ -11,6 +11,7 @@ on the train split.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..fsutil import not_a_file
 from .errors import DatasetError
 from .stats import Normalizer
 
@@ -42,9 +44,11 @@ def chunk_rows(sample_shape: tuple[int, ...], itemsize: int = 4,
 
 def open_h5(path: str | Path, mode: str = "r", **kwargs: Any) -> h5py.File:
     """``h5py.File`` with one-line :class:`DatasetError` messages for unreadable files."""
+    if mode == "r" and os.fspath(path) == "":
+        raise DatasetError("empty file name")
     path = Path(path)
-    if mode == "r" and not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+    if mode == "r" and (why := not_a_file(path)) is not None:
+        raise DatasetError(f"{path}: {why}")
     try:
         return h5py.File(path, mode, **kwargs)
     except OSError as exc:
@@ -56,6 +60,14 @@ def open_h5(path: str | Path, mode: str = "r", **kwargs: Any) -> h5py.File:
         else:
             why = f"cannot open as HDF5 ({msg.splitlines()[0][:160]})"
         raise DatasetError(f"{path}: {why}") from None
+
+
+def unreadable(path: Path, exc: BaseException) -> DatasetError:
+    """A one-line :class:`DatasetError` for a failure inside HDF5 on a damaged file."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "too many links" in msg:
+        return DatasetError(f"{path}: a soft link in the file points back at itself (loop)")
+    return DatasetError(f"{path}: damaged or malformed HDF5 file ({msg[:160]})")
 
 
 def attr_value(value: Any) -> Any:
@@ -149,7 +161,14 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
                                       for a in ("inputs", "targets") for b in ("mean", "std")))
         except KeyError as exc:
             raise DatasetError(f"{path}: incomplete 'stats' group ({exc})") from None
-    coords = {k: v[()] for k, v in f["coords"].items()} if "coords" in f else {}
+    coords = {}
+    if "coords" in f:
+        if not isinstance(f["coords"], h5py.Group):
+            raise DatasetError(f"{path}: 'coords' must be a group of datasets")
+        for k, v in f["coords"].items():
+            if not isinstance(v, h5py.Dataset):
+                raise DatasetError(f"{path}: 'coords/{k}' is a group, expected a dataset")
+            coords[k] = v[()]
     input_names = ([attr_value(x) for x in f["inputs"].attrs["names"]]
                    if "names" in f["inputs"].attrs else None)
     return FileInfo(path, attrs, n, tuple(f["inputs"].shape[1:]), tuple(f["targets"].shape[1:]),

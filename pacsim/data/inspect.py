@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from .errors import DatasetError
-from .format import FORMAT, open_h5, validate
+from .format import FORMAT, open_h5, unreadable, validate
 from .pdebench import PDEBenchFile, detect
 from .the_well import WellFile, is_the_well
 
@@ -47,7 +47,22 @@ def check_values(f: h5py.File, path: Path, names: tuple[str, ...] = ("inputs", "
 
 
 def describe(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any]:
-    """A JSON-able description of a data file; ``check`` also scans every value."""
+    """A JSON-able description of a data file; ``check`` also scans every value.
+
+    Any failure inside HDF5 on a damaged file becomes a one-line :class:`DatasetError`.
+    """
+    try:
+        return _describe(path, check)
+    except DatasetError:
+        raise
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError,
+            IndexError, UnicodeDecodeError) as exc:
+        raise unreadable(Path(path), exc) from None
+
+
+def _describe(path: str | os.PathLike[str], check: bool) -> dict[str, Any]:
+    if os.fspath(path) == "":
+        raise DatasetError("empty file name")
     path = Path(path)
     with open_h5(path) as f:
         base: dict[str, Any] = {"path": str(path), "file_size": path.stat().st_size}

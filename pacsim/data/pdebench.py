@@ -92,6 +92,10 @@ class PDEBenchFile:
                 if value is not None:
                     raise DatasetError(f"{self.path}: {name} applies to the single-file layout")
             self.groups = _seed_groups(f)
+            for g in self.groups:
+                if not isinstance(f[g].get("data"), h5py.Dataset):
+                    raise DatasetError(f"{self.path}: '{g}/data' is a group, expected a "
+                                       "dataset (Nt, Nx[, Ny], V)")
             data = f[f"{self.groups[0]}/data"]
             if data.ndim not in (3, 4):
                 raise DatasetError(f"{self.path}: '{self.groups[0]}/data' has shape "

@@ -80,9 +80,16 @@ class DatasetWriter:
         self.target_shape = tuple(int(s) for s in target_shape)
         coords_np = {k: np.asarray(v) for k, v in (coords or {}).items()}
         for k, v in coords_np.items():
+            if not isinstance(k, str) or not k or "/" in k or k in (".", ".."):
+                raise DatasetError(f"{self.path}: coordinate name {k!r} must be a non-empty "
+                                   "string without '/'")
             if not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
                 raise DatasetError(f"{self.path}: coordinate '{k}' must be finite numbers")
         self.split = tuple(float(s) for s in split)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+                or not 0 <= seed < 2**63:
+            raise DatasetError(f"{self.path}: seed must be an integer in [0, 2**63), "
+                               f"got {seed!r}")
         self.seed = int(seed)
         self.n = 0
         self._n_params = None if sample_param_names is None else len(sample_param_names)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..data.writer import DatasetWriter
+from ..fsutil import check_target
 from ..progress import progress_bar
 
 Block = tuple[np.ndarray, np.ndarray]
@@ -170,8 +171,10 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
     is fixed by ``setting`` and ``overrides``.
     """
     sim = get(name)
-    if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out}: exists; pass overwrite=True (--overwrite) to replace it")
+    check_target(out, overwrite, "pass overwrite=True (--overwrite) to replace it")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed < 2**63:
+        raise SimulationError(f"{name}: seed must be an integer in [0, 2**63), got {seed!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise SimulationError(f"{name}: n must be a positive integer, got {n!r}")
     params = sim.resolve(setting, overrides)
