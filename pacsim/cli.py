@@ -326,12 +326,11 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    import json
-
     from .data import describe, render
+    from .data.inspect import to_json
 
     d = describe(args.file, check=args.check)
-    print(json.dumps(d, indent=2) if args.json else render(d))
+    print(to_json(d) if args.json else render(d))
     return 0
 
 
@@ -352,7 +351,8 @@ def _one_line(exc: BaseException) -> str:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         return f"{where}{exc.strerror}"
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

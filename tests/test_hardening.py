@@ -165,3 +165,36 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     (tmp_path / "dir.pt").mkdir()
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(tmp_path / "dir.pt")
+
+
+def test_report_warns_of_corrupt_lines_and_needs_a_successful_cell(tmp_path, cli):
+    import json
+
+    failed = {"pair": "p", "method": "pac", "n_target": 10, "seed": 0, "status": "error",
+              "error": "ValueError: boom"}
+    lines = [json.dumps(failed), "{torn", json.dumps(dict(failed, seed=1))]
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = cli("report", tmp_path)
+    assert code == 2 and "line 2 skipped: not valid JSON" in err
+    assert "no successful cells (2 failed; first: ValueError: boom)" in err
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "report.md").exists()
+
+
+# --- inspect output is safe for terminals and strict JSON ----------------------------
+
+def test_inspect_escapes_control_characters_and_prints_strict_json(tmp_path, cli):
+    import json
+
+    import h5py
+
+    path = _small_file(tmp_path / "esc.h5")
+    with h5py.File(path, "a") as f:
+        f.attrs["simulator"] = "evil\x1b[2J"
+        f.attrs["dataset_name"] = "a\x07b"
+        f["stats/inputs_mean"][0] = float("nan")
+    code, out, _ = cli("inspect", path)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "evil\\x1b[2J" in out
+    code, out, _ = cli("inspect", "--json", path)
+    assert code == 0 and "NaN" not in out
+    d = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert d["stats"]["input_mean"][0] is None and d["simulator"] == "evil\x1b[2J"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,33 @@ def _describe(path: str | os.PathLike[str], check: bool) -> dict[str, Any]:
                 "coords": {k: _summary(v) for k, v in pb.coords.items()}}
 
 
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\x1b``), so
+    a file's strings cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _cleaned(obj: Any, text: bool) -> Any:
+    """``obj`` with strings made printable (``text``) or non-finite floats as None."""
+    if isinstance(obj, dict):
+        return {_cleaned(k, text): _cleaned(v, text) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_cleaned(v, text) for v in obj]
+    if text and isinstance(obj, str):
+        return printable(obj)
+    if not text and isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def to_json(d: dict[str, Any]) -> str:
+    """Strict JSON for :func:`describe`'s output: NaN and inf become null."""
+    return json.dumps(_cleaned(d, text=False), indent=2, allow_nan=False)
+
+
 def render(d: dict[str, Any]) -> str:
-    """Human-readable text for :func:`describe`'s output."""
+    """Human-readable text for :func:`describe`'s output, control characters escaped."""
+    d = _cleaned(d, text=True)
     size = d["file_size"]
     unit = next(u for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 0)) if size >= s)
     scale = {"GB": 1e9, "MB": 1e6, "kB": 1e3, "B": 1}[unit]
