@@ -51,12 +51,12 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 # --- one line naming the right problem, exit 2 ---------------------------------------
 
-def _small_file(path):
+def _small_file(path, n=10):
     from pacsim.data import write_dataset
 
     g = np.random.default_rng(0)
-    return write_dataset(path, g.random((10, 3), dtype=np.float32),
-                         g.random((10, 2), dtype=np.float32), simulator="t", setting="s",
+    return write_dataset(path, g.random((n, 3), dtype=np.float32),
+                         g.random((n, 2), dtype=np.float32), simulator="t", setting="s",
                          params={}, seed=0)
 
 
@@ -191,10 +191,48 @@ def test_inspect_escapes_control_characters_and_prints_strict_json(tmp_path, cli
     with h5py.File(path, "a") as f:
         f.attrs["simulator"] = "evil\x1b[2J"
         f.attrs["dataset_name"] = "a\x07b"
-        f["stats/inputs_mean"][0] = float("nan")
+        f["coords/x"] = np.array([np.nan, 1.0])
     code, out, _ = cli("inspect", path)
     assert code == 0 and "\x1b" not in out and "\x07" not in out and "evil\\x1b[2J" in out
     code, out, _ = cli("inspect", "--json", path)
     assert code == 0 and "NaN" not in out
     d = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c}"))
-    assert d["stats"]["input_mean"][0] is None and d["simulator"] == "evil\x1b[2J"
+    assert d["coords"]["x"][0] is None and d["simulator"] == "evil\x1b[2J"
+
+
+# --- the format's rules are checked, and named ---------------------------------------
+
+def _edit(path, name, data):
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("name, data, rule", [
+    ("stats/inputs_mean", np.array([np.nan, 0, 0], np.float32), "holds NaN"),
+    ("stats/targets_std", np.ones(3, np.float32), "one statistic per feature"),
+    ("stats/inputs_std", np.array([1, 0, 1], np.float32), "finite and positive"),
+    ("splits/val", None, "the splits are disjoint"),
+    ("splits/test", None, "is not sorted"),
+    ("splits/test", None, "repeats an index"),
+    ("inputs", np.zeros((0, 3), np.float32), "N >= 1"),
+])
+def test_inspect_check_names_the_broken_rule(tmp_path, cli, name, data, rule):
+    import h5py
+
+    path = _small_file(tmp_path / "f.h5", n=20)
+    with h5py.File(path, "r") as f:
+        train, test = f["splits/train"][()], f["splits/test"][()]
+    if name == "splits/val":
+        data = train[:1]
+    elif name == "splits/test":
+        data = test[::-1] if "sorted" in rule else test[[0, 0]]
+    if name == "inputs":
+        for other in ("targets", "splits/train", "splits/val", "splits/test"):
+            _edit(path, other, np.zeros((0,) + ((2,) if other == "targets" else ()),
+                                        np.float32 if other == "targets" else np.int64))
+    _edit(path, name, data)
+    code, _, err = cli("inspect", "--check", path)
+    _one_line(code, err, rule)

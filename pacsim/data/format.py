@@ -21,7 +21,7 @@ import numpy as np
 
 from ..fsutil import not_a_file
 from .errors import DatasetError
-from .stats import Normalizer
+from .stats import Normalizer, stat_shape
 
 FORMAT = "pacsim-h5"
 FORMAT_VERSION = 1
@@ -102,6 +102,33 @@ class FileInfo:
         return json.loads(self.attrs["params"])
 
 
+def _check_disjoint(splits: dict[str, np.ndarray], path: Path) -> None:
+    """Rule: no sample is in two splits."""
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            both = np.intersect1d(splits[a], splits[b])
+            if both.size:
+                raise DatasetError(f"{path}: 'splits/{a}' and 'splits/{b}' share sample "
+                                   f"{int(both[0])} (rule: the splits are disjoint)")
+
+
+def _check_stats(norm: Normalizer, input_shape: tuple[int, ...],
+                 target_shape: tuple[int, ...], path: Path) -> None:
+    """Rules: statistics are finite with positive stds, shaped per feature/channel."""
+    for side, shape in (("inputs", input_shape), ("targets", target_shape)):
+        short = side[:-1]
+        for kind in ("mean", "std"):
+            have = getattr(norm, f"{short}_{kind}").shape
+            if have != stat_shape(shape):
+                raise DatasetError(f"{path}: 'stats/{side}_{kind}' has shape {list(have)}, "
+                                   f"expected {list(stat_shape(shape))} for samples "
+                                   f"{list(shape)} (rule: one statistic per feature/channel)")
+    try:
+        norm.check()
+    except ValueError as exc:
+        raise DatasetError(f"{path}: 'stats' break a rule: {exc}") from None
+
+
 def validate(f: h5py.File, path: str | Path) -> FileInfo:
     """Check an open file against the schema; one-line :class:`DatasetError` otherwise."""
     path = Path(path)
@@ -130,6 +157,8 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
         if f[name].ndim < 1:
             raise DatasetError(f"{path}: dataset '{name}' has no sample axis")
     n = f["inputs"].shape[0]
+    if n == 0:
+        raise DatasetError(f"{path}: no samples (rule: a pacsim-h5 file holds N >= 1)")
     if f["targets"].shape[0] != n:
         raise DatasetError(f"{path}: inputs have {n} samples but targets have "
                            f"{f['targets'].shape[0]}")
@@ -144,7 +173,12 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise DatasetError(f"{path}: 'splits/{s}' has indices outside [0, {n}) "
                                f"(min {idx.min()}, max {idx.max()})")
+        if idx.size > 1 and not (np.diff(idx) > 0).all():
+            what = "repeats an index" if np.unique(idx).size < idx.size else "is not sorted"
+            raise DatasetError(f"{path}: 'splits/{s}' {what} (rule: split indices are "
+                               "sorted and unique)")
         splits[s] = idx.astype(np.int64)
+    _check_disjoint(splits, path)
     sample_names = None
     if "params" in f:
         p = f["params"]
@@ -161,6 +195,8 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
                                       for a in ("inputs", "targets") for b in ("mean", "std")))
         except KeyError as exc:
             raise DatasetError(f"{path}: incomplete 'stats' group ({exc})") from None
+        _check_stats(normalizer, tuple(f["inputs"].shape[1:]), tuple(f["targets"].shape[1:]),
+                     path)
     coords = {}
     if "coords" in f:
         if not isinstance(f["coords"], h5py.Group):
