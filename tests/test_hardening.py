@@ -236,3 +236,32 @@ def test_inspect_check_names_the_broken_rule(tmp_path, cli, name, data, rule):
     _edit(path, name, data)
     code, _, err = cli("inspect", "--check", path)
     _one_line(code, err, rule)
+
+
+# --- recipes are checked whole before anything is simulated --------------------------
+
+RECIPE = """name = "{name}"
+simulator = "friedman"
+seed = 0
+[source]
+setting = "source"
+n = 20
+[target]
+setting = "target"
+n = {n}
+"""
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda t: t.replace("seed = 0", "seeed = 5"), "unknown key(s) ['seeed']"),
+    (lambda t: t + "sett = {noise = 0}\n", "[target] unknown key(s) ['sett']"),
+    (lambda t: t + "set = {nosuch = 1}\n", "nosuch"),
+    (lambda t: t.replace("n = 20", "n = 50.7"), "[source] n must be a whole number"),
+])
+def test_datasets_checks_every_recipe_before_simulating(tmp_path, cli, edit, needle):
+    good, bad = tmp_path / "a.toml", tmp_path / "b.toml"
+    good.write_text(RECIPE.format(name="a", n=10))
+    bad.write_text(edit(RECIPE.format(name="b", n=10)))
+    code, _, err = cli("datasets", good, bad, "--out", tmp_path / "built")
+    _one_line(code, err, "b.toml", needle)
+    assert not (tmp_path / "built").exists()

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .base import SimulationError, simulate
+from .base import SimulationError, get, simulate
 
 SIDES = ("source", "target")
 
@@ -61,6 +61,24 @@ class Recipe:
                           "set": dict(p.overrides)} for side, p in self.parts.items()}}
 
 
+TOP_KEYS = ("name", "simulator", "seed", *SIDES)
+PART_KEYS = ("setting", "n", "split", "set")
+
+
+def _known(table: dict[str, Any], keys: Sequence[str], path: Path, where: str) -> None:
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise SimulationError(f"{path}: {where}unknown key(s) {unknown}; known: "
+                              f"{', '.join(keys)}")
+
+
+def _integer(value: Any, what: str, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise SimulationError(f"{path}: bad recipe value: {what} must be a whole number in "
+                              f"[0, 2**63), got {value!r}")
+    return value
+
+
 def load(path: str | os.PathLike[str]) -> Recipe:
     """Read and check one recipe file; :class:`SimulationError` naming the file otherwise."""
     path = Path(path)
@@ -71,16 +89,30 @@ def load(path: str | os.PathLike[str]) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise SimulationError(f"{path}: not valid TOML ({exc})") from None
     try:
+        _known(raw, TOP_KEYS, path, "")
         parts = {}
         for side in SIDES:
             sec = raw[side]
+            if not isinstance(sec, dict):
+                raise SimulationError(f"{path}: [{side}] must be a table")
+            _known(sec, PART_KEYS, path, f"[{side}] ")
             split = tuple(float(v) for v in sec.get("split", (0.8, 0.1, 0.1)))
             if len(split) != 3:
                 raise SimulationError(f"{path}: [{side}] split needs three fractions")
-            parts[side] = Part(str(sec["setting"]), int(sec["n"]), split,  # type: ignore[arg-type]
+            n = _integer(sec["n"], f"[{side}] n", path)
+            if n < 1:
+                raise SimulationError(f"{path}: [{side}] n must be positive, got {n}")
+            parts[side] = Part(str(sec["setting"]), n, split,  # type: ignore[arg-type]
                                dict(sec.get("set", {})))
-        return Recipe(str(raw.get("name", path.stem)), str(raw["simulator"]),
-                      int(raw.get("seed", 0)), parts, path)
+        recipe = Recipe(str(raw.get("name", path.stem)), str(raw["simulator"]),
+                        _integer(raw.get("seed", 0), "seed", path), parts, path)
+        sim = get(recipe.simulator)
+        for side, part in parts.items():  # unknown settings and parameters, before any run
+            try:
+                sim.resolve(part.setting, part.overrides)
+            except SimulationError as exc:
+                raise SimulationError(f"{path}: [{side}] {exc}") from None
+        return recipe
     except KeyError as exc:
         raise SimulationError(f"{path}: recipe lacks {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
