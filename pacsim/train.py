@@ -96,15 +96,21 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator 
 
 
 def check_fit_options(epochs: int | None, steps: int | None, lrs: Sequence[float],
-                   weight_decay: float, optimizer: str, lr_schedule: str | None) -> None:
+                   weight_decay: float, optimizer: str, lr_schedule: str | None,
+                   clip_grad: float | None = None) -> None:
     """Check the budget and optimiser options of :func:`fit` (and ``fit_many``: one
     learning rate per model); ValueError names the bad one."""
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= and steps=")
-    if epochs is not None and epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if steps is not None and steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    for name, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if clip_grad is not None and not (isinstance(clip_grad, (int, float))
+                                      and math.isfinite(clip_grad) and clip_grad > 0):
+        raise ValueError(f"clip_grad must be None or a finite positive number, got "
+                         f"{clip_grad!r}")
     bad_lr = [v for v in lrs if not (math.isfinite(v) and v > 0)]
     if bad_lr:
         raise ValueError(f"lr must be a finite positive number, got {bad_lr[0]}")
@@ -171,7 +177,7 @@ def fit(
     losses are averaged over the ranks, so the run follows the one-process run with the
     same ``batch_size``.
     """
-    check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule)
+    check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule, clip_grad)
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     dev = resolve_device(device)
@@ -182,6 +188,8 @@ def fit(
                          "same batches")
     model.to(dev)
     train_b = batches(train, batch_size, dev, name="train", shard=shard)
+    if len(train_b) == 0:
+        raise ValueError("the train data yields no batches (an empty dataset or DataLoader)")
     val_b = (batches(val, batch_size, dev, shuffle=False, name="val", shard=shard)
              if val is not None else None)
 

@@ -265,3 +265,35 @@ def test_datasets_checks_every_recipe_before_simulating(tmp_path, cli, edit, nee
     code, _, err = cli("datasets", good, bad, "--out", tmp_path / "built")
     _one_line(code, err, "b.toml", needle)
     assert not (tmp_path / "built").exists()
+
+
+# --- loose values are refused, naming the value --------------------------------------
+
+def test_simulate_refuses_true_for_a_number(tmp_path, cli):
+    code, _, err = cli("simulate", "friedman", "--n", "4", "--set", "noise=true",
+                       "--out", tmp_path / "f.h5")
+    _one_line(code, err, "'noise'", "True")
+    assert not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"epochs": 2.5}, "epochs must be a whole number"),
+    ({"epochs": 1, "clip_grad": -1.0}, "clip_grad must be None or a finite positive"),
+    ({"steps": True}, "steps must be a whole number"),
+])
+def test_fit_names_loose_arguments(kw, needle):
+    from pacsim.train import fit
+
+    x, y = torch.rand(8, 4), torch.rand(8, 2)
+    with pytest.raises(ValueError, match=needle):
+        fit(make_model("mlp"), (x, y), device="cpu", **kw)
+
+
+def test_fit_on_an_empty_loader_is_a_clear_error():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pacsim.train import fit
+
+    empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 2)), batch_size=4)
+    with pytest.raises(ValueError, match="no batches"):
+        fit(make_model("mlp"), empty, epochs=1, device="cpu")

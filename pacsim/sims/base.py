@@ -44,6 +44,10 @@ class Param:
         where = f"{simulator}: parameter {self.name!r}"
         if value is None and self.kind == "floats":
             return None  # derived by the simulator's finalize step
+        if any(isinstance(v, bool) for v in (value if isinstance(value, (list, tuple))
+                                             else [value])):
+            raise SimulationError(f"{where}: cannot use {value!r} ({self.kind}, not a "
+                                  "true/false value)")
         try:
             if self.kind == "floats":
                 vals = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
