@@ -65,6 +65,13 @@ def check_target(path: str | os.PathLike[str], overwrite: bool, hint: str) -> No
         raise FileExistsError(f"{path}: exists; {hint}")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class AtomicFile:
     """A temporary path in the destination folder that becomes ``path`` on :meth:`commit`.
 
@@ -84,7 +91,10 @@ class AtomicFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                    dir=self.path.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give what open() would
+        finally:
+            os.close(fd)
         self.tmp = Path(tmp)
 
     def commit(self) -> Path:

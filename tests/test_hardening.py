@@ -297,3 +297,19 @@ def test_fit_on_an_empty_loader_is_a_clear_error():
     empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 2)), batch_size=4)
     with pytest.raises(ValueError, match="no batches"):
         fit(make_model("mlp"), empty, epochs=1, device="cpu")
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        path = _small_file(tmp_path / "a.h5")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        os.umask(0o002)
+        save_checkpoint(tmp_path / "m.pt", make_model("mlp"))
+        save_checkpoint(tmp_path / "m.pt", make_model("mlp"), overwrite=True)
+        assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
