@@ -10,7 +10,7 @@ enough for that: momentum, Adam's moments and decoupled weight decay move entrie
 gradient is zero. So frozen *entries* of partly trainable tensors are restored from a
 snapshot after each step (one in-place ``torch.where`` per tensor), and wholly frozen
 tensors never reach the optimiser at all (``requires_grad`` is switched off for the
-duration of training and switched back afterwards).
+duration of training and switched back afterwards). Real and complex parameters alike.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ MaskSpec = Mapping[str, bool | torch.Tensor]
 
 @dataclass(frozen=True)
 class L2Penalty:
-    """``weight * sum ||p - anchor||^2`` over the named parameters (anchor None: zero).
+    """``weight * sum ||p - anchor||^2`` over the named parameters (anchor None: zero);
+    for complex parameters ``|p - anchor|^2`` per entry.
 
-    Applied as its exact gradient ``2 * weight * (p - anchor)`` by :class:`L2Pull`,
+    Applied as its exact gradient ``2 * weight * (p - anchor)`` by :class:`L2Pull` (for
+    complex entries too: that is the gradient torch's autograd gives for ``|z|^2``),
     added to the parameter gradients inside the update step rather than built into the
     autograd graph, which keeps it almost free. Frozen entries are unaffected (their
     gradient is discarded). ``History.train_loss`` reports the data loss without it.

@@ -69,6 +69,9 @@ class _Layout:
         offset = 0
         for name in names:
             p = params[name]
+            if p.is_complex():
+                raise ValueError(f"a stack of models holds real parameters only; {name!r} is "
+                                 f"{p.dtype} (train such models with fit)")
             self.slots.append(_Slot(name, p.shape, offset, p.numel()))
             offset += p.numel()
         self.width = offset
@@ -380,6 +383,10 @@ def _not_vectorisable(model: nn.Module) -> str | None:
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             return (f"{name} ({type(m).__name__}) draws random numbers, which a stack "
                     f"cannot draw per model as fit does")
+    complex_ = [n for n, p in model.named_parameters() if p.is_complex()]
+    if complex_:
+        return (f"it has complex parameters ({complex_[0]}, ...), which the stacked "
+                f"optimiser does not handle")
     if len({p.dtype for p in model.parameters()}) > 1:
         return "its parameters have more than one dtype"
     return None
@@ -500,9 +507,10 @@ def fit_many(
     ``lr`` is one float or one per model. ``History.seconds`` is each model's share of
     the stack's wall time. The trained weights are written into ``models``.
 
-    Models with BatchNorm statistics, dropout or mixed dtypes cannot share a stack: they
-    are trained one by one through ``fit``, with a warning saying why. A callable
-    ``loss`` must work under ``torch.func.vmap``.
+    Models with BatchNorm statistics, dropout, complex parameters (an FNO's spectral
+    weights) or mixed dtypes cannot share a stack: they are trained one by one through
+    ``fit``, with a warning saying why. A callable ``loss`` must work under
+    ``torch.func.vmap``.
     """
     models = list(models)
     k_models = len(models)

@@ -58,6 +58,24 @@ def test_invariant1_biases_and_norms_never_pruned():
     assert "lift.bias" not in masks.essential
 
 
+def test_prunable_rule(kind):
+    """Rank >= 2 weights: on MLP/CNN exactly the Linear/Conv weights; never biases, norm
+    parameters or elementwise scales; complex entries too."""
+    model = make_model(kind)
+    convs = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    expected = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, convs)]
+    assert list(pac.prunable_weights(model)) == expected
+    odd = torch.nn.Module()
+    odd.table = torch.nn.Embedding(5, 3)
+    odd.norm = torch.nn.LayerNorm([2, 3])
+    odd.gate = torch.nn.Parameter(torch.ones(1, 4, 1))
+    odd.spectral = torch.nn.Parameter(torch.randn(2, 2, 3, dtype=torch.cfloat))
+    odd.head = torch.nn.Linear(3, 1)
+    assert list(pac.prunable_weights(odd)) == ["spectral", "table.weight", "head.weight"]
+    assert list(pac.prunable_weights(odd, include=["gate", "norm.*"], exclude=["norm.bias"])
+                ) == ["gate", "norm.weight"]
+
+
 def test_invariant1_ties_broken_deterministically_by_position():
     model = torch.nn.Linear(4, 3, bias=False)
     with torch.no_grad():

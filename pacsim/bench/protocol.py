@@ -30,7 +30,7 @@ from ..data import H5Dataset, Normalizer
 from ..device import resolve_device
 from ..io import load_checkpoint, save_checkpoint
 from ..metrics import Accumulator
-from ..models import CNN, MLP
+from ..models.sizing import for_data
 from ..pac import Masks
 from ..sims import recipes
 from ..train import fit, predict
@@ -47,13 +47,10 @@ def model_for(spec: PairSpec, input_shape: tuple[int, ...], target_shape: tuple[
     """The pair's model, sized from the data."""
     cfg = dict(spec.model)
     name = cfg.pop("name")
-    if name == "mlp":
-        return MLP(int(np.prod(input_shape)), int(np.prod(target_shape)),
-                   out_shape=list(target_shape) if len(target_shape) > 1 else None, **cfg)
-    if len(input_shape) < 2:
-        raise ValueError(f"pair {spec.name}: a CNN needs field inputs (C, X[, Y]), "
-                         f"got {input_shape}")
-    return CNN(len(input_shape) - 1, input_shape[0], target_shape[0], **cfg)
+    try:
+        return for_data(name, input_shape, target_shape, cfg)
+    except ValueError as exc:
+        raise ValueError(f"pair {spec.name}: {exc}") from None
 
 
 @dataclass

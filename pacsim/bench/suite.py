@@ -41,10 +41,9 @@ PROTOCOL = 2
 TOP_KEYS = ("name", "seeds", "n_target", "methods", "method", "train", "pair", "data_dir",
             "selection")
 PAIR_KEYS = ("recipe", "model", "n_source", "n_target_pool", "n_target")
-MODELS = ("mlp", "cnn")
-#: Constructor arguments that come from the data, not from the suite.
-MODEL_DATA_ARGS = {"mlp": ("in_dim", "out_dim", "out_shape"),
-                   "cnn": ("dim", "in_channels", "out_channels")}
+#: Models a suite can name; each is sized from the data by its ``for_data`` (its
+#: ``DATA_ARGS`` come from the data, every other constructor argument from the suite).
+MODELS = ("mlp", "cnn", "fno")
 
 
 class SuiteError(ValueError):
@@ -351,26 +350,36 @@ def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
     return PairSpec(name, recipe, model, train, sizes)
 
 
+def _example_shapes(cls: type, kwargs: dict[str, Any]
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Sample shapes that fit the model's table, to build it once when checking it."""
+    if "dim" not in getattr(cls, "DATA_ARGS", ()):
+        return (2,), (1,)
+    modes = kwargs.get("n_modes")
+    grid = (8,) * (len(modes) if isinstance(modes, list) and modes else 1)
+    return (1, *grid), (1, *grid)
+
+
 def _model(where: str, raw: Any) -> dict[str, Any]:
     """The pair's model table, its keys checked against the model's constructor and its
     values by building it once without memory (on the meta device)."""
     if not isinstance(raw, dict) or raw.get("name") not in MODELS:
-        raise SuiteError(f"{where} model must be a table with name 'mlp' or 'cnn'")
+        raise SuiteError(f"{where} model must be a table with name one of "
+                         f"{', '.join(repr(m) for m in MODELS)}")
     import torch
 
-    from ..models import CNN, MLP
+    from ..models import model_class
 
-    cls = MLP if raw["name"] == "mlp" else CNN
+    cls = model_class(raw["name"])
     kwargs = {k: v for k, v in raw.items() if k != "name"}
-    allowed = [p for p in inspect.signature(cls).parameters
-               if p not in MODEL_DATA_ARGS[raw["name"]]]
+    allowed = [p for p in inspect.signature(cls).parameters if p not in cls.DATA_ARGS]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise SuiteError(f"{where} model has no key {unknown[0]!r} "
                          f"({raw['name']} keys: {', '.join(allowed)})")
     try:
         with torch.device("meta"):
-            cls(2, 1, **kwargs) if cls is MLP else cls(1, 1, 1, **kwargs)
-    except (TypeError, ValueError) as exc:
+            cls.for_data(*_example_shapes(cls, kwargs), **kwargs)
+    except (TypeError, ValueError, ImportError) as exc:
         raise SuiteError(f"{where} model: {exc}") from None
     return dict(raw)

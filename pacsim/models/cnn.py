@@ -7,6 +7,9 @@ periodic, ``zeros``/``reflect``/``replicate`` for bounded domains).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -53,6 +56,15 @@ class CNN(Configurable, nn.Module):
     ``dim`` is the number of spatial axes (1 or 2); ``depth`` residual blocks of
     ``width`` channels sit between a lifting and a 1x1 projection convolution.
     """
+
+    DATA_ARGS = ("dim", "in_channels", "out_channels")
+
+    @classmethod
+    def for_data(cls, input_shape: Sequence[int], target_shape: Sequence[int],
+                 **kwargs: Any) -> CNN:
+        """Sized from field samples (C, X[, Y]): ``dim``, in and out channels."""
+        dim, c_in, c_out = field_args("a CNN", input_shape, target_shape)
+        return cls(dim, c_in, c_out, **kwargs)
 
     def __init__(
         self,
@@ -101,3 +113,12 @@ class CNN(Configurable, nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         return self.project(self.blocks(self.act(self.lift(x))))
+
+
+def field_args(what: str, input_shape: Sequence[int], target_shape: Sequence[int]
+               ) -> tuple[int, int, int]:
+    """``(dim, in_channels, out_channels)`` of field samples (C, X[, Y])."""
+    if len(input_shape) < 2 or len(target_shape) != len(input_shape):
+        raise ValueError(f"{what} needs field inputs and targets (C, X[, Y]), got "
+                         f"{tuple(input_shape)} -> {tuple(target_shape)}")
+    return len(input_shape) - 1, int(input_shape[0]), int(target_shape[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +35,15 @@ class MLP(Configurable, nn.Module):
     flattened, and ``out_shape`` (optional) reshapes the output, so an MLP can map
     parameters to a trajectory of shape (N, C, T).
     """
+
+    DATA_ARGS = ("in_dim", "out_dim", "out_shape")
+
+    @classmethod
+    def for_data(cls, input_shape: Sequence[int], target_shape: Sequence[int],
+                 **kwargs: Any) -> MLP:
+        """Flattened inputs to flattened targets, reshaped to ``target_shape``."""
+        return cls(_prod(input_shape), _prod(target_shape),
+                   out_shape=list(target_shape) if len(target_shape) > 1 else None, **kwargs)
 
     def __init__(
         self,

@@ -7,8 +7,8 @@ Checkpoints store ``model.config()`` instead of pickling the model object, and
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -37,15 +37,19 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {registered()}")
+    return _REGISTRY[name]
+
+
 def build(config: dict[str, Any]) -> nn.Module:
     """Build a fresh model from a config as returned by ``model.config()``."""
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"model config must be a dict with a 'name' entry, got {config!r}")
     kwargs = dict(config)
-    name = kwargs.pop("name")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {registered()}")
-    return _REGISTRY[name](**kwargs)
+    return model_class(kwargs.pop("name"))(**kwargs)
 
 
 class Configurable:
@@ -53,6 +57,17 @@ class Configurable:
 
     registry_name: str
     _config: dict[str, Any]
+    #: Constructor arguments that :meth:`for_data` takes from the data's shapes.
+    DATA_ARGS: ClassVar[tuple[str, ...]] = ()
+    #: Name of the submodule that is the model's head (see :func:`declared_head`).
+    HEAD_MODULE: ClassVar[str | None] = None
+
+    @classmethod
+    def for_data(cls, input_shape: Sequence[int], target_shape: Sequence[int],
+                 **kwargs: Any) -> nn.Module:
+        """The model sized for samples of ``input_shape`` -> ``target_shape`` (one
+        sample, no batch axis); ``kwargs`` are the other constructor arguments."""
+        raise NotImplementedError(f"model {cls.registry_name!r} cannot be sized from data")
 
     def _set_config(self, **kwargs: Any) -> None:
         self._config = {k: _jsonable(v) for k, v in kwargs.items()}
@@ -70,3 +85,17 @@ def _jsonable(value: Any) -> Any:
     except TypeError as exc:
         raise ValueError(f"model argument {value!r} is not JSON-serialisable") from exc
     return value
+
+
+def declared_head(model: nn.Module) -> str | None:
+    """The submodule a model names as its head (class attribute ``HEAD_MODULE``, e.g.
+    the FNO's projection), checked to exist; None when it names none."""
+    name = getattr(model, "HEAD_MODULE", None)
+    if name is None:
+        return None
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"{type(model).__name__}.HEAD_MODULE names no submodule: "
+                         f"{name!r}") from None
+    return name

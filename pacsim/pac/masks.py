@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,17 +12,66 @@ from torch import nn
 
 STAGES = ("pruned", "allocated", "calibrated")
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-            nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: Layers whose weight is always a prunable matrix or kernel, whatever its shape.
+MATRIX_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                 nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: Normalisation layers: their parameters are never pruned.
+NORM_LAYERS = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                                getattr(nn, "RMSNorm", None)) if t is not None)
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Weight tensors of Linear/Conv layers, by parameter name (biases and norms excluded)."""
-    out: dict[str, nn.Parameter] = {}
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, PRUNABLE) and isinstance(getattr(mod, "weight", None), nn.Parameter):
-            out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
-    return out
+def _is_weight(owner: nn.Module, leaf: str, p: nn.Parameter) -> bool:
+    if leaf == "bias" or p.dim() < 2 or isinstance(owner, NORM_LAYERS):
+        return False
+    if isinstance(owner, MATRIX_LAYERS):
+        return True
+    return sum(s > 1 for s in p.shape) >= 2
+
+
+def _matching(names: Iterable[str], patterns: Iterable[str]) -> dict[str, list[str]]:
+    """For each pattern, the names it matches (in the order of ``names``)."""
+    names = list(names)
+    return {pat: [n for n in names if fnmatch.fnmatchcase(n, pat)] for pat in patterns}
+
+
+def prunable_weights(model: nn.Module, include: Iterable[str] | None = None,
+                     exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """The prunable parameters of ``model`` by name, in parameter order.
+
+    The rule: every weight of rank >= 2, real or complex (complex entries are ranked
+    by their modulus), that is not a bias (a parameter named ``bias``), not a
+    parameter of a normalisation layer (BatchNorm, InstanceNorm, GroupNorm, LayerNorm,
+    RMSNorm) and not an elementwise scale (a tensor with at most one axis longer than
+    1 outside a Linear/Conv layer, such as neuraloperator's soft gates (1, C, 1)). So:
+    Linear and Conv weights, as in the paper, the spectral weights of Fourier layers,
+    embedding tables.
+
+    ``include``: name patterns that replace the rule (any parameter may be named);
+    ``exclude``: name patterns left out. Patterns are ``fnmatch`` patterns on
+    parameter names (``*`` also matches dots; a plain name matches itself); one that
+    matches nothing is a ValueError naming it.
+    """
+    params = dict(model.named_parameters())
+    if include is not None:
+        hits = _matching(params, [include] if isinstance(include, str) else include)
+        unmatched = sorted(pat for pat, found in hits.items() if not found)
+        if unmatched:
+            raise ValueError(f"include matches no parameter: {unmatched}")
+        chosen = {n for found in hits.values() for n in found}
+        out = {n: p for n, p in params.items() if n in chosen}
+    else:
+        owners = dict(model.named_modules())
+        out = {}
+        for name, p in params.items():
+            mod_name, _, leaf = name.rpartition(".")
+            if _is_weight(owners[mod_name], leaf, p):
+                out[name] = p
+    hits = _matching(out, [exclude] if isinstance(exclude, str) else exclude)
+    unmatched = sorted(pat for pat, found in hits.items() if not found)
+    if unmatched:
+        raise ValueError(f"exclude names no prunable weight: {unmatched}")
+    dropped = {n for found in hits.values() for n in found}
+    return {n: p for n, p in out.items() if n not in dropped}
 
 
 def bias_names(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -39,31 +40,29 @@ def _keep_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def prune(model: nn.Module, ratio: float = DEFAULT_RATIO, scope: str = SCOPES[0],
-          exclude: Iterable[str] = ()) -> Masks:
+          include: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> Masks:
     """Mark the ``ratio`` share of smallest-magnitude weights as redundant and zero them.
 
-    Only weight tensors of Linear/Conv layers are pruned (biases and normalisation
-    parameters never are); names in ``exclude`` are left out entirely. ``scope="global"``
-    ranks all entries together (exactly ``round(ratio * N)`` become redundant),
-    ``"layer"`` ranks each tensor on its own (``round(ratio * N_l)`` per tensor).
-    Ties are broken deterministically by position.
+    What is pruned follows :func:`pacsim.pac.prunable_weights`: every weight of rank
+    >= 2, real or complex (complex entries ranked by modulus), biases, normalisation
+    parameters and elementwise scales never; ``include`` (name patterns) replaces that
+    rule, ``exclude`` (name patterns) leaves tensors out. ``scope="global"`` ranks all
+    entries together (exactly ``round(ratio * N)`` become redundant), ``"layer"`` ranks
+    each tensor on its own (``round(ratio * N_l)`` per tensor). Ties are broken
+    deterministically by position.
     """
     ratio = check_ratio(ratio)
     if scope not in SCOPES:
         raise ValueError(f"unknown pruning scope {scope!r}; choose one of {SCOPES}")
-    excluded = set(exclude)
-    weights = prunable_weights(model)
-    unknown = sorted(excluded - set(weights))
-    if unknown:
-        raise ValueError(f"exclude names no prunable weight: {unknown}")
-    weights = {n: w for n, w in weights.items() if n not in excluded}
+    weights = prunable_weights(model, include, exclude)
     if not weights:
-        raise ValueError("model has no Linear/Conv weight tensors to prune")
+        raise ValueError("model has no prunable weight tensors (rank >= 2) to prune")
     for name, w in weights.items():
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"weight {name!r} contains NaN or inf; cannot rank by magnitude")
 
     if scope == "global":
+        # abs(): the modulus of complex entries
         flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
         keep_flat = _keep_mask(flat, _redundant_count(ratio, flat.numel()))
         sizes = [w.numel() for w in weights.values()]
@@ -75,6 +74,12 @@ def prune(model: nn.Module, ratio: float = DEFAULT_RATIO, scope: str = SCOPES[0]
                           _redundant_count(ratio, w.numel())).view(w.shape)
             for n, w in weights.items()
         }
+    dead = [n for n, m in essential.items() if not bool(m.any())]
+    if dead:
+        warnings.warn(f"pruning freed every entry of {len(dead)} tensor(s) ({dead[0]}, ...): "
+                      "the source model loses them; scope='layer' ranks each tensor on its "
+                      "own (global ranking favours tensors initialised at a larger scale, "
+                      "such as an FNO's spectral weights)", stacklevel=3)
     for name, w in weights.items():
         w.masked_fill_(~essential[name], 0.0)
     return Masks(essential=essential, ratio=ratio, scope=scope, stage="pruned")

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..exact import L2Penalty
+from ..models.registry import declared_head
 from ..train import Data, History, fit
 from .masks import Masks, bias_names
 
@@ -56,12 +57,18 @@ SUBSPACES = ("all", "last", "biases")
 PAPER_LAM = 0.01
 
 
+def _under(name: str, prefix: str) -> bool:
+    return not prefix or name.startswith(f"{prefix}.")
+
+
 def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
                      train_biases: bool = False) -> dict[str, bool | torch.Tensor]:
     """The update mask of calibrate: the redundant entries of every pruned tensor
-    (``subspace="all"``) or of the last one that has any (``"last"``, PAC's analogue of
-    training the head), plus with ``train_biases`` the biases of those layers (every
-    bias, or that layer's). ``"biases"`` trains no weight entry, only the target's own
+    (``subspace="all"``) or of the head (``"last"``, PAC's analogue of training the
+    head: the pruned tensors under the submodule a model names as its head, see
+    :func:`pacsim.models.declared_head`, else the last pruned tensor that has any
+    redundant entry), plus with ``train_biases`` the biases of those layers (every
+    bias, or the head's). ``"biases"`` trains no weight entry, only the target's own
     biases (PAC's analogue of BitFit; needs ``train_biases``): the smallest subspace."""
     if subspace not in SUBSPACES:
         raise ValueError(f"unknown calibration subspace {subspace!r}; choose one of {SUBSPACES}")
@@ -69,15 +76,18 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
         raise ValueError("calibration subspace 'biases' trains only the target's biases: "
                          "it needs train_biases=True")
     names = list(masks.essential)
+    head = declared_head(model)
     if subspace == "biases":
         names = []
     elif subspace == "last":
         freed = [n for n in names if not bool(masks.essential[n].all())]
-        names = freed[-1:]
+        names = [n for n in freed if _under(n, head)] if head is not None else freed[-1:]
     update: dict[str, bool | torch.Tensor] = {n: ~masks.essential[n] for n in names}
     if train_biases:
         biases = bias_names(model, exclude=masks.essential)
-        if subspace == "last" and names:
+        if subspace == "last" and head is not None:
+            biases = [b for b in biases if _under(b, head)]
+        elif subspace == "last" and names:
             owner = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
             biases = [b for b in biases if b == f"{owner}bias"]
         update.update({n: True for n in biases})
@@ -86,11 +96,12 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
 
 def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_LAM,
               train_biases: bool = False, subspace: str = "all", **fit_kwargs: Any) -> History:
-    """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``.
+    """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``
+    (``|w|^2`` per complex entry).
 
     Essential entries and every other parameter stay bit-identical. ``subspace="last"``
-    trains only the redundant entries of the last pruned tensor that has any (and with
-    ``train_biases`` only that layer's bias): a small target subspace for few samples.
+    trains only the redundant entries of the head (see :func:`calibrate_update`; with
+    ``train_biases`` only the head's biases): a small target subspace for few samples.
     With ``train_biases=True`` the biases are trained too, after their source values are
     saved in ``masks.source_state``; the model's buffers (BatchNorm running statistics)
     are saved there as well, so :func:`source_view` reproduces the allocated source model.

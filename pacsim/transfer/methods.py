@@ -6,7 +6,8 @@ target data with :func:`pacsim.train.fit`; the source model itself is never modi
 =========  ===================================================================
 scratch    fresh initialisation of the same architecture, target data only
 finetune   every parameter
-head       the last layer that has parameters
+head       the model's head: the submodule it names as such (``HEAD_MODULE``; the
+           FNO's projection), else the last layer that has parameters
 l2sp       every parameter, with ``alpha/2 * ||w - w_source||^2`` (Li et al., 2018)
 bitfit     biases only
 pac        prune + allocate on ``source`` until the source error is back, then
@@ -33,7 +34,7 @@ from .. import pac
 from ..device import resolve_device
 from ..exact import L2Penalty, MaskSpec
 from ..method_names import METHODS as _NAMES
-from ..models.registry import build
+from ..models.registry import build, declared_head
 from ..train import Data, History, evaluate, fit
 from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
 
@@ -106,11 +107,20 @@ def _all(model: nn.Module) -> dict[str, bool]:
     return {n: True for n, _ in model.named_parameters()}
 
 
-def _head(model: nn.Module) -> dict[str, bool]:
-    prefix = last_layer(model)
+def head_names(model: nn.Module) -> list[str]:
+    """Parameters that method ``head`` trains: every parameter under the submodule the
+    model names as its head (:func:`pacsim.models.declared_head`, e.g. the FNO's
+    projection), else the own parameters of :func:`last_layer`."""
+    declared = declared_head(model)
+    prefix = declared if declared is not None else last_layer(model)
     prefix = f"{prefix}." if prefix else ""
-    return {n: n.startswith(prefix) and "." not in n[len(prefix):]
-            for n, _ in model.named_parameters()}
+    return [n for n, _ in model.named_parameters()
+            if n.startswith(prefix) and (declared is not None or "." not in n[len(prefix):])]
+
+
+def _head(model: nn.Module) -> dict[str, bool]:
+    names = set(head_names(model))
+    return {n: n in names for n, _ in model.named_parameters()}
 
 
 def _biases(model: nn.Module) -> dict[str, bool]:
