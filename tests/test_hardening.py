@@ -313,3 +313,19 @@ def test_outputs_respect_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o664
     finally:
         os.umask(old)
+
+
+def test_prune_takes_numpy_and_tensor_ratios():
+    import numpy as np
+    import torch
+    from conftest import make_model
+
+    from pacsim import pac
+
+    for ratio in (np.float32(0.5), np.float64(0.5), torch.tensor(0.5), torch.tensor([0.5])):
+        masks = pac.prune(make_model("mlp"), ratio=ratio)
+        assert sum(int((~m).sum()) for m in masks.essential.values()) > 0
+    for bad in (np.bool_(True), torch.tensor(True), torch.tensor([0.2, 0.3]), "0.5",
+                np.float32(1.5)):
+        with pytest.raises(ValueError, match="ratio"):
+            pac.prune(make_model("mlp"), ratio=bad)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,10 +19,15 @@ DEFAULT_RATIO = 0.8
 
 
 def check_ratio(ratio: float) -> float:
-    """Validate a pruning ratio: a real number strictly between 0 and 1."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (
-        math.isfinite(ratio) and 0.0 < ratio < 1.0
-    ):
+    """Validate a pruning ratio: a real number strictly between 0 and 1 (a Python or
+    numpy scalar, or a one-element real tensor)."""
+    if isinstance(ratio, torch.Tensor) and ratio.numel() == 1 \
+            and not ratio.is_complex() and ratio.dtype != torch.bool:
+        ratio = ratio.item()
+    if isinstance(ratio, bool) or isinstance(ratio, np.bool_) \
+            or not isinstance(ratio, numbers.Real):
+        raise ValueError(f"pruning ratio must be a real number in (0, 1), got {ratio!r}")
+    if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
         raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio!r}")
     return float(ratio)
 
