@@ -95,8 +95,9 @@ def _workflow_parsers(sub: Any) -> None:
                                    "with the lowest val loss, write a checkpoint. Under "
                                    "torchrun it trains data-parallel (DDP).")
     t.add_argument("data", help="pacsim-h5 file (e.g. from pacsim simulate or convert)")
-    t.add_argument("--model", default="auto", choices=("auto", "mlp", "cnn"),
-                   help="auto: mlp for flat samples, cnn for fields (default)")
+    t.add_argument("--model", default="auto", choices=("auto", "mlp", "cnn", "fno"),
+                   help="auto: mlp for flat samples, cnn for fields (default); fno: a "
+                        "Fourier neural operator (pip install 'pacsim[operators]')")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option, e.g. hidden=64,64 (mlp) or width=32 (cnn)")
     t.add_argument("--out", required=True, help="checkpoint to write")

@@ -228,3 +228,23 @@ def test_readme_walkthrough_runs_as_written(cli, tmp_path, monkeypatch):
     view = json.loads(text)["rmse"]
     code, text, _ = cli("evaluate", "source.pt", "source.h5", "--json")
     assert view <= 1.1 * json.loads(text)["rmse"]
+
+
+def test_fno_from_the_terminal(cli, tmp_path):
+    pytest.importorskip("neuralop")
+    _field(tmp_path / "f.h5", 40, 0)
+    _field(tmp_path / "g.h5", 40, 1)
+    code, _, err = cli("train", tmp_path / "f.h5", "--model", "fno", "--out", tmp_path / "f.pt",
+                       "--epochs", "2", "--set", "n_modes=4", "--set", "hidden_channels=4",
+                       "--set", "n_layers=1")
+    assert code == 0, err
+    code, _, err = cli("transfer", tmp_path / "f.pt", tmp_path / "g.h5", "--n", "8",
+                       "--select", "fixed", "--steps", "5", "--set", "scope=layer",
+                       "--set", "ratio=0.5", "--out", tmp_path / "g.pt")
+    assert code == 0, err
+    model, masks, meta = load_checkpoint(tmp_path / "g.pt")
+    assert meta["model"] == "fno" and any(m.dtype == torch.bool for m in masks.essential.values())
+    assert any(p.is_complex() for p in model.parameters())
+    views = [json.loads(cli("evaluate", tmp_path / "g.pt", tmp_path / "f.h5", "--source-view",
+                            "--json")[1])["rmse"] for _ in range(2)]
+    assert views[0] == views[1]
