@@ -26,7 +26,7 @@ def check_ratio(ratio: float) -> float:
         ratio = ratio.item()
     if isinstance(ratio, bool) or isinstance(ratio, np.bool_) \
             or not isinstance(ratio, numbers.Real):
-        raise ValueError(f"pruning ratio must be a real number in (0, 1), got {ratio!r}")
+        raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio!r} (not a real number)")
     if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
         raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio!r}")
     return float(ratio)

@@ -94,6 +94,15 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
     return update
 
 
+def calibrate_penalty(masks: Masks, update: dict[str, bool | torch.Tensor], lam: float
+                      ) -> L2Penalty:
+    """Calibrate's ``lam * ||w||^2`` pull to zero on the pruned tensors it trains.
+
+    Penalising whole tensors is exact: essential entries are frozen, so only the
+    redundant entries' share of the gradient is used."""
+    return L2Penalty(lam, {n: None for n in update if n in masks.essential})
+
+
 def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_LAM,
               train_biases: bool = False, subspace: str = "all", **fit_kwargs: Any) -> History:
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``
@@ -118,9 +127,7 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_L
     for name, spec in update.items():
         if spec is True:
             masks.source_state.setdefault(name, params[name].detach().clone())
-    # Penalising whole tensors is exact: essential entries are frozen, so only the
-    # redundant entries' share of the gradient is used.
-    penalty = L2Penalty(lam, {n: None for n in update if n in masks.essential})
-    history = fit(model, target, update_mask=update, penalty=penalty, **fit_kwargs)
+    history = fit(model, target, update_mask=update,
+                  penalty=calibrate_penalty(masks, update, lam), **fit_kwargs)
     masks.stage = "calibrated"
     return history

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -128,26 +129,52 @@ def _biases(model: nn.Module) -> dict[str, bool]:
     return {n: n in biases for n, _ in model.named_parameters()}
 
 
-def _plain(select: Callable[[nn.Module], dict[str, bool]]):
-    def run(model: nn.Module, target: Data, **fit_kwargs: Any) -> TransferResult:
-        mask = select(model)
-        history = fit(model, target, update_mask=mask, **fit_kwargs)
-        return TransferResult("", model, history, trainable=_count(model, mask))
+@dataclass
+class TrainingPlan:
+    """What a method trains on the target: a copy of the source model (fresh for
+    scratch, the allocated model for PAC), which entries may change and the L2 pull.
+    :func:`adapt` runs one plan through :func:`~pacsim.train.fit`;
+    :func:`~pacsim.transfer.select` can run many through ``fit_many``."""
 
-    return run
-
-
-def _scratch(model: nn.Module, target: Data, opts: ScratchOptions, **fit_kwargs: Any
-             ) -> TransferResult:
-    seed = opts.init_seed if opts.init_seed is not None else fit_kwargs.get("seed")
-    fresh = _reinit(model, seed)
-    return _plain(_all)(fresh, target, **fit_kwargs)
+    model: nn.Module
+    update_mask: MaskSpec
+    penalty: L2Penalty | None = None
 
 
-def _l2sp(model: nn.Module, target: Data, opts: L2SPOptions, **fit_kwargs: Any
-          ) -> TransferResult:
-    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return _plain(_all)(model, target, penalty=L2Penalty(opts.alpha / 2, anchors), **fit_kwargs)
+_SELECTORS: dict[str, Callable[[nn.Module], dict[str, bool]]] = {
+    "scratch": _all, "finetune": _all, "head": _head, "l2sp": _all, "bitfit": _biases}
+
+
+def training_plan(method: str, source_model: nn.Module, opts: Options, *,
+                  allocated: tuple[nn.Module, pac.Masks] | None = None,
+                  seed: int | None = None) -> TrainingPlan:
+    """The :class:`TrainingPlan` of ``method`` with options ``opts`` (PAC methods need
+    ``allocated``, the model and masks after allocate); the source model is copied."""
+    if isinstance(opts, PACOptions):
+        if allocated is None:
+            raise ValueError(f"method {method!r} plans from an allocated (model, masks)")
+        model = copy.deepcopy(allocated[0])
+        masks = allocated[1]
+        update = pac.calibrate_update(model, masks, opts.subspace, opts.train_biases)
+        return TrainingPlan(model, update, pac.calibrate_penalty(masks, update, opts.lam))
+    if isinstance(opts, ScratchOptions):
+        model = _reinit(source_model, opts.init_seed if opts.init_seed is not None else seed)
+    else:
+        model = copy.deepcopy(source_model)
+    penalty = None
+    if isinstance(opts, L2SPOptions):
+        anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+        penalty = L2Penalty(opts.alpha / 2, anchors)
+    return TrainingPlan(model, _SELECTORS[method](model), penalty)
+
+
+def _plain(method: str, model: nn.Module, target: Data, opts: Options, **fit_kwargs: Any
+           ) -> TransferResult:
+    plan = training_plan(method, model, opts, seed=fit_kwargs.get("seed"))
+    history = fit(plan.model, target, update_mask=plan.update_mask, penalty=plan.penalty,
+                  **fit_kwargs)
+    return TransferResult("", plan.model, history, trainable=_count(plan.model,
+                                                                     plan.update_mask))
 
 
 def source_loss(model: nn.Module, data: Data) -> float:
@@ -237,20 +264,8 @@ def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | Non
                           extra=extra)
 
 
-def _no_options(run: Callable[..., TransferResult]) -> Callable[..., TransferResult]:
-    def call(model: nn.Module, target: Data, opts: Options, **fit_kwargs: Any
-             ) -> TransferResult:
-        return run(model, target, **fit_kwargs)
-
-    return call
-
-
 _RUNNERS: dict[str, Callable[..., TransferResult]] = {
-    "scratch": _scratch,
-    "finetune": _no_options(_plain(_all)),
-    "head": _no_options(_plain(_head)),
-    "l2sp": _l2sp,
-    "bitfit": _no_options(_plain(_biases)),
+    **{name: functools.partial(_plain, name) for name in _SELECTORS},
     "pac": _pac,
     "pac-paper": _pac,
 }
@@ -288,11 +303,11 @@ def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | 
     if unknown:
         raise ValueError(f"adapt() got an unknown argument {unknown[0]!r} (neither a "
                          f"{method!r} option nor a fit() argument)")
-    model = copy.deepcopy(source_model)
+    # every runner copies the source model (a plan, or allocate's copy) before training
     if isinstance(opts, PACOptions):
-        result = _pac(model, target, opts, source=source, **kwargs)
+        result = _pac(source_model, target, opts, source=source, **kwargs)
     else:
-        result = _RUNNERS[method](model, target, opts, **kwargs)
+        result = _RUNNERS[method](source_model, target, opts, **kwargs)
     result.method = method
     result.extra["options"] = opts.to_dict()
     return result
