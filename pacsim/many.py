@@ -373,7 +373,7 @@ def _rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
 # ----------------------------------------------------------------------------- checks
 
 
-def _not_vectorisable(model: nn.Module) -> str | None:
+def not_vectorisable(model: nn.Module) -> str | None:
     """Why ``model`` cannot train inside a stack, or None."""
     for name, m in model.named_modules():
         if isinstance(m, (nn.modules.batchnorm._BatchNorm,
@@ -530,7 +530,7 @@ def fit_many(
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)
 
-    why = _not_vectorisable(models[0])
+    why = not_vectorisable(models[0])
     if why is not None:
         warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
                       f"{why}", stacklevel=2)

@@ -47,6 +47,37 @@ def test_select_every_method_on_a_tiny_problem(method):
     assert s["cv_loss"] == pytest.approx(best)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_stacked_cv_runs_the_same_trainings(method):
+    """Folds x configurations as fit_many stacks: same curves up to float rounding, so
+    the same choice; n = 13 with 3 folds gives two fold sizes (two stacks)."""
+    import numpy as np
+
+    model, src, tgt = _problem(n=13)
+    sel = SelectionConfig(folds=3, max_steps=12)
+    one = select(method, model, tgt, selection=sel, steps=4, source=src, seed=0, **KW)
+    both = select(method, model, tgt, selection=sel, steps=4, source=src, seed=0, stack=True,
+                  **KW)
+    assert both.selection["stacked"] and not one.selection["stacked"]
+    assert both.selection["chosen"] == one.selection["chosen"]
+    assert both.selection["steps"] == one.selection["steps"]
+    for key, curve in one.selection["curves"].items():
+        np.testing.assert_allclose(np.array(both.selection["curves"][key])[:, 1],
+                                   np.array(curve)[:, 1], rtol=1e-4, atol=1e-6)
+
+
+def test_stacking_falls_back_where_models_cannot_stack():
+    model = make_model("cnn1d")  # BatchNorm: trained one by one, without a warning
+    tgt = make_data("cnn1d", n=6, seed=2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = select("finetune", model, tgt, selection=SelectionConfig(folds=2, max_steps=3),
+                     steps=1, seed=0, stack=True, **KW)
+    assert res.selection["stacked"] is False
+
+
 def test_select_is_reproducible_by_seed_and_depends_on_it():
     model, src, tgt = _problem(n=15)
     sel = SelectionConfig(folds=5, max_steps=20)

@@ -253,7 +253,7 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     res = select(method, source_model, target, selection=ctx.suite.selection,
                  steps=spec.train.target_steps, grid=mcfg.grid,
                  options=mcfg.options.to_dict(), batch_size=spec.train.batch_size,
-                 **ctx.fit_kwargs(pair, seed), **extra)
+                 stack=ctx.suite.stack, **ctx.fit_kwargs(pair, seed), **extra)
     seconds = time.perf_counter() - t0
     tgt, pred = data.physical(res.model, data.target_test, data.target_test_y)
     with res.source_view() as m:

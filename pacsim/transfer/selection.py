@@ -23,8 +23,9 @@ from sklearn.model_selection import KFold, ParameterGrid
 from torch import nn
 
 from ..data.batches import as_tensor
-from ..train import Data
-from .methods import TransferResult, adapt, allocated_model
+from ..many import fit_many, not_vectorisable
+from ..train import Data, History
+from .methods import TransferResult, adapt, allocated_model, training_plan
 from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
 
 SELECTION_MODES = ("cv", "fixed")
@@ -108,7 +109,7 @@ def select(method: str, source_model: nn.Module, target: Data, *,
            selection: SelectionConfig | None = None, steps: int,
            grid: Mapping[str, list[Any]] | None = None,
            options: Mapping[str, Any] | None = None, lr: float = 1e-3, batch_size: int = 32,
-           seed: int = 0, **kwargs: Any) -> TransferResult:
+           seed: int = 0, stack: bool = False, **kwargs: Any) -> TransferResult:
     """Choose ``method``'s hyper-parameters on ``target`` only, then transfer with them.
 
     ``selection``: :class:`SelectionConfig` (default: 5-fold CV). ``steps``: the fixed
@@ -118,6 +119,12 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     options, fixed. ``batch_size`` is capped at the training-set size. Other keywords go
     to :func:`adapt` (``source``, ``allocated``, ``device``, ``weight_decay``, ...).
     The result's ``selection`` says what was chosen, the CV loss and the mean curves.
+
+    ``stack=True`` trains the folds x configurations of the cross-validation as stacks of
+    models (:func:`pacsim.train.fit_many`, one stack per fold size) instead of one by one:
+    the same trainings (same batches, masks and pulls) up to float rounding, several
+    times faster for small models; models ``fit_many`` cannot stack (BatchNorm, dropout,
+    complex weights) and trainer options it does not take train one by one.
     """
     selection = selection or SelectionConfig()
     x, y = _as_pair(target, "target")
@@ -154,18 +161,13 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     configs = list(ParameterGrid(space)) if space else [{}]
     splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
     grid_steps = np.arange(1, max_steps + 1)
-    curves: dict[str, np.ndarray] = {}
-    for config in configs:
-        fold_curves = []
-        for train_idx, val_idx in splits:
-            tr = (x[train_idx], y[train_idx])
-            va = (x[val_idx], y[val_idx])
-            res = adapt(method, source_model, tr, val=va, restore_best=False,
-                        **_resolve(config, base, lr), steps=max_steps,
-                        batch_size=min(batch_size, len(train_idx)), seed=seed, **kwargs)
-            h = res.history
-            fold_curves.append(_step_curve(h.val_steps, h.val_loss, grid_steps))
-        curves[_config_key(config)] = np.mean(fold_curves, axis=0)
+    stacked = stack and _stackable(source_model, kwargs)
+    runs = _runs_stacked if stacked else _runs_one_by_one
+    histories = runs(method, source_model, x, y, configs, splits, base, lr, max_steps,
+                     batch_size, seed, kwargs)
+    curves = {_config_key(c): np.mean([_step_curve(h.val_steps, h.val_loss, grid_steps)
+                                       for h in hs], axis=0)
+              for c, hs in zip(configs, histories)}
     best_key, best_config, best_step, best_loss = None, configs[0], 1, math.inf
     for config in configs:  # first minimum wins: grid order, then fewest steps
         key = _config_key(config)
@@ -178,11 +180,70 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     res = adapt(method, source_model, (x, y), **_resolve(best_config, base, lr),
                 steps=best_step, batch_size=min(batch_size, n), seed=seed, **kwargs)
     res.selection = {
-        "mode": "cv", "folds": folds, "max_steps": max_steps,
+        "mode": "cv", "folds": folds, "max_steps": max_steps, "stacked": stacked,
         "chosen": dict(best_config), "steps": best_step, "cv_loss": best_loss,
         "curves": {k: _thin(grid_steps, c) for k, c in curves.items()},
     }
     return res
+
+
+Histories = list[list[History]]  # per configuration, per fold
+
+#: Trainer arguments a stacked cross-validation passes on to ``fit_many``.
+_STACK_ARGS = ("device", "weight_decay", "optimizer", "loss", "lr_schedule")
+
+
+def _stackable(model: nn.Module, kwargs: Mapping[str, Any]) -> bool:
+    extra = set(kwargs) - set(_STACK_ARGS) - {"allocated", "progress", "source"}
+    return not extra and not_vectorisable(model) is None
+
+
+def _runs_one_by_one(method: str, source_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     configs: list[dict[str, Any]], splits: list[Any], base: dict[str, Any],
+                     lr: float, max_steps: int, batch_size: int, seed: int,
+                     kwargs: dict[str, Any]) -> Histories:
+    out = []
+    for config in configs:
+        hs = []
+        for train_idx, val_idx in splits:
+            res = adapt(method, source_model, (x[train_idx], y[train_idx]),
+                        val=(x[val_idx], y[val_idx]), restore_best=False,
+                        **_resolve(config, base, lr), steps=max_steps,
+                        batch_size=min(batch_size, len(train_idx)), seed=seed, **kwargs)
+            hs.append(res.history)
+        out.append(hs)
+    return out
+
+
+def _runs_stacked(method: str, source_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  configs: list[dict[str, Any]], splits: list[Any], base: dict[str, Any],
+                  lr: float, max_steps: int, batch_size: int, seed: int,
+                  kwargs: dict[str, Any]) -> Histories:
+    """The same trainings as :func:`_runs_one_by_one`, as one ``fit_many`` per fold size."""
+    jobs = []  # (config index, fold index, plan, lr)
+    for c, config in enumerate(configs):
+        resolved = _resolve(config, base, lr)
+        opts = method_options(method, resolved["options"])
+        for f in range(len(splits)):
+            plan = training_plan(method, source_model, opts, seed=seed,
+                                 allocated=kwargs.get("allocated"))
+            jobs.append((c, f, plan, resolved["lr"]))
+    out: Histories = [[History()] * len(splits) for _ in configs]
+    sizes = sorted({len(splits[f][0]) for _, f, _, _ in jobs})
+    train_args = {k: kwargs[k] for k in _STACK_ARGS if k in kwargs}
+    for size in sizes:
+        group = [j for j in jobs if len(splits[j[1]][0]) == size]
+        histories = fit_many(
+            [p.model for _, _, p, _ in group],
+            [(x[splits[f][0]], y[splits[f][0]]) for _, f, _, _ in group],
+            update_masks=[p.update_mask for _, _, p, _ in group],
+            penalties=[p.penalty for _, _, p, _ in group],
+            val=[(x[splits[f][1]], y[splits[f][1]]) for _, f, _, _ in group],
+            lr=[r for _, _, _, r in group], seeds=[seed] * len(group), steps=max_steps,
+            batch_size=min(batch_size, size), restore_best=False, **train_args)
+        for (c, f, _, _), h in zip(group, histories):
+            out[c][f] = h
+    return out
 
 
 def _resolve(config: Mapping[str, Any], base: Mapping[str, Any], lr: float) -> dict[str, Any]:
