@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -356,6 +358,13 @@ def _one_line(exc: BaseException) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *args: Any,
+                  **kwargs: Any) -> None:
+    """Warnings of a command as one line each on stderr."""
+    text = _one_line(message) if isinstance(message, BaseException) else str(message)
+    print(f"pacsim: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pacsim`` console script; returns the exit status."""
     parser = _parser()
@@ -367,11 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "datasets": _datasets, "bench": _bench, "report": _report, "train": _train,
                 "transfer": _transfer, "predict": _predict, "evaluate": _evaluate,
                 "convert": _convert}
+    from . import procutil
+
     try:
-        return handlers[args.command](args)
-    except KeyboardInterrupt:
-        print("pacsim: interrupted", file=sys.stderr)
-        return 130
+        with procutil.handled(), warnings.catch_warnings():  # SIGTERM, SIGHUP: as Ctrl-C
+            warnings.showwarning = _warning_line
+            return handlers[args.command](args)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"pacsim: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         # the reader of our output went away (``pacsim ... | head``): stop quietly, and
         # point stdout at /dev/null so the interpreter's final flush cannot fail again

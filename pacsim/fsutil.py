@@ -2,14 +2,81 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import hashlib
 import os
+import re
+import socket
 import stat
 import tempfile
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from . import procutil
+
+_LIVE: dict[Path, int] = {}  # temporary files not yet published or removed: their pid
+
+
+@atexit.register
+def _remove_live() -> None:
+    """An interpreter that exits (an uncaught interrupt, a writer never closed) leaves no
+    temporary file behind."""
+    for tmp, pid in list(_LIVE.items()):
+        if pid == os.getpid():  # not in a forked child
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    _LIVE.clear()
+
+
+class StaleTempWarning(UserWarning):
+    """Hidden temporary files of another (or an interrupted) writer lie beside a target."""
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _temp_prefix(name: str) -> str:
+    """``.NAME.PID-HOST-``: a temporary file names its writer's process and machine."""
+    return f".{name}.{os.getpid()}-{_host_tag()}-"
+
+
+def stale_temps(path: str | os.PathLike[str]) -> None:
+    """Remove the hidden temporary files of ``path`` (``.NAME.PID-HOST-XXXXXXXX.tmp``)
+    whose writer, on this machine, is dead; warn of the others (a live writer, or an older
+    name without a process id)."""
+    path = Path(path)
+    pat = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-([0-9a-f]{6})-)?[a-z0-9_]{8}\.tmp")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    host = _host_tag()
+    for e in entries:
+        m = pat.fullmatch(e.name)
+        if m is None or not e.is_file(follow_symlinks=False):
+            continue
+        pid = None if m.group(1) is None else int(m.group(1))
+        tmp = path.parent / e.name
+        if pid is not None and m.group(2) == host and not procutil.pid_alive(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                warnings.warn(f"{tmp}: removed a stale temporary file (its writer, pid {pid}, "
+                              "is gone)", StaleTempWarning, stacklevel=3)
+            continue
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            age = time.time() - e.stat(follow_symlinks=False).st_mtime
+            who = f"pid {pid}" if pid is not None else "a writer that named no process"
+            warnings.warn(f"{tmp}: a temporary file of another writer ({who}, last written "
+                          f"{age:.0f} s ago) lies beside the target; remove it if no run is "
+                          "writing there", StaleTempWarning, stacklevel=3)
 
 
 def not_a_file(path: str | os.PathLike[str]) -> str | None:
@@ -80,6 +147,10 @@ class AtomicFile:
     ``overwrite`` the publish never clobbers: it hard-links the finished file into place,
     which fails if another writer got there first (check-then-rename would silently
     replace that writer's file). Nothing but a regular file is ever replaced.
+
+    While it exists, SIGINT, SIGTERM and SIGHUP raise :class:`procutil.Interrupted`, and
+    :meth:`commit` refuses to publish after any of them (even one whose exception was
+    swallowed); stale temporary files of ``path`` are swept or reported first.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False,
@@ -89,16 +160,45 @@ class AtomicFile:
         self.overwrite = overwrite
         self.hint = hint
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                   dir=self.path.parent)
+        stale_temps(self.path)
+        self._since = procutil.count()
+        self._signals = procutil.Handled()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path.name), suffix=".tmp",
+                                       dir=self.path.parent)
+        except BaseException:
+            self._signals.release()
+            raise
+        self.tmp = Path(tmp)
+        _LIVE[self.tmp] = os.getpid()
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give what open() would
+        except BaseException:
+            self.discard()
+            raise
         finally:
             os.close(fd)
-        self.tmp = Path(tmp)
+
+    def check(self) -> None:
+        """Discard and raise :class:`procutil.Interrupted` if a stop signal came since the
+        start (the writer's safe points call this)."""
+        try:
+            procutil.check(self._since)
+        except procutil.Interrupted:
+            self.discard()
+            raise
 
     def commit(self) -> Path:
         """Publish the temporary file at the destination (see the class notes)."""
+        with procutil.deferred():
+            try:
+                self._publish()
+            finally:
+                self._signals.release()
+        return self.path
+
+    def _publish(self) -> None:
+        self.check()
         if self.overwrite:
             try:
                 check_target(self.path, True, self.hint)  # it may have changed meanwhile
@@ -106,7 +206,8 @@ class AtomicFile:
                 self.discard()
                 raise
             os.replace(self.tmp, self.path)
-            return self.path
+            _LIVE.pop(self.tmp, None)
+            return
         try:
             os.link(self.tmp, self.path)
         except FileExistsError:
@@ -115,14 +216,17 @@ class AtomicFile:
                                   f"{self.hint}") from None
         except OSError:  # a file system without hard links: the best a rename can do
             os.replace(self.tmp, self.path)
-            return self.path
+            _LIVE.pop(self.tmp, None)
+            return
         self.discard()
-        return self.path
 
     def discard(self) -> None:
         """Remove the temporary file (no error if it is gone)."""
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()
+        with procutil.deferred():
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            _LIVE.pop(self.tmp, None)
+            self._signals.release()
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any], *,

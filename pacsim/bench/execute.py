@@ -16,20 +16,17 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401 - cf.process.BrokenProcessPool
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import pickle
 import re
-import signal
-import sys
-import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..procutil import die_with
 
 if TYPE_CHECKING:  # a worker imports this module first: keep it free of torch
     from .suite import Cell, Suite
@@ -157,24 +154,8 @@ def _finished(fn: Callable[[], Any]) -> cf.Future[Any]:
 _CTX: Any = None
 
 
-def _die_with(parent: int) -> None:
-    """End this process when ``parent`` (the runner) ends, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
-    if os.getppid() != parent:  # the runner died before the line above
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _init_worker(suite: bytes, out: str, devices: Any, threads: int, parent: int) -> None:
-    _die_with(parent)  # first: the suite's unpickling imports torch (seconds)
+    die_with(parent)  # first: the suite's unpickling imports torch (seconds)
     import torch
 
     from .protocol import Context

@@ -12,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import __version__
+from .. import __version__, procutil
 from ..fsutil import AtomicFile
 from .errors import DatasetError
 from .format import FORMAT, FORMAT_VERSION, SPLITS, chunk_rows
@@ -94,8 +94,9 @@ class DatasetWriter:
         self.n = 0
         self._n_params = None if sample_param_names is None else len(sample_param_names)
         self._target = AtomicFile(self.path, overwrite=overwrite, hint=_OVERWRITE_HINT)
-        self._f: h5py.File | None = h5py.File(self._target.tmp, "w")
+        self._f: h5py.File | None = None
         try:
+            self._f = h5py.File(self._target.tmp, "w")
             f = self._f
             f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                             "simulator": simulator, "setting": setting,
@@ -136,6 +137,7 @@ class DatasetWriter:
         """Add a block of samples (axis 0), checked before anything is written."""
         if self._f is None:
             raise DatasetError(f"{self.path}: writer is closed")
+        self._check_interrupt()
         x = np.asarray(inputs, dtype=np.float32)
         y = np.asarray(targets, dtype=np.float32)
         if x.shape[1:] != self.input_shape or y.shape[1:] != self.target_shape:
@@ -175,6 +177,7 @@ class DatasetWriter:
         try:
             if self.n == 0:
                 raise DatasetError(f"{self.path}: no samples were written")
+            self._target.check()
             f = self._f
             splits = split_indices(self.n, self.split, self.seed)
             for name in SPLITS:
@@ -183,7 +186,7 @@ class DatasetWriter:
                 self._write_stats(f, splits["train"])
             f.close()
             self._f = None
-            self._target.commit()
+            self._target.commit()  # refuses after a stop signal, even a swallowed one
         except BaseException:
             self.abort()
             raise
@@ -197,19 +200,28 @@ class DatasetWriter:
             moments = RunningMoments(ds.shape[1:])
             step = max(1, STATS_BLOCK_BYTES // (4 * max(1, int(np.prod(ds.shape[1:])))))
             for lo in range(0, self.n, step):
+                self._target.check()
                 sel = is_train[lo:lo + step]
                 if sel.any():
                     moments.update(ds[lo:lo + step][sel])
             f.create_dataset(f"stats/{name}_mean", data=moments.mean.astype(np.float32))
             f.create_dataset(f"stats/{name}_std", data=moments.std().astype(np.float32))
 
+    def _check_interrupt(self) -> None:
+        try:
+            self._target.check()
+        except procutil.Interrupted:
+            self.abort()
+            raise
+
     def abort(self) -> None:
         """Discard everything written so far."""
-        if self._f is not None:
-            with contextlib.suppress(Exception):
-                self._f.close()
-            self._f = None
-        self._target.discard()
+        with procutil.deferred():
+            if self._f is not None:
+                with contextlib.suppress(Exception):
+                    self._f.close()
+                self._f = None
+            self._target.discard()
 
 
 def write_dataset(path: str | os.PathLike[str], inputs: Any, targets: Any, *, simulator: str,
