@@ -1,10 +1,19 @@
 """Transfer methods behind one interface (:func:`adapt`), their typed options, and
 target-only hyper-parameter selection."""
 
-from .methods import METHODS, TransferResult, adapt, head_names, last_layer
+from .methods import (
+    METHODS,
+    TrainingPlan,
+    TransferResult,
+    adapt,
+    allocated_model,
+    head_names,
+    last_layer,
+    training_plan,
+)
 from .options import DEFAULT_GRIDS, OPTIONS, Options, check_grid, method_options
 from .selection import SelectionConfig, select
 
 __all__ = ["DEFAULT_GRIDS", "METHODS", "OPTIONS", "Options", "SelectionConfig",
-           "TransferResult", "adapt", "check_grid", "head_names", "last_layer",
-           "method_options", "select"]
+           "TrainingPlan", "TransferResult", "adapt", "allocated_model", "check_grid",
+           "head_names", "last_layer", "method_options", "select", "training_plan"]
