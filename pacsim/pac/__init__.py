@@ -1,6 +1,8 @@
-"""PAC-Net: prune, allocate, calibrate, and the source view of a calibrated model."""
+"""PAC-Net: prune, allocate, calibrate, the source view of a calibrated model, and more
+settings in one network (extend, view)."""
 
-from .masks import Masks, StageError, bias_names, prunable_weights
+from .extend import extend
+from .masks import SOURCE, TARGET, Masks, StageError, bias_names, prunable_weights
 from .prune import DEFAULT_RATIO, SCOPES, check_ratio, prune
 from .steps import (
     PAPER_LAM,
@@ -10,9 +12,9 @@ from .steps import (
     calibrate_penalty,
     calibrate_update,
 )
-from .view import source_view
+from .view import source_view, view
 
-__all__ = ["DEFAULT_RATIO", "Masks", "PAPER_LAM", "SCOPES", "SUBSPACES", "StageError",
-           "allocate", "bias_names", "calibrate", "calibrate_penalty", "calibrate_update",
-           "check_ratio",
-           "prunable_weights", "prune", "source_view"]
+__all__ = ["DEFAULT_RATIO", "SCOPES", "SOURCE", "SUBSPACES", "TARGET", "PAPER_LAM", "Masks",
+           "StageError", "allocate", "bias_names", "calibrate", "calibrate_penalty",
+           "calibrate_update", "check_ratio", "extend", "prunable_weights", "prune",
+           "source_view", "view"]

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-STAGES = ("pruned", "allocated", "calibrated")
+STAGES = ("pruned", "allocated", "calibrated", "extended")
+#: Names of the first two settings of every PAC network.
+SOURCE, TARGET = "source", "target"
 
 #: Layers whose weight is always a prunable matrix or kernel, whatever its shape.
 MATRIX_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
@@ -87,13 +89,20 @@ class StageError(RuntimeError):
 
 @dataclass
 class Masks:
-    """Source/target split of a pruned model.
+    """Which setting owns each prunable entry of one network, and PAC's stage.
 
     ``essential[name]`` is a bool tensor, True where the entry is kept for the source
     task; the rest are redundant and belong to the target. ``source_state`` holds the
     source values of anything calibrate lets diverge outside the redundant entries
     (BatchNorm running statistics, biases with ``train_biases=True``) so that
     :func:`pacsim.pac.source_view` can put them back.
+
+    Several targets (:func:`pacsim.pac.extend`): ``settings`` names them in order
+    (``"source"``, ``"target"``, then each added one), ``owner[name]`` is the index of
+    the setting that owns each entry (None while there are only two: the source owns
+    the essential entries, the target the rest), and ``setting_state[s]`` holds, for
+    setting ``s`` after the first target, what its calibrate let diverge, as it was
+    before (``source_state`` plays that part for the first target).
     """
 
     essential: dict[str, torch.Tensor]
@@ -101,6 +110,9 @@ class Masks:
     scope: str = "global"
     stage: str = "pruned"
     source_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    settings: list[str] = field(default_factory=lambda: [SOURCE, TARGET])
+    owner: dict[str, torch.Tensor] | None = None
+    setting_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -108,6 +120,66 @@ class Masks:
         for name, m in self.essential.items():
             if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
                 raise ValueError(f"essential[{name!r}] must be a bool tensor")
+        if (len(self.settings) < 2 or len(set(self.settings)) != len(self.settings)
+                or not all(isinstance(s, str) and s for s in self.settings)):
+            raise ValueError(f"settings must be two or more distinct names, got "
+                             f"{self.settings!r}")
+        if self.owner is not None:
+            for name, m in self.essential.items():
+                o = self.owner.get(name)
+                if o is None or o.shape != m.shape or o.dtype != torch.uint8:
+                    raise ValueError(f"owner[{name!r}] must be a uint8 tensor of shape "
+                                     f"{tuple(m.shape)}")
+                if not torch.equal(o == 0, m) or int(o.max()) >= len(self.settings):
+                    raise ValueError(f"owner[{name!r}] disagrees with the essential mask "
+                                     "or names an unknown setting")
+        elif len(self.settings) > 2:
+            raise ValueError("more than two settings need an owner per entry")
+        unknown = sorted(set(self.setting_state) - set(self.settings[2:]))
+        if unknown:
+            raise ValueError(f"setting_state names unknown settings {unknown}")
+
+    # ----------------------------------------------------------------- settings
+    def index(self, setting: str | int) -> int:
+        """Position of ``setting`` (a name or an index) in :attr:`settings`."""
+        if isinstance(setting, int) and not isinstance(setting, bool) \
+                and 0 <= setting < len(self.settings):
+            return setting
+        if isinstance(setting, str) and setting in self.settings:
+            return self.settings.index(setting)
+        raise ValueError(f"unknown setting {setting!r}; this network serves "
+                         f"{', '.join(self.settings)}")
+
+    @property
+    def latest(self) -> int:
+        """Index of the newest setting: the one calibrate trains."""
+        return len(self.settings) - 1
+
+    def owners(self) -> dict[str, torch.Tensor]:
+        """The owning setting's index of every prunable entry (uint8)."""
+        if self.owner is not None:
+            return self.owner
+        return {n: (~m).to(torch.uint8) for n, m in self.essential.items()}
+
+    def owned_by(self, setting: str | int) -> dict[str, torch.Tensor]:
+        """Bool masks of the entries that ``setting`` owns."""
+        k = self.index(setting)
+        return {n: o == k for n, o in self.owners().items()}
+
+    def visible_to(self, setting: str | int) -> dict[str, torch.Tensor]:
+        """Bool masks of the entries ``setting``'s network uses: its own and those of
+        every setting before it."""
+        k = self.index(setting)
+        return {n: o <= k for n, o in self.owners().items()}
+
+    def state_before(self, setting: str | int) -> dict[str, torch.Tensor]:
+        """What ``setting``'s calibrate let diverge, as it was before (saved in place)."""
+        k = self.index(setting)
+        if k == 0:
+            raise ValueError("the source setting is never calibrated")
+        if k == 1:
+            return self.source_state
+        return self.setting_state.setdefault(self.settings[k], {})
 
     # ----------------------------------------------------------------- queries
     @property
@@ -157,6 +229,10 @@ class Masks:
         """Move every tensor to ``device`` in place; returns ``self``."""
         self.essential = {n: m.to(device) for n, m in self.essential.items()}
         self.source_state = {n: t.to(device) for n, t in self.source_state.items()}
+        if self.owner is not None:
+            self.owner = {n: o.to(device) for n, o in self.owner.items()}
+        self.setting_state = {s: {n: t.to(device) for n, t in st.items()}
+                              for s, st in self.setting_state.items()}
         return self
 
     def state_dict(self) -> dict[str, Any]:
@@ -167,6 +243,10 @@ class Masks:
             "stage": self.stage,
             "essential": {n: m.cpu() for n, m in self.essential.items()},
             "source_state": {n: t.cpu() for n, t in self.source_state.items()},
+            "settings": list(self.settings),
+            "owner": None if self.owner is None else {n: o.cpu() for n, o in self.owner.items()},
+            "setting_state": {s: {n: t.cpu() for n, t in st.items()}
+                              for s, st in self.setting_state.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> Masks:
@@ -179,8 +259,13 @@ class Masks:
     def from_state_dict(cls, state: dict[str, Any]) -> Masks:
         """Inverse of :meth:`state_dict`."""
         try:
+            owner = state.get("owner")
             return cls(essential=dict(state["essential"]), ratio=float(state["ratio"]),
                        scope=str(state["scope"]), stage=str(state["stage"]),
-                       source_state=dict(state.get("source_state", {})))
+                       source_state=dict(state.get("source_state", {})),
+                       settings=[str(s) for s in state.get("settings", [SOURCE, TARGET])],
+                       owner=None if owner is None else dict(owner),
+                       setting_state={str(s): dict(st) for s, st in
+                                      state.get("setting_state", {}).items()})
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a Masks state dict: {exc}") from exc

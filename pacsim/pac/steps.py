@@ -75,14 +75,14 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
     if subspace == "biases" and not train_biases:
         raise ValueError("calibration subspace 'biases' trains only the target's biases: "
                          "it needs train_biases=True")
-    names = list(masks.essential)
+    own = masks.owned_by(masks.latest)  # the newest setting's entries
     head = declared_head(model)
+    names = [n for n in own if bool(own[n].any())]
     if subspace == "biases":
         names = []
     elif subspace == "last":
-        freed = [n for n in names if not bool(masks.essential[n].all())]
-        names = [n for n in freed if _under(n, head)] if head is not None else freed[-1:]
-    update: dict[str, bool | torch.Tensor] = {n: ~masks.essential[n] for n in names}
+        names = [n for n in names if _under(n, head)] if head is not None else names[-1:]
+    update: dict[str, bool | torch.Tensor] = {n: own[n] for n in names}
     if train_biases:
         biases = bias_names(model, exclude=masks.essential)
         if subspace == "last" and head is not None:
@@ -104,7 +104,8 @@ def calibrate_penalty(masks: Masks, update: dict[str, bool | torch.Tensor], lam:
 
 
 def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_LAM,
-              train_biases: bool = False, subspace: str = "all", **fit_kwargs: Any) -> History:
+              train_biases: bool = False, subspace: str = "all", setting: str | None = None,
+              **fit_kwargs: Any) -> History:
     """Train only the redundant entries on ``target`` with ``lam * ||w_redundant||^2``
     (``|w|^2`` per complex entry).
 
@@ -114,19 +115,29 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_L
     With ``train_biases=True`` the biases are trained too, after their source values are
     saved in ``masks.source_state``; the model's buffers (BatchNorm running statistics)
     are saved there as well, so :func:`source_view` reproduces the allocated source model.
+
+    With several targets (:func:`pacsim.pac.extend`) calibrate trains the newest
+    setting's entries (``setting``, if given, must name it) and saves what it lets
+    diverge in ``masks.state_before(setting)``, so every earlier setting's
+    :func:`~pacsim.pac.view` stays bit-identical.
     """
-    masks.require("allocated", "calibrated", action="calibrate()")
+    masks.require("allocated", "calibrated", "extended", action="calibrate()")
+    if setting is not None and masks.index(setting) != masks.latest:
+        raise ValueError(f"calibrate trains the newest setting, "
+                         f"{masks.settings[masks.latest]!r}, not {setting!r}; "
+                         "extend() adds a new one")
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     update = calibrate_update(model, masks, subspace, train_biases)
     _prepare(model, masks, fit_kwargs)
-    # Anything not yet saved is still at its source value (it was frozen until now).
+    # Anything not yet saved still has the value every earlier setting sees.
+    before = masks.state_before(masks.latest)
     params = dict(model.named_parameters())
     for name, buf in model.named_buffers():
-        masks.source_state.setdefault(name, buf.detach().clone())
+        before.setdefault(name, buf.detach().clone())
     for name, spec in update.items():
         if spec is True:
-            masks.source_state.setdefault(name, params[name].detach().clone())
+            before.setdefault(name, params[name].detach().clone())
     history = fit(model, target, update_mask=update,
                   penalty=calibrate_penalty(masks, update, lam), **fit_kwargs)
     masks.stage = "calibrated"
