@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
                    help="with --executor ray: GPUs of each task, fractions share a GPU "
                         "(e.g. 0.25; default 0: the CPU)")
+    b.add_argument("--stack", default="on", choices=("on", "off"),
+                   help="on (default): each cell's cross-validation trains its folds x "
+                        "configurations at once (fit_many) where the model allows; off: "
+                        "one by one")
     b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     b.add_argument("--dry-run", action="store_true",
                    help="list the cells that would run and why (new, changed, failed); "
@@ -135,6 +139,12 @@ def _workflow_parsers(sub: Any) -> None:
     x.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     x.add_argument("--allocate-epochs", type=int, default=None,
                    help="PAC allocate budget (default: a third of the source training's)")
+    x.add_argument("--setting", default=None, metavar="NAME",
+                   help="PAC: the new setting's name (default 'target'); from a PAC "
+                        "checkpoint, required: adds a setting to the same network")
+    x.add_argument("--extend-ratio", type=float, default=0.5,
+                   help="PAC, adding a setting: share of the newest setting's entries freed "
+                        "for it (default 0.5)")
     _common(x)
     x.add_argument("--out", required=True, help="checkpoint to write")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -145,6 +155,8 @@ def _workflow_parsers(sub: Any) -> None:
                    help="which samples (default test)")
     p.add_argument("--source-view", action="store_true",
                    help="a PAC checkpoint's source setting instead of its target")
+    p.add_argument("--setting", default=None, metavar="NAME",
+                   help="a PAC checkpoint's setting (source, target or an added one)")
     p.add_argument("--batch-size", type=int, default=1024, help="samples per read")
     p.add_argument("--out", required=True, help="predictions file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -172,6 +184,8 @@ def _workflow_parsers(sub: Any) -> None:
                    help="(default test)")
     e.add_argument("--source-view", action="store_true",
                    help="a PAC checkpoint's source setting instead of its target")
+    e.add_argument("--setting", default=None, metavar="NAME",
+                   help="a PAC checkpoint's setting (source, target or an added one)")
     e.add_argument("--json", action="store_true", help="print JSON")
     _common(e, train=False)
 
@@ -227,7 +241,8 @@ def _transfer(args: argparse.Namespace) -> int:
                        selection=args.select, folds=args.folds, steps=args.steps,
                        lr=args.lr, batch_size=args.batch_size,
                        weight_decay=args.weight_decay, allocate_epochs=args.allocate_epochs,
-                       device=args.device, seed=args.seed, overwrite=args.overwrite)
+                       device=args.device, seed=args.seed, setting=args.setting,
+                       extend_ratio=args.extend_ratio, overwrite=args.overwrite)
     return 0
 
 
@@ -235,7 +250,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .workflow import predict_file
 
     path = predict_file(args.checkpoint, args.inputs, args.out, split=args.split,
-                        source_view=args.source_view, batch_size=args.batch_size,
+                        source_view=args.source_view, setting=args.setting,
+                        batch_size=args.batch_size,
                         device=args.device, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
@@ -247,11 +263,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .workflow import evaluate_file
 
     res = evaluate_file(args.checkpoint, args.data, split=args.split,
-                        source_view=args.source_view, device=args.device)
+                        source_view=args.source_view, setting=args.setting, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    view = " (source view)" if args.source_view else ""
+    view = f" (setting {res['setting']})" if res["setting"] else ""
     print(f"{args.checkpoint}{view} on {args.data}, split {args.split} ({res['n']} samples)")
     names = ("rmse", "nrmse", "mae", "max_error", "r2")
     print(f"{'':<10}" + "".join(f"{m:>12}" for m in names))
@@ -301,7 +317,8 @@ def _bench(args: argparse.Namespace) -> int:
         run_suite(args.suite, args.out, jobs=args.jobs, devices=args.devices,
                   retry_failed=args.retry_failed, dry_run=args.dry_run,
                   executor=args.executor, address=args.address,
-                  cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell)
+                  cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
+                  stack=args.stack == "on")
     except RunnerError as exc:
         print(f"pacsim bench: error: {exc}", file=sys.stderr)
         return 1

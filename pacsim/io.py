@@ -9,6 +9,7 @@ renamed into place, so an interrupted save never leaves a half-written checkpoin
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ from .fsutil import atomic_write, not_a_file
 from .models.physical import PhysicalModel
 from .models.registry import build
 from .pac.masks import Masks
+from .pac.view import view as pac_view
 
 FORMAT = "pacsim-checkpoint"
 FORMAT_VERSION = 1
@@ -160,13 +162,21 @@ def _check_normalizer(norm: Normalizer, config: dict[str, Any], meta: dict[str, 
                              f"model {dim}")
 
 
-def load_predictor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-                   ) -> nn.Module:
+def load_predictor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+                   setting: str | None = None) -> nn.Module:
     """The checkpoint's model in eval mode, mapping physical inputs to physical outputs.
 
-    Without saved statistics this is the bare model.
+    Without saved statistics this is the bare model. ``setting``: for a PAC checkpoint,
+    the network of that setting (``"source"``, ``"target"`` or a name given to
+    :func:`pacsim.pac.extend`), as a model of its own.
     """
-    model, _, meta = load_checkpoint(path, map_location)
+    model, masks, meta = load_checkpoint(path, map_location)
+    if setting is not None:
+        if masks is None:
+            raise CheckpointError(f"{path}: not a PAC checkpoint (no masks); it serves one "
+                                  "setting only")
+        with pac_view(model, masks, setting) as m:
+            model = copy.deepcopy(m)
     if "normalizer" in meta:
         model = PhysicalModel(model, Normalizer.from_dict(meta["normalizer"]))
     return model.eval()

@@ -203,10 +203,38 @@ def test_pac_needs_its_source_data(cli, files, tmp_path):
     assert code == 0, err
 
 
-def test_transfer_from_a_pac_checkpoint_with_pac_is_refused(cli, files, tmp_path):
-    _transfer(cli, files, "pac_r.pt", "--select", "fixed")
-    _refused(cli, ["transfer", files / "pac_r.pt", files / "tgt.h5", "--out",
-                   tmp_path / "t.pt"], "already a PAC checkpoint")
+def test_a_pac_network_takes_more_settings(cli, files, tmp_path):
+    code, _, err = _transfer(cli, files, "t1.pt", "--select", "fixed", "--setting", "warm")
+    assert code == 0, err
+    _refused(cli, ["transfer", files / "t1.pt", files / "tgt.h5", "--out", tmp_path / "t.pt"],
+             "source, warm", "--setting")
+    _refused(cli, ["transfer", files / "t1.pt", files / "tgt.h5", "--method", "finetune",
+                   "--setting", "x", "--out", tmp_path / "t.pt"], "--setting")
+    _flat(tmp_path / "hot.h5", 80, -0.8, 3)
+    code, text, err = cli("transfer", files / "t1.pt", tmp_path / "hot.h5", "--n", "16",
+                          "--select", "fixed", "--steps", "20", "--setting", "hot",
+                          "--out", tmp_path / "t2.pt")
+    assert code == 0, err
+    assert "added setting 'hot'" in text
+    model, masks, meta = load_checkpoint(tmp_path / "t2.pt")
+    assert masks.settings == ["source", "warm", "hot"] and meta["settings"] == masks.settings
+    assert set(meta["setting_data"]) == {"warm", "hot"}
+    # the source is the same to the bit in both networks; each setting is served
+    results = {}
+    for ckpt in ("t1.pt", "t2.pt"):
+        code, text, err = cli("evaluate", (files if ckpt == "t1.pt" else tmp_path) / ckpt,
+                              files / "src.h5", "--setting", "source", "--json")
+        assert code == 0, err
+        results[ckpt] = json.loads(text)["rmse"]
+    assert results["t1.pt"] == results["t2.pt"]
+    for s in ("warm", "hot"):
+        code, text, err = cli("evaluate", tmp_path / "t2.pt", files / "tgt.h5", "--setting", s)
+        assert code == 0 and f"setting {s}" in text, err
+    _refused(cli, ["evaluate", tmp_path / "t2.pt", files / "tgt.h5", "--setting", "cold"],
+             "source, warm, hot")
+    x = torch.from_numpy(H5Dataset(files / "src.h5", "test", normalize=False).arrays()[0])
+    warm = load_predictor(tmp_path / "t2.pt", setting="warm")(x)
+    assert not torch.equal(warm, load_predictor(tmp_path / "t2.pt")(x))
 
 
 def walkthrough() -> list[list[str]]:

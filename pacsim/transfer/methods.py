@@ -248,7 +248,8 @@ def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | Non
     if allocated is not None:
         model = copy.deepcopy(allocated[0])
         masks = copy.deepcopy(allocated[1])
-        masks.require("allocated", action="adapt('pac', allocated=...)")
+        # after allocate, or after extend() for one more setting in the same network
+        masks.require("allocated", "extended", action="adapt('pac', allocated=...)")
     else:
         if source is None:
             raise ValueError("method 'pac' needs the source data: pass source=(X, Y) "

@@ -32,21 +32,28 @@ from .provenance import check_out, check_shapes, file_fingerprint, file_info
 PREDICT_SPLITS = (*SPLITS, "all")
 
 
+def _setting(source_view: bool, setting: str | None) -> str | None:
+    if source_view and setting not in (None, pac.SOURCE):
+        raise ValueError(f"--source-view is --setting source, not --setting {setting}")
+    return pac.SOURCE if source_view else setting
+
+
 @contextlib.contextmanager
-def _served(checkpoint: str | os.PathLike[str], source_view: bool, device: str
+def _served(checkpoint: str | os.PathLike[str], setting: str | None, device: str
             ) -> Iterator[tuple[nn.Module, nn.Module, pac.Masks | None, dict[str, Any]]]:
-    """``(physical model, bare model, masks, meta)``; inside the source view if asked."""
+    """``(physical model, bare model, masks, meta)``; inside ``setting``'s view if asked."""
     model, masks, meta = load_checkpoint(checkpoint)
-    if source_view and masks is None:
+    if setting is not None and masks is None:
         raise ValueError(f"{checkpoint} is not a PAC checkpoint (it has no masks); "
-                         "--source-view needs one")
+                         f"--{'source-view' if setting == pac.SOURCE else 'setting'} "
+                         "needs one")
     model.to(resolve_device(device)).eval()
     phys = (PhysicalModel(model, Normalizer.from_dict(meta["normalizer"]))
             if "normalizer" in meta else model)
     phys.to(resolve_device(device))
-    if source_view:
+    if setting is not None:
         assert masks is not None
-        with pac.source_view(model, masks):
+        with pac.view(model, masks, setting):
             yield phys, model, masks, meta
     else:
         yield phys, model, masks, meta
@@ -58,33 +65,37 @@ def _check_split(split: str, allowed: tuple[str, ...]) -> None:
 
 
 def evaluate_file(checkpoint: str | os.PathLike[str], data: str | os.PathLike[str], *,
-                  split: str = "test", source_view: bool = False, device: str = "auto",
-                  ) -> dict[str, Any]:
+                  split: str = "test", source_view: bool = False, setting: str | None = None,
+                  device: str = "auto") -> dict[str, Any]:
     """Metrics of the checkpoint on one split of ``data``, in physical units: RMSE,
     nRMSE (mean relative L2 per sample, as PDEBench defines it), MAE, max error, R2, and
-    per output channel for fields."""
+    per output channel for fields. ``setting`` (``source_view``: ``"source"``): that
+    setting's network of a PAC checkpoint."""
     _check_split(split, SPLITS)
     info = file_info(data)
-    with _served(checkpoint, source_view, device) as (phys, model, _, meta):
+    setting = _setting(source_view, setting)
+    with _served(checkpoint, setting, device) as (phys, model, _, meta):
         check_shapes(model, meta, checkpoint, data, info)
         ds = H5Dataset(data, split, normalize=False)
         if not len(ds):
             raise ValueError(f"{data}: split {split!r} has no samples")
         metrics = evaluate(phys, ds, per_channel=True, device=resolve_device(device))
     return {"checkpoint": str(checkpoint), "data": str(data), "split": split,
-            "n": int(info.splits[split].size), "source_view": source_view, **metrics}
+            "n": int(info.splits[split].size), "setting": setting, **metrics}
 
 
 def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[str],
                  out: str | os.PathLike[str], *, split: str = "test", source_view: bool = False,
-                 batch_size: int = 1024, device: str = "auto", overwrite: bool = False
-                 ) -> Path:
+                 setting: str | None = None, batch_size: int = 1024, device: str = "auto",
+                 overwrite: bool = False) -> Path:
     """Predict the ``inputs`` of one split of a pacsim-h5 file (``"all"``: every sample,
     in file order) and write ``out``: a pacsim-h5 file with those inputs, the predictions
     as ``targets`` (physical units), all samples in its test split, and the checkpoint,
     source file and view in its attributes. Streams ``batch_size`` samples at a time;
-    the file appears only when complete."""
+    the file appears only when complete. ``setting`` (``source_view``: ``"source"``):
+    that setting's network of a PAC checkpoint."""
     _check_split(split, PREDICT_SPLITS)
+    setting = _setting(source_view, setting)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     check_out(out, overwrite)
@@ -96,8 +107,9 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
     attrs = {"predicted_by": str(Path(checkpoint).resolve()),
              "checkpoint_fingerprint": file_fingerprint(checkpoint),
              "predicted_from": str(Path(inputs).resolve()),
-             "predicted_split": split, "source_view": bool(source_view)}
-    with _served(checkpoint, source_view, device) as (phys, model, _, meta), \
+             "predicted_split": split, "setting": setting or "",
+             "source_view": setting == pac.SOURCE}
+    with _served(checkpoint, setting, device) as (phys, model, _, meta), \
             open_h5(Path(inputs)) as f, torch.no_grad():
         check_shapes(model, meta, checkpoint, inputs, info, targets=False)
         writer: DatasetWriter | None = None

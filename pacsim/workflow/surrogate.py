@@ -146,7 +146,7 @@ def _source_file(ckpt: str | os.PathLike[str], meta: dict[str, Any],
     (refused when its bytes changed since)."""
     if source is not None:
         return Path(source)
-    rec = meta.get("data") or {}
+    rec = (meta.get("source_data") if meta.get("kind") == "target" else meta.get("data")) or {}
     if "file" not in rec:
         raise ValueError(f"{ckpt} records no source data file; pass --source SOURCE.h5")
     path = Path(rec["file"])
@@ -166,7 +166,8 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
                        selection: str = "cv", folds: int = 5, steps: int = 500,
                        lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
                        allocate_epochs: int | None = None, device: str = "auto",
-                       seed: int = 0, overwrite: bool = False, progress: bool | None = None,
+                       seed: int = 0, setting: str | None = None, extend_ratio: float = 0.5,
+                       overwrite: bool = False, progress: bool | None = None,
                        log: Log | None = None) -> dict[str, Any]:
     """Transfer the surrogate in ``checkpoint`` to ``target``'s train split (its first
     ``n`` samples drawn by ``seed``, default all) with ``method`` and write ``out``.
@@ -179,7 +180,11 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     ``allocate_epochs`` (default: a third of the source training's epochs) and store
     their masks, so the source view keeps serving the source setting.
     The target data is normalised with the checkpoint's statistics: one normalisation
-    serves both settings. Returns the new checkpoint's metadata.
+    serves both settings. ``setting`` names the new setting of a PAC network (default
+    ``"target"``); from a PAC checkpoint it is required and adds one more setting to the
+    same network (:func:`pacsim.pac.extend` frees ``extend_ratio`` of the newest
+    setting's entries for it; every earlier setting stays exact).
+    Returns the new checkpoint's metadata.
     """
     say = _log(log)
     if method not in METHODS:
@@ -193,9 +198,18 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
                          "pacsim train)")
     is_pac = method.startswith("pac")
-    if is_pac and masks is not None:
-        raise ValueError(f"{checkpoint} is already a PAC checkpoint; transfer from the "
-                         "source checkpoint it came from")
+    extending = is_pac and masks is not None
+    if setting is not None and not is_pac:
+        raise ValueError(f"--setting names a setting of a PAC network; {method!r} makes one "
+                         "network per setting")
+    if extending and setting is None:
+        assert masks is not None
+        raise ValueError(f"{checkpoint} is already a PAC network serving "
+                         f"{', '.join(masks.settings)}; name the new setting with "
+                         "--setting NAME to add it")
+    if extending:
+        assert masks is not None and setting is not None
+        pac.extend(model, masks, setting, ratio=extend_ratio)
     normalizer = Normalizer.from_dict(meta["normalizer"])
     info = file_info(target)
     check_shapes(model, meta, checkpoint, target, info)
@@ -208,7 +222,13 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     x, y = pool.subset(n, seed=seed) if n < n_avail else pool.tensors()
     kwargs: dict[str, Any] = {}
     src_path: Path | None = None
-    if is_pac:
+    if extending:
+        kwargs["allocated"] = (model, masks)
+        try:
+            src_path = _source_file(checkpoint, meta, source)
+        except (ValueError, FileNotFoundError) as exc:
+            say(f"note: no source view check ({exc})")
+    elif is_pac:
         src_path = _source_file(checkpoint, meta, source)
         src_info = file_info(src_path)
         check_shapes(model, meta, checkpoint, src_path, src_info)
@@ -248,9 +268,19 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         "metrics": {"target_val_before": before, "target_val": after},
     }
     _report(say, "target val", before, after)
+    if res.masks is not None:
+        if not extending and setting is not None:
+            res.masks.settings[1] = setting
+        name = res.masks.settings[res.masks.latest]
+        record["settings"] = list(res.masks.settings)
+        record["setting_data"] = {**meta.get("setting_data", {}), name: record["data"]}
+        if extending:
+            say(f"added setting {name!r} to the network of "
+                f"{', '.join(res.masks.settings[:-1])}: every earlier setting is untouched")
     if res.masks is not None and src_path is not None:
         record["source_data"] = data_record(src_path, file_info(src_path))
-        src_before = (meta.get("metrics") or {}).get("val")
+        src_before = ((meta.get("metrics") or {}).get("source_val_before") if extending
+                      else (meta.get("metrics") or {}).get("val"))
         if src_before is None:
             src_before = physical_metrics(model, normalizer, src_path, "val", device=dev)
         src_after = physical_metrics(res.model, normalizer, src_path, "val",
