@@ -125,3 +125,87 @@ def test_a_killed_writers_temp_is_swept_and_others_reported(tmp_path, cli):
     assert "a temporary file of another writer" in err and str(old) in err
     assert _temps(tmp_path) == [old.name]
     assert all(line.startswith("pacsim: warning: ") for line in err.splitlines())
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def _gone(pids: list[int], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _diode_with_workers(out: Path) -> tuple[subprocess.Popen, list[int]]:
+    pytest.importorskip("devsim")
+    from pacsim.sims.base import SimulationError
+    from pacsim.sims.diode import _devsim
+
+    try:
+        _devsim()
+    except SimulationError as exc:
+        pytest.skip(str(exc))
+    with open(out.parent / "stderr.txt", "w") as err:  # orphans would hold a pipe open
+        proc = subprocess.Popen([*PACSIM, "simulate", "diode", "--n", "400", "--out",
+                                 str(out)], stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "PACSIM_SIM_WORKERS": "2"})
+    end = time.monotonic() + 30
+    while len(kids := _children(proc.pid)) < 2:
+        assert proc.poll() is None, (out.parent / "stderr.txt").read_text()
+        assert time.monotonic() < end, "no worker processes appeared"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers are inside DEVSIM
+    return proc, kids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_diode_workers_stop_with_an_interrupt(tmp_path):
+    proc, kids = _diode_with_workers(tmp_path / "d.h5")
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # to the main process only, not the group
+    try:
+        proc.wait(timeout=5)
+        assert _gone(kids, 5), "worker processes outlived the run"
+    finally:
+        for pid in [proc.pid, *kids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 130, (tmp_path / "stderr.txt").read_text()
+    assert time.monotonic() - start < 5
+    assert _temps(tmp_path) == [] and not (tmp_path / "d.h5").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc")
+def test_diode_workers_die_with_a_killed_parent(tmp_path):
+    proc, kids = _diode_with_workers(tmp_path / "d.h5")
+    proc.kill()
+    proc.wait()
+    try:
+        assert _gone(kids, 5), "worker processes outlived a killed parent"
+    finally:
+        for pid in kids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -202,6 +202,9 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
     finally:
         if bar is not None:
             bar.close()
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()  # a simulator's worker processes end now, not when collected
     return Path(out)
 
 

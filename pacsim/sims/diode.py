@@ -12,19 +12,25 @@ density n_i = sqrt(Nc Nv) exp(-Eg / 2kT) with Nc, Nv ~ T^1.5 and Varshni's Eg(T)
 mobilities ~ (T/300 K)^-1.5. The device is 10 um long with an abrupt junction in the
 middle; each sample is simulated in its own DEVSIM device, samples are spread over
 worker processes (one per core, or ``PACSIM_SIM_WORKERS``) and written by one writer.
+The workers end with the run: an interrupt or an error terminates the pool, and a worker
+whose parent dies (even by SIGKILL) is killed too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing as mp
 import os
+import signal
+import sys
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from .. import procutil
 from .base import Param, SimulationError, Simulator, blocks_of, register
 
 LENGTH_CM = 1e-3
@@ -173,25 +179,49 @@ def _curves(args: tuple[np.ndarray, float, float, np.ndarray]) -> np.ndarray:
     return np.stack([iv_curve(na, nd, temperature, tau, biases) for na, nd in dopings])
 
 
+def _init_worker(parent: int) -> None:
+    """A worker ends with its parent, even one killed by SIGKILL, and leaves stop signals
+    to it: Ctrl-C reaches the whole process group, and the parent terminates the pool."""
+    procutil.die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in procutil.SIGNALS[1:]:
+        signal.signal(sig, signal.SIG_DFL)  # terminate() stops a worker even inside DEVSIM
+
+
 def _generate(n: int, p: dict[str, Any], rng: np.random.Generator) -> Iterator[tuple[Any, ...]]:
     _devsim()
     biases = bias_points(p)
-    dop = rng.uniform(p["log_doping_min"], p["log_doping_max"], size=(n, 2))
-    jobs = [(dop[lo:hi], p["temperature"], p["tau"], biases)
-            for lo, hi in blocks_of(n, BLOCK)]
-    workers = min(int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1, len(jobs))
+
+    def jobs() -> Iterator[tuple[np.ndarray, float, float, np.ndarray]]:
+        for lo, hi in blocks_of(n, BLOCK):  # drawn block by block: memory stays bounded
+            yield (rng.uniform(p["log_doping_min"], p["log_doping_max"], size=(hi - lo, 2)),
+                   p["temperature"], p["tau"], biases)
+
+    n_jobs = -(-n // BLOCK)
+    workers = min(int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1, n_jobs)
     if workers <= 1:
-        results: Iterator[np.ndarray] = map(_curves, jobs)
-        executor = None
-    else:
-        executor = ProcessPoolExecutor(max_workers=workers)
-        results = executor.map(_curves, jobs)
+        for job in jobs():
+            yield job[0], np.log10(_curves(job)), job[0]
+        return
+    # the dopings are drawn in this process, in order, so the pool sees them as they go
+    drawn: deque[np.ndarray] = deque()
+
+    def recorded() -> Iterator[tuple[np.ndarray, float, float, np.ndarray]]:
+        for job in jobs():
+            drawn.append(job[0])
+            yield job
+
+    fork = sys.platform.startswith("linux")  # the workers' parent must be this process
+    pool = mp.get_context("fork" if fork else None).Pool(workers, initializer=_init_worker,
+                                       initargs=(os.getpid(),))
     try:
-        for (lo, hi), j in zip(blocks_of(n, BLOCK), results):
-            yield dop[lo:hi], np.log10(j), dop[lo:hi]
+        for j in pool.imap(_curves, recorded()):
+            dop = drawn.popleft()
+            yield dop, np.log10(j), dop
+        pool.close()
     finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
+        pool.terminate()  # workers stop at once, also on an interrupt or an error
+        pool.join()
 
 
 def _finalize(p: dict[str, Any], setting: str) -> dict[str, Any]:
