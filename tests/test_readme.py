@@ -66,3 +66,26 @@ def test_readme_selection_example_runs(capsys):
     exec(compile(block, str(README), "exec"), env)
     out = capsys.readouterr().out
     assert "'subspace'" in out and "'lr'" in out
+
+
+def test_readme_more_settings_example_runs(capsys):
+    from conftest import make_model
+
+    from pacsim import pac
+    from pacsim.train import evaluate
+
+    block = re.search(r"### More settings in one network\n\n```python\n(.*?)```",
+                      README.read_text(), re.S).group(1)
+    model = make_model("mlp")
+    masks = pac.prune(model, ratio=0.8)
+    pac.allocate(model, masks, make_data("mlp", seed=1), epochs=2, seed=0)
+    (xt, yt), (xh, yh) = make_data("mlp", seed=2, shift=0.5), make_data("mlp", seed=3, shift=1)
+    tests = {s: make_data("mlp", n=16, seed=9, shift=sh)
+             for s, sh in (("source", 0.0), ("target", 0.5), ("hot", 1.0))}
+    env = {"pac": pac, "evaluate": evaluate, "model": model, "masks": masks, "X_t1": xt,
+           "Y_t1": yt, "X_hot": xh, "Y_hot": yh,
+           "X_test": {s: v[0] for s, v in tests.items()},
+           "Y_test": {s: v[1] for s, v in tests.items()}}
+    exec(compile(block, str(README), "exec"), env)
+    out = capsys.readouterr().out
+    assert "source {" in out and "target {" in out and "hot {" in out
