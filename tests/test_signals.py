@@ -209,3 +209,39 @@ def test_diode_workers_die_with_a_killed_parent(tmp_path):
         for pid in kids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_sizes_that_cannot_work_fail_before_writing(tmp_path, cli, monkeypatch):
+    from pacsim.sims import base
+
+    out = tmp_path / "x.h5"
+    code, _, err = cli("simulate", "diode", "--n", 10**12, "--out", out)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "10^12" not in err and "samples need about" in err and "largest file" in err
+    monkeypatch.setattr(base.shutil, "disk_usage", lambda p: shutil_usage(10**6))
+    code, _, err = cli("simulate", "friedman", "--n", 100_000, "--out", out)
+    assert code == 2 and f"but {tmp_path} has 1 MB free" in err
+    monkeypatch.undo()
+    monkeypatch.setattr(base, "_available_memory", lambda: 10**6)
+    code, _, err = cli("simulate", "friedman", "--n", 100_000, "--out", out)
+    assert code == 2 and "of memory to finish the file" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(10 * free, 9 * free, free)
+
+
+@pytest.mark.parametrize("name", ["friedman", "pendulum", "burgers1d", "darcy2d", "diode"])
+def test_declared_shapes_are_the_simulated_ones(name):
+    from pacsim import sims
+
+    sim = sims.get(name)
+    params = sim.resolve("source", {})
+    try:
+        first = next(sim.generate(1, params, np.random.default_rng(0)))
+    except sims.SimulationError as exc:  # DEVSIM cannot start here
+        pytest.skip(str(exc))
+    assert tuple(map(tuple, sim.shapes(params))) == (first[0].shape[1:], first[1].shape[1:])

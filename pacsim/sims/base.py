@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ class Simulator:
 
     ``generate(n, params, rng)`` yields blocks ``(inputs, targets)`` (or with a third
     entry, per-sample parameters); ``coords(params)`` returns the grids; ``describe``
-    is what changes between settings and why it is hard.
+    is what changes between settings and why it is hard; ``shapes(params)`` gives one
+    sample's input and target shapes (without it, the first block tells).
     """
 
     name: str
@@ -95,6 +97,8 @@ class Simulator:
     sample_param_names: Sequence[str] | None = None
     finalize: Callable[[dict[str, Any], str], dict[str, Any]] = lambda p, s: p
     describe: str = ""
+    shapes: Callable[[dict[str, Any]], tuple[Sequence[int], Sequence[int]]] | None = None
+    """(input shape, target shape) of one sample, so sizes are checked before any run."""
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -182,9 +186,15 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise SimulationError(f"{name}: n must be a positive integer, got {n!r}")
     params = sim.resolve(setting, overrides)
+    n_params = len(sim.sample_param_names or ())
+    if sim.shapes is not None:
+        check_size(name, n, sample_bytes(*sim.shapes(params), n_params), out)
     rng = np.random.default_rng(seed)
     blocks = sim.generate(n, params, rng)
     first = next(blocks)
+    if sim.shapes is None:
+        shapes = (np.shape(first[0])[1:], np.shape(first[1])[1:])
+        check_size(name, n, sample_bytes(*shapes, n_params), out)
     bar = progress_bar(progress, n, f"{name} ({setting})", unit="sample")
     try:
         with DatasetWriter(out, input_shape=np.shape(first[0])[1:],
@@ -207,6 +217,63 @@ def simulate(name: str, *, setting: str, n: int, seed: int, out: str | os.PathLi
             close()  # a simulator's worker processes end now, not when collected
     return Path(out)
 
+
+
+#: The largest file ``simulate`` writes (1 TB); write several files for more.
+MAX_OUTPUT_BYTES = 10**12
+#: Memory per sample when the file is finished (the split's permutation and indices).
+_CLOSE_BYTES = 24
+
+
+def sample_bytes(input_shape: Sequence[int], target_shape: Sequence[int],
+                 n_params: int = 0) -> int:
+    """Bytes one sample takes in a pacsim-h5 file (float32 data, float64 params, int64
+    split index)."""
+    return 4 * (math.prod(input_shape) + math.prod(target_shape)) + 8 * n_params + 8
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if b < 1000 or unit == "TB":
+            return f"{b:.3g} {unit}"
+        b /= 1000
+    return f"{b:.3g} TB"
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_size(name: str, n: int, per_sample: int, out: str | os.PathLike[str]) -> None:
+    """Refuse ``n`` samples of ``per_sample`` bytes that cannot be written to ``out``:
+    beyond :data:`MAX_OUTPUT_BYTES`, the free space of its folder, or the memory that
+    finishing the file needs. :class:`SimulationError` (one line) before anything runs."""
+    total = n * per_sample
+    folder = Path(os.path.abspath(out)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    what = f"{name}: {n} samples need about {_size(total)}"
+    if total > MAX_OUTPUT_BYTES:
+        raise SimulationError(f"{what}, above the largest file simulate writes "
+                              f"({_size(MAX_OUTPUT_BYTES)}); write several smaller files")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and total > free:
+        raise SimulationError(f"{what} but {folder} has {_size(free)} free")
+    memory = _available_memory()
+    if memory is not None and n * _CLOSE_BYTES > memory:
+        raise SimulationError(f"{name}: {n} samples need about {_size(n * _CLOSE_BYTES)} of "
+                              f"memory to finish the file, more than the {_size(memory)} "
+                              "available")
 
 
 def blocks_of(n: int, size: int) -> Iterator[tuple[int, int]]:

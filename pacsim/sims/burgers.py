@@ -123,6 +123,7 @@ SIMULATOR = register(Simulator(
     ),
     settings={"source": {}, "target": {"nu": 0.01}},
     generate=_generate,
+    shapes=lambda p: ((1, p["nx"]), (1, p["nx"])),
     coords=lambda p: {"x": grid(p["nx"])},
     describe="viscosity 0.05 -> 0.01: fronts steepen into near-shocks five times "
              "sharper than the source ever shows",

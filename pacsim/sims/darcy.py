@@ -113,6 +113,7 @@ SIMULATOR = register(Simulator(
     ),
     settings={"source": {}, "target": {"a_low": 1.0, "length_scale": 0.05}},
     generate=_generate,
+    shapes=lambda p: ((1, p["nx"], p["nx"]), (1, p["nx"], p["nx"])),
     coords=lambda p: {"x": grid(p["nx"]), "y": grid(p["nx"])},
     finalize=_finalize,
     describe="coefficient contrast 4 -> 12 and inclusions half as large: the pressure "

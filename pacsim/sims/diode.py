@@ -246,6 +246,7 @@ SIMULATOR = register(Simulator(
     ),
     settings={"source": {}, "target": {"temperature": 350.0, "tau": 1e-8}},
     generate=_generate,
+    shapes=lambda p: ((2,), (p["nv"],)),
     coords=lambda p: {"V": bias_points(p)},
     input_names=lambda p: ["log10_NA", "log10_ND"],
     sample_param_names=("log10_NA", "log10_ND"),

@@ -81,6 +81,7 @@ SIMULATOR = register(Simulator(
     ),
     settings={"source": {}, "target": {"a": None, "b": None, "c": None, "q": 1.0}},
     generate=_generate,
+    shapes=lambda p: ((N_FEATURES,), (1,)),
     input_names=lambda p: [f"x{i + 1}" for i in range(N_FEATURES)],
     finalize=_finalize,
     describe="the coefficients a, b, c move by q (N(1, 0.1q), N(0, 0.05q)); the shape of "

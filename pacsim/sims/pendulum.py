@@ -64,6 +64,7 @@ SIMULATOR = register(Simulator(
     ),
     settings={"source": {}, "target": {"gamma": 0.4, "omega": 1.5}},
     generate=_generate,
+    shapes=lambda p: ((2,), (2, p["nt"])),
     coords=lambda p: {"t": times(p)},
     input_names=lambda p: ["theta0", "dtheta0"],
     describe="damping 0.1 -> 0.4 /s and frequency 1.0 -> 1.5 rad/s: phases drift apart "
