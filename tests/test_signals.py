@@ -245,3 +245,65 @@ def test_declared_shapes_are_the_simulated_ones(name):
     except sims.SimulationError as exc:  # DEVSIM cannot start here
         pytest.skip(str(exc))
     assert tuple(map(tuple, sim.shapes(params))) == (first[0].shape[1:], first[1].shape[1:])
+
+
+_FUZZ_RUNNER = """
+import contextlib, io, json, sys
+from pacsim.cli import main
+for f in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["inspect", f])
+    print(json.dumps({"file": f, "code": code, "err": err.getvalue()}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_inspect_of_damaged_files_is_valid_or_one_line(tmp_path):
+    from pacsim.data import write_dataset
+
+    rng = np.random.default_rng(13)
+    good = tmp_path / "good.h5"
+    write_dataset(good, rng.normal(size=(20, 3)), rng.normal(size=(20, 2)), simulator="t",
+                  setting="s", params={"a": 1}, seed=0, coords={"x": np.arange(3.0)})
+    data = good.read_bytes()
+    files = []
+    for i in range(300):
+        b = bytearray(data)
+        if i % 4 == 3:
+            b = b[:int(rng.integers(0, len(b)))]
+        else:
+            for pos in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+                b[pos] = int(rng.integers(0, 256))
+        f = tmp_path / f"bad{i:03d}.h5"
+        f.write_bytes(bytes(b))
+        files.append(str(f))
+    res = subprocess.run([sys.executable, "-c", _FUZZ_RUNNER, *files], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    outcomes = [__import__("json").loads(line) for line in res.stdout.splitlines()]
+    assert [o["file"] for o in outcomes] == files
+    for o in outcomes:
+        if o["code"] == 0:
+            assert o["err"] == "", o
+        else:
+            assert o["code"] == 2 and len(o["err"].splitlines()) == 1, o
+            assert o["err"].startswith("pacsim inspect: error: ") and o["file"] in o["err"], o
+
+
+def test_inspect_survives_a_crash_inside_hdf5(tmp_path, cli, monkeypatch):
+    from pacsim.data import inspect as inspect_module
+
+    def crash(path, check=False):  # what a damaged file can make HDF5 do
+        import faulthandler
+
+        faulthandler.disable()  # no dump of the child's stack in the test output
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    f = tmp_path / "damaged.h5"
+    f.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    monkeypatch.setattr(inspect_module, "describe", crash)
+    code, out, err = cli("inspect", f)
+    assert code == 2 and out == ""
+    assert err == (f"pacsim inspect: error: {f}: HDF5 crashed reading it (SIGSEGV); the file "
+                   "is damaged or not HDF5\n")

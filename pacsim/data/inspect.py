@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,42 @@ def describe(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError,
             IndexError, UnicodeDecodeError) as exc:
         raise unreadable(Path(path), exc) from None
+
+
+def describe_isolated(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any]:
+    """:func:`describe` in a forked child, for files that may be damaged: if HDF5 itself
+    crashes (a segmentation fault inside the library), the result is a one-line
+    :class:`DatasetError` naming the file instead of a dead process. Without ``fork``
+    (not POSIX) it is :func:`describe`."""
+    if not hasattr(os, "fork"):
+        return describe(path, check)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: describe, send the outcome to the parent, never return
+        code = 0
+        try:
+            os.close(read)
+            try:
+                msg: dict[str, Any] = {"ok": describe(path, check)}
+            except DatasetError as exc:
+                msg = {"error": str(exc)}
+            with os.fdopen(write, "wb") as out:
+                pickle.dump(msg, out)
+        except BaseException:  # noqa: BLE001 - the parent reports a child without an answer
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as inp:
+        text = inp.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) or not text:
+        why = (f"HDF5 crashed reading it ({signal.Signals(os.WTERMSIG(status)).name})"
+               if os.WIFSIGNALED(status) else "reading it failed")
+        raise DatasetError(f"{path}: {why}; the file is damaged or not HDF5")
+    msg = pickle.loads(text)  # written by our own child just now
+    if "error" in msg:
+        raise DatasetError(msg["error"])
+    return msg["ok"]
 
 
 def _describe(path: str | os.PathLike[str], check: bool) -> dict[str, Any]:
