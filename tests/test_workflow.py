@@ -276,3 +276,21 @@ def test_fno_from_the_terminal(cli, tmp_path):
     views = [json.loads(cli("evaluate", tmp_path / "g.pt", tmp_path / "f.h5", "--source-view",
                             "--json")[1])["rmse"] for _ in range(2)]
     assert views[0] == views[1]
+
+
+def test_a_file_that_crashes_hdf5_is_one_line(cli, files, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from pacsim.data import inspect as inspect_module
+
+    def crash(path, check=False):  # what a damaged file can make HDF5 do
+        import faulthandler
+
+        faulthandler.disable()
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(inspect_module, "describe", crash)
+    _refused(cli, ["evaluate", files / "src.pt", files / "tgt.h5"], "tgt.h5", "HDF5 crashed")
+    _refused(cli, ["train", files / "src.h5", "--out", tmp_path / "x.pt"], "src.h5",
+             "HDF5 crashed", out=tmp_path / "x.pt")

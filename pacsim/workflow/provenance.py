@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..data.format import FileInfo, open_h5, validate
+from ..data.inspect import describe_isolated
 from ..fsutil import check_target
 
 _OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace it"
@@ -26,10 +27,14 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
 
 
 def file_info(path: str | os.PathLike[str]) -> FileInfo:
-    """Validate a pacsim-h5 file; a missing one is a FileNotFoundError naming it."""
+    """Validate a pacsim-h5 file; a missing one is a FileNotFoundError naming it.
+
+    The first read of a user's file happens in a forked child (:func:`describe_isolated`),
+    so a file that crashes HDF5 itself ends in one :class:`DatasetError` line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
+    describe_isolated(path)
     with open_h5(path) as f:
         return validate(f, path)
 
