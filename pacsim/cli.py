@@ -66,10 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
                    help="with --executor ray: GPUs of each task, fractions share a GPU "
                         "(e.g. 0.25; default 0: the CPU)")
-    b.add_argument("--stack", default="on", choices=("on", "off"),
-                   help="on (default): each cell's cross-validation trains its folds x "
-                        "configurations at once (fit_many) where the model allows; off: "
-                        "one by one")
+    b.add_argument("--stack", default="auto", choices=("auto", "on", "off"),
+                   help="train each cell's cross-validation folds x configurations at once "
+                        "(fit_many); auto (default): where measured faster (CUDA; on the "
+                        "CPU models without 2D convolutions), on: wherever the model "
+                        "allows, off: one by one")
     b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     b.add_argument("--dry-run", action="store_true",
                    help="list the cells that would run and why (new, changed, failed); "
@@ -318,7 +319,7 @@ def _bench(args: argparse.Namespace) -> int:
                   retry_failed=args.retry_failed, dry_run=args.dry_run,
                   executor=args.executor, address=args.address,
                   cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
-                  stack=args.stack == "on")
+                  stack={"on": True, "off": False}.get(args.stack, "auto"))
     except RunnerError as exc:
         print(f"pacsim bench: error: {exc}", file=sys.stderr)
         return 1

@@ -78,6 +78,22 @@ def test_stacking_falls_back_where_models_cannot_stack():
     assert res.selection["stacked"] is False
 
 
+def test_auto_stacks_where_measured_faster_on_the_cpu():
+    from pacsim.models import CNN
+
+    sel = SelectionConfig(folds=2, max_steps=2)
+    mlp = select("finetune", make_model("mlp"), make_data("mlp", n=6), selection=sel,
+                 steps=1, seed=0, stack="auto", **KW)
+    torch.manual_seed(0)
+    cnn2d = CNN(2, 2, 1, width=4, depth=1, kernel_size=3)
+    conv = select("finetune", cnn2d, make_data("cnn2d", n=6), selection=sel, steps=1,
+                  seed=0, stack="auto", **KW)
+    assert mlp.selection["stacked"] and not conv.selection["stacked"]
+    with pytest.raises(ValueError, match="stack"):
+        select("finetune", make_model("mlp"), make_data("mlp", n=6), selection=sel, steps=1,
+               stack="yes", **KW)
+
+
 def test_select_is_reproducible_by_seed_and_depends_on_it():
     model, src, tgt = _problem(n=15)
     sel = SelectionConfig(folds=5, max_steps=20)

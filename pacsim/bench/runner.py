@@ -119,7 +119,7 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
               retry_failed: bool = False, dry_run: bool = False,
               executor: str = "local", address: str | None = None,
               cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
-              stack: bool = True, log: Callable[[str], Any] = print) -> Path:
+              stack: bool | str = "auto", log: Callable[[str], Any] = print) -> Path:
     """Run (or resume) a suite into ``out``; returns the results file.
 
     ``executor="local"``: ``jobs`` processes (default 1) on ``devices``
@@ -129,9 +129,9 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
     GPUs each, on the cluster at ``address`` (``"auto"`` or ``"HOST:PORT"``) or, without
     one, on an embedded Ray of ``jobs * cpus_per_cell`` CPUs (default: every core).
     ``dry_run`` only says what would run and why. A second run on the same ``out`` is
-    refused (:class:`execute.FolderBusy`). ``stack``: each cell's cross-validation
-    trains its folds x configurations as ``fit_many`` stacks where the model allows
-    (see :func:`pacsim.transfer.select`).
+    refused (:class:`execute.FolderBusy`). ``stack``: whether each cell's
+    cross-validation trains its folds x configurations as ``fit_many`` stacks (True,
+    False, or ``"auto"``: where measured faster, see :func:`pacsim.transfer.select`).
     """
     if os.path.lexists(out) and not Path(out).is_dir():
         raise ValueError(f"{out}: exists and is not a folder; --out names the results folder")

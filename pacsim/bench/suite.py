@@ -181,9 +181,10 @@ class Suite:
     data_dir: Path
     selection: SelectionConfig = SelectionConfig(mode="fixed")
     #: How cross-validation trains, not what: folds x configurations as ``fit_many``
-    #: stacks (``pacsim bench --stack``). Same trainings up to float rounding, so not
-    #: part of any cell's identity; each record says so in ``selection["stacked"]``.
-    stack: bool = False
+    #: stacks (``pacsim bench --stack``: True, False or "auto", see
+    #: :func:`pacsim.transfer.select`). Same trainings up to float rounding, so not part
+    #: of any cell's identity; each record says so in ``selection["stacked"]``.
+    stack: bool | str = False
 
     def cells(self) -> list[Cell]:
         """Every (pair, method, n_target, seed), in run order."""
