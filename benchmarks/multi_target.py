@@ -171,10 +171,11 @@ def main() -> None:
                 r = run(pair, seed, args.n, Path(tmp))
                 results.append(r)
                 print(f"{pair} seed {seed}: {r['seconds']:.0f} s", flush=True)
-    (out / "results.json").write_text(json.dumps({"machine": one_line(), "results": results},
+    machine = one_line(torch.device("cpu"))
+    (out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
                                                  indent=1))
     _figure(results, out / "multi_target.png")
-    print(one_line(), f"torch {torch.__version__}; n = {args.n} per setting, "
+    print(machine, f"n = {args.n} per setting, "
           f"seeds {args.seeds}")
     print("| pair | method | source | " + " | ".join(f"t{k}" for k in
                                                       range(1, len(CHAINS['friedman']) + 1))

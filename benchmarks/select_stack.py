@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="best of N rounds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(one_line(), f"torch {torch.__version__}, {args.threads} thread(s)")
+    machine = one_line(torch.device("cpu"))
+    print(machine, f"{args.threads} thread(s)")
     print("| cell | method | one by one [s] | stacked [s] | speedup | same choice |")
     print("|---|---|---|---|---|---|")
     for name, (make, sx, sy, n, steps) in CASES.items():
