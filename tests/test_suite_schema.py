@@ -26,6 +26,21 @@ def test_typed_suite(tmp_path):
     assert load_suite(_suite(tmp_path)).selection == SelectionConfig(mode="fixed")
 
 
+def test_a_pair_may_set_its_own_method_options(tmp_path):
+    plain = load_suite(_suite(tmp_path))
+    path = _suite(tmp_path, pair='method = { pac = { scope = "layer", ratio = 0.4 } }')
+    suite = load_suite(path)
+    own = suite.method("fried", "pac").options
+    assert (own.scope, own.ratio) == ("layer", 0.4)
+    assert suite.methods["pac"].options.ratio == 0.5  # the suite's own stays
+    cells = suite.cells()
+    for cell in cells:  # only the overridden method's cells change identity
+        same = suite.cell_id(cell) == plain.cell_id(cell)
+        assert same == (cell.method != "pac"), cell
+        if cell.method == "pac":
+            assert suite.identity(cell)["config"]["options"]["scope"] == "layer"
+
+
 BAD = [
     # (where, text, words the one-line message must hold)
     ("extra", "[method.pac]\nratoi = 0.5", ["[method.pac]", "'ratoi'"]),
@@ -53,6 +68,8 @@ BAD = [
     ("seeds", "[-1]", ["seeds"]),
     ("n_target", "[5, 5]", ["n_target", "duplicate"]),
     ("methods", '["pac", "pac"]', ["methods", "duplicate"]),
+    ("pair", 'method = { pac = { ratoi = 0.5 } }', ["[pair.fried.method.pac]", "'ratoi'"]),
+    ("pair", 'method = { l2sp = { alpha = 1.0 } }', ["[pair.fried.method]", "l2sp"]),
 ]
 
 

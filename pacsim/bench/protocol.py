@@ -222,7 +222,7 @@ def _prepare_allocated(ctx: Context, pair: str, seed: int, method: str, path: Pa
     model, _, _ = load_checkpoint(ctx.source_cache(pair, seed))
     t0 = time.perf_counter()
     masks, info = prune_and_allocate(
-        model, data.source_train, ctx.suite.methods[method].options,
+        model, data.source_train, ctx.suite.method(pair, method).options,
         source_val=data.source_val, epochs=spec.train.allocate_epochs,
         batch_size=spec.train.source_batch_size, lr_schedule="cosine",
         **ctx.fit_kwargs(pair, seed))
@@ -248,7 +248,7 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     if alloc_path is not None:
         alloc_model, alloc_masks, alloc_meta = ctx.load(alloc_path)
         extra["allocated"] = (alloc_model, alloc_masks)
-    mcfg = ctx.suite.methods[method]
+    mcfg = ctx.suite.method(pair, method)
     t0 = time.perf_counter()
     res = select(method, source_model, target, selection=ctx.suite.selection,
                  steps=spec.train.target_steps, grid=mcfg.grid,

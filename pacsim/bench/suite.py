@@ -23,7 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +40,7 @@ from ..transfer import DEFAULT_GRIDS, METHODS, Options, SelectionConfig, check_g
 PROTOCOL = 2
 TOP_KEYS = ("name", "seeds", "n_target", "methods", "method", "train", "pair", "data_dir",
             "selection")
-PAIR_KEYS = ("recipe", "model", "n_source", "n_target_pool", "n_target")
+PAIR_KEYS = ("recipe", "model", "n_source", "n_target_pool", "n_target", "method")
 #: Models a suite can name; each is sized from the data by its ``for_data`` (its
 #: ``DATA_ARGS`` come from the data, every other constructor argument from the suite).
 MODELS = ("mlp", "cnn", "fno")
@@ -166,6 +166,8 @@ class PairSpec:
     model: dict[str, Any]
     train: TrainConfig
     n_target: list[int]
+    #: Methods whose options this pair sets (``[pair.NAME.method.pac]``), resolved.
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,6 +193,10 @@ class Suite:
         return [Cell(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
                 for n in spec.n_target for m in self.methods]
 
+    def method(self, pair: str, method: str) -> MethodSpec:
+        """``method`` as ``pair`` runs it: the suite's options, with the pair's own."""
+        return self.pairs[pair].methods.get(method) or self.methods[method]
+
     def source_config(self, pair: str, seed: int) -> dict[str, Any]:
         """Everything that shapes the source model of ``pair`` and ``seed`` (and its
         measurements, which read both sides of the pair)."""
@@ -202,7 +208,7 @@ class Suite:
     def allocate_config(self, pair: str, seed: int, method: str) -> dict[str, Any] | None:
         """Everything that shapes the PAC-allocated model ``method`` starts from (None for
         methods without one): the source model, the allocate options and budget."""
-        m = self.methods[method]
+        m = self.method(pair, method)
         if not m.needs_allocate:
             return None
         return _canonical({**self.source_config(pair, seed),
@@ -212,7 +218,7 @@ class Suite:
     def cell_config(self, cell: tuple[str, str, int, int]) -> dict[str, Any]:
         """The fully resolved configuration of a cell, as recorded with its result."""
         pair, method, n, seed = cell
-        m = self.methods[method]
+        m = self.method(pair, method)
         start = self.allocate_config(pair, seed, method) or self.source_config(pair, seed)
         if self.selection.mode == "fixed":
             selection: dict[str, Any] = {"mode": "fixed"}
@@ -279,7 +285,8 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
         raise SuiteError(f"{path}: [train] {exc}") from None
     if not raw.get("pair"):
         raise SuiteError(f"{path}: no [pair.NAME] sections")
-    pairs = {name: _pair(path, name, _table(spec, f"[pair.{name}]", path), train, n_target)
+    pairs = {name: _pair(path, name, _table(spec, f"[pair.{name}]", path), train, n_target,
+                         methods)
              for name, spec in _table(raw["pair"], "[pair]", path).items()}
     name = str(raw.get("name", path.stem))
     ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
@@ -296,26 +303,32 @@ def _methods(path: Path, raw: dict[str, Any]) -> dict[str, MethodSpec]:
     dup = sorted({m for m in names if names.count(m) > 1})
     if dup:
         raise SuiteError(f"{path}: 'methods' has duplicate values {dup}")
-    tables = _table(raw.get("method", {}), "[method]", path)
-    if set(tables) - set(names):
-        raise SuiteError(f"{path}: options for methods not in the suite: "
-                         f"{sorted(set(tables) - set(names))}")
-    out = {}
-    for m in names:
-        opts = dict(_table(tables.get(m, {}), f"[method.{m}]", path))
+    return _method_specs(path, "[method]", _table(raw.get("method", {}), "[method]", path),
+                         {m: MethodSpec(m, method_options(m, {})) for m in names})
+
+
+def _method_specs(path: Path, where: str, tables: dict[str, Any],
+                  base: dict[str, MethodSpec]) -> dict[str, MethodSpec]:
+    """``base`` with the options and grids of ``tables`` (method -> table) on top."""
+    if set(tables) - set(base):
+        raise SuiteError(f"{path}: {where} options for methods not in the suite: "
+                         f"{sorted(set(tables) - set(base))}")
+    out = dict(base)
+    for m, raw in tables.items():
+        opts = dict(_table(raw, f"{where[:-1]}.{m}]", path))
         grid = opts.pop("grid", None)
         try:
-            options = method_options(m, opts)
+            options = method_options(m, {**base[m].options.to_dict(), **opts})
             if grid is not None:
                 grid = check_grid(m, _table(grid, "grid", path))
         except ValueError as exc:
-            raise SuiteError(f"{path}: [method.{m}] {exc}") from None
-        out[m] = MethodSpec(m, options, grid)
+            raise SuiteError(f"{path}: {where[:-1]}.{m}] {exc}") from None
+        out[m] = MethodSpec(m, options, base[m].grid if grid is None else grid)
     return out
 
 
 def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
-          n_target: list[int]) -> PairSpec:
+          n_target: list[int], methods: dict[str, MethodSpec]) -> PairSpec:
     where = f"{path}: [pair.{name}]"
     if "recipe" not in spec or "model" not in spec:
         raise SuiteError(f"{where} needs 'recipe' and 'model'")
@@ -352,7 +365,10 @@ def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
         train = train.updated({k: v for k, v in spec.items() if k not in PAIR_KEYS})
     except ValueError as exc:
         raise SuiteError(f"{where} {exc}") from None
-    return PairSpec(name, recipe, model, train, sizes)
+    own = _table(spec.get("method", {}), f"[pair.{name}.method]", path)
+    overrides = _method_specs(path, f"[pair.{name}.method]", own, methods)
+    return PairSpec(name, recipe, model, train, sizes,
+                    {m: overrides[m] for m in own})
 
 
 def _example_shapes(cls: type, kwargs: dict[str, Any]
