@@ -7,6 +7,7 @@ import re
 import h5py
 import numpy as np
 import pytest
+from test_pdebench import single  # noqa: F401 - the PDEBench file fixture
 
 from pacsim.data import DatasetError, H5Dataset, WellFile, convert, describe, render
 
@@ -239,15 +240,8 @@ def test_mode_errors_are_plain_value_errors(well, tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
-def test_convert_pdebench(tmp_path):
-    rng = np.random.default_rng(0)
-    tensor = rng.normal(size=(6, 5, 8)).astype(np.float32)
-    path = tmp_path / "1D_Burgers_Sols_Nu0.01.hdf5"
-    with h5py.File(path, "w") as f:
-        f["tensor"] = tensor
-        f["x-coordinate"] = np.linspace(0, 1, 8, endpoint=False)
-        f["t-coordinate"] = np.linspace(0, 0.5, 6)
-        f.attrs["Nu"] = 0.01
+def test_convert_pdebench(tmp_path, single):  # noqa: F811 - the imported fixture
+    path, tensor = single
     out = convert(path, tmp_path / "burgers.h5", pairs="ic-to-T", t_index=3)
     ds = H5Dataset(out, "train", normalize=False)
     x, y = ds.arrays()
