@@ -122,6 +122,9 @@ def test_report_verdicts_tradeoff_memory_figures(tmp_path):
     assert "| zeta | pac | 1.00 ties | - |" in summary
     assert "zeta | pac-paper" not in summary
 
+    models = text[text.index("## Source models"):text.index("## Forgetting")]
+    assert "| near | ? | 2 | 0.2 |" in models  # records without a config: model "?"
+
     near, far, zeta = (_section(text, p) for p in ("near", "far", "zeta"))
     # trade-off table: exactly one method qualifies in each of these cells
     assert "| 10 | 0.9 (pac) | pac | pac |" in near

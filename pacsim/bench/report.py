@@ -433,6 +433,7 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
                                         f"{pair}: {pac_rows[0]['method']} essential weights "
                                         "per layer")
             md += [f"![PAC essential share]({save(fig, f'{pair}_pac_layers.png')})", ""]
+    md += _source_models(ok, pairs)
     md += ["## Forgetting of the source task", "",
            "Source test RMSE after transfer (PAC: through its source view), mean over every "
            "cell, and its ratio to the source model's own source RMSE.", ""]
@@ -460,6 +461,26 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         md.append("")
     text = "\n".join(md)
     return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def _source_models(ok: list[dict[str, Any]], pairs: list[str]) -> list[str]:
+    """Each pair's source model on its source test set: the architectures side by side."""
+    md = ["## Source models", "",
+          "Each pair's source model on the source test set, mean over seeds: RMSE in "
+          "physical units and nRMSE (the relative L2 error per sample, averaged, as "
+          "PDEBench defines it).", "",
+          "| pair | model | source RMSE | source nRMSE |", "|---|---|---|---|"]
+    for pair in pairs:
+        first: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for r in ok:  # one record per source model (pair, seed)
+            if r["pair"] == pair:
+                first.setdefault((r["seed"],), r)
+        rs = list(first.values())
+        model = (rs[0].get("config") or {}).get("model", {}).get("name", "?")
+        rmse = np.mean([r["source_before"]["rmse"] for r in rs])
+        nrmse = np.mean([r["source_before"]["nrmse"] for r in rs])
+        md.append(f"| {pair} | {model} | {_fmt(float(rmse))} | {_fmt(float(nrmse))} |")
+    return md + [""]
 
 
 def _tradeoff_section(rs: Records, pair: str, save: Any) -> list[str]:
