@@ -16,6 +16,19 @@ from pacsim import procutil
 from pacsim.data import DatasetWriter
 
 PACSIM = [sys.executable, "-m", "pacsim"]
+STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture(autouse=True)
+def _default_stop_handlers():
+    """Python's own handlers, whatever an earlier test left behind (an in-process Ray
+    installs its own SIGTERM handler, which pacsim rightly leaves alone)."""
+    saved = {s: signal.getsignal(s) for s in STOP}
+    for s in STOP:
+        signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
 
 
 def _writer(path: Path, **kw) -> DatasetWriter:
