@@ -215,7 +215,7 @@ def test_a_pac_network_takes_more_settings(cli, files, tmp_path):
                           "--select", "fixed", "--steps", "20", "--setting", "hot",
                           "--out", tmp_path / "t2.pt")
     assert code == 0, err
-    assert "added setting 'hot'" in text
+    assert "added setting 'hot'" in text and "note:" not in text  # warm was retrained
     model, masks, meta = load_checkpoint(tmp_path / "t2.pt")
     assert masks.settings == ["source", "warm", "hot"] and meta["settings"] == masks.settings
     assert set(meta["setting_data"]) == {"warm", "hot"}
@@ -294,3 +294,18 @@ def test_a_file_that_crashes_hdf5_is_one_line(cli, files, tmp_path, monkeypatch)
     _refused(cli, ["evaluate", files / "src.pt", files / "tgt.h5"], "tgt.h5", "HDF5 crashed")
     _refused(cli, ["train", files / "src.h5", "--out", tmp_path / "x.pt"], "src.h5",
              "HDF5 crashed", out=tmp_path / "x.pt")
+
+
+def test_adding_a_setting_without_the_previous_data_says_so(cli, files, tmp_path):
+    code, _, err = _transfer(cli, files, "t1n.pt", "--select", "fixed")
+    assert code == 0, err
+    ckpt = torch.load(files / "t1n.pt", weights_only=True)
+    meta = json.loads(ckpt["meta"])
+    meta["data"]["file"] = str(tmp_path / "gone.h5")
+    ckpt["meta"] = json.dumps(meta)
+    torch.save(ckpt, tmp_path / "t1n.pt")
+    code, text, err = cli("transfer", tmp_path / "t1n.pt", files / "tgt.h5", "--n", "8",
+                          "--select", "fixed", "--steps", "5", "--setting", "again",
+                          "--out", tmp_path / "t2n.pt")
+    assert code == 0, err
+    assert "note: the data" in text and "without retraining" in text

@@ -159,6 +159,23 @@ def _source_file(ckpt: str | os.PathLike[str], meta: dict[str, Any],
     return path
 
 
+def _previous_samples(ckpt: str | os.PathLike[str], meta: dict[str, Any],
+                      normalizer: Normalizer, say: Log) -> tuple[Any, Any] | None:
+    """The samples a PAC checkpoint's newest setting was calibrated on (its recorded file,
+    ``n`` and seed), so that setting can retrain what ``extend`` leaves it; None (with a
+    note) when the file is gone or changed."""
+    rec = meta.get("data") or {}
+    path = Path(rec.get("file", ""))
+    if not rec.get("file") or not path.is_file() or (
+            rec.get("fingerprint") and file_fingerprint(path) != rec["fingerprint"]):
+        say(f"note: the data {ckpt} was calibrated on is gone or changed; its setting "
+            "keeps its remaining entries without retraining")
+        return None
+    pool = H5Dataset(path, "train", normalize=normalizer)
+    n = int(meta.get("n") or len(pool))
+    return pool.subset(n, seed=int(meta.get("seed", 0))) if n < len(pool) else pool.tensors()
+
+
 def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.PathLike[str],
                        out: str | os.PathLike[str], *, method: str = "pac",
                        n: int | None = None, options: Mapping[str, Any] | None = None,
@@ -183,7 +200,9 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     serves both settings. ``setting`` names the new setting of a PAC network (default
     ``"target"``); from a PAC checkpoint it is required and adds one more setting to the
     same network (:func:`pacsim.pac.extend` frees ``extend_ratio`` of the newest
-    setting's entries for it; every earlier setting stays exact).
+    setting's entries for it, after retraining that setting's remaining entries for
+    ``steps`` steps on the samples it was calibrated on, when its recorded file is
+    unchanged; every earlier setting stays exact).
     Returns the new checkpoint's metadata.
     """
     say = _log(log)
@@ -207,10 +226,15 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         raise ValueError(f"{checkpoint} is already a PAC network serving "
                          f"{', '.join(masks.settings)}; name the new setting with "
                          "--setting NAME to add it")
+    normalizer = Normalizer.from_dict(meta["normalizer"])
     if extending:
         assert masks is not None and setting is not None
-        pac.extend(model, masks, setting, ratio=extend_ratio)
-    normalizer = Normalizer.from_dict(meta["normalizer"])
+        previous = _previous_samples(checkpoint, meta, normalizer, say)
+        retrain = ({} if previous is None else
+                   {"data": previous, "steps": steps, "lr": lr, "seed": seed,
+                    "batch_size": min(batch_size, len(previous[0])), "device": device,
+                    "weight_decay": weight_decay, "progress": False})
+        pac.extend(model, masks, setting, ratio=extend_ratio, **retrain)
     info = file_info(target)
     check_shapes(model, meta, checkpoint, target, info)
     dev = init_from_env(device)
