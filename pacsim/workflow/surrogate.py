@@ -273,7 +273,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     res = select(method, model, (x, y), selection=cfg, steps=steps, grid=grid, options=opts,
                  lr=lr, batch_size=batch_size, seed=seed, device=dev,
                  weight_decay=weight_decay, progress=progress if is_main() else False,
-                 **kwargs)
+                 stack="auto" if not launched() else False, **kwargs)
     after = physical_metrics(res.model, normalizer, target, "val", device=dev)
     record: dict[str, Any] = {
         "kind": "target",
