@@ -55,19 +55,24 @@ def _runs(data_path: str | None) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def _worker(rank: int, port: int, folder: str, data_path: str | None) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        with pytest.raises(ValueError, match="seed"):  # ranks must draw the same batches
-            fit(make_model("mlp"), make_data("mlp", n=8), epochs=1)
-        torch.save(_runs(data_path), Path(folder) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, folder: str, data_path: str | None) -> None:
+    # a file rendezvous: no port to race for
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                            world_size=WORLD)
+    with pytest.raises(ValueError, match="seed"):  # ranks must draw the same batches
+        fit(make_model("mlp"), make_data("mlp", n=8), epochs=1)
+    torch.save(_runs(data_path), Path(folder) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    # gloo's threads can abort the interpreter's teardown of a spawned worker now and then
+    # ("terminate called without an active exception"), after all the work is done
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _spawned(tmp_path: Path, data_path: str | None) -> list[dict]:
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), data_path), nprocs=WORLD,
+    mp.start_processes(_worker, args=(str(tmp_path), data_path), nprocs=WORLD,
                        start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
