@@ -191,35 +191,19 @@ def _workflow_parsers(sub: Any) -> None:
     _common(e, train=False)
 
 
-def _value(text: str) -> Any:
-    """A ``--set`` value: JSON (``3``, ``0.1``, ``true``, ``[32, 32]``), comma-separated
-    numbers (``32,32``) or a word (``all``)."""
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        return [json.loads(t) for t in text.split(",")] if "," in text else None
-    except ValueError:
-        pass
-    if text.replace("-", "_").isidentifier():
-        return text
-    raise ValueError(f"--set: cannot read value {text!r}; use a number, a comma-separated "
-                     "list of numbers, true/false or a word")
-
-
 def _settings(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items: words (``subspace=all``) stay strings, everything else is
+    read as ``pacsim simulate --set`` reads it (JSON, or comma-separated numbers)."""
+    from .sims import parse_value
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        v = _value(value.strip())
-        if v is None and value.strip() != "null":
-            v = value.strip()
-        out[key.strip()] = v
+        v = value.strip()
+        word = v.replace("-", "_").isidentifier() and v not in ("true", "false", "null")
+        out[key.strip()] = v if word else parse_value(v)
     return out
 
 

@@ -56,3 +56,36 @@ def cli(capsys: pytest.CaptureFixture[str]):
 @pytest.fixture(params=MODEL_KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def check_calibrated(allocated: torch.nn.Module, model: torch.nn.Module, masks,
+                     may_change) -> list[str]:
+    """PAC invariant 3: every essential entry, and every parameter ``may_change(name)``
+    does not allow, bit-identical to the allocated model. Returns the pruned tensors
+    whose freed entries did move (so callers can check calibrate trained something)."""
+    after = dict(model.named_parameters())
+    moved = []
+    for name, p0 in allocated.named_parameters():
+        p1 = after[name]
+        if name in masks.essential:
+            ess = masks.essential[name]
+            assert torch.equal(p1[ess], p0[ess]), name
+            if not torch.equal(p1[~ess], p0[~ess]):
+                moved.append(name)
+        elif not may_change(name):
+            assert torch.equal(p1, p0), name
+    return moved
+
+
+def check_source_view(model: torch.nn.Module, masks, allocated: torch.nn.Module,
+                      x: torch.Tensor) -> None:
+    """PAC invariant 4: the source view gives the allocated model's outputs to the bit,
+    and leaving it gives back the target's."""
+    from pacsim import pac
+    from pacsim.train import predict
+
+    target_out = predict(model, x)
+    with pac.source_view(model, masks) as m:
+        assert torch.equal(predict(m, x), predict(allocated, x))
+    assert torch.equal(predict(model, x), target_out)
+    assert not torch.equal(target_out, predict(allocated, x))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -390,10 +389,11 @@ def _model(where: str, raw: Any) -> dict[str, Any]:
     import torch
 
     from ..models import model_class
+    from ..models.sizing import model_options
 
     cls = model_class(raw["name"])
     kwargs = {k: v for k, v in raw.items() if k != "name"}
-    allowed = [p for p in inspect.signature(cls).parameters if p not in cls.DATA_ARGS]
+    allowed = model_options(raw["name"])
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise SuiteError(f"{where} model has no key {unknown[0]!r} "

@@ -67,7 +67,8 @@ class Configurable:
                  **kwargs: Any) -> nn.Module:
         """The model sized for samples of ``input_shape`` -> ``target_shape`` (one
         sample, no batch axis); ``kwargs`` are the other constructor arguments."""
-        raise NotImplementedError(f"model {cls.registry_name!r} cannot be sized from data")
+        raise ValueError(f"model {cls.registry_name!r} cannot be sized from data (it "
+                         "defines no for_data)")
 
     def _set_config(self, **kwargs: Any) -> None:
         self._config = {k: _jsonable(v) for k, v in kwargs.items()}

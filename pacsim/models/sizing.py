@@ -48,5 +48,5 @@ def for_data(name: str, input_shape: Shape, target_shape: Shape,
                              f"{', '.join(known)}")
     try:
         return cls.for_data(tuple(input_shape), tuple(target_shape), **opts)  # type: ignore[attr-defined]
-    except (TypeError, NotImplementedError) as exc:
+    except TypeError as exc:
         raise ValueError(f"model {name!r}: {exc}") from None

@@ -154,6 +154,16 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _number(text: str) -> int | float:
+    try:
+        value = json.loads(text)  # "32" stays an int
+    except ValueError:
+        return float(text)  # ".5", "inf"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(text)
+    return value
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value: JSON (numbers, lists) or comma-separated numbers."""
     try:
@@ -162,7 +172,7 @@ def parse_value(text: str) -> Any:
         pass
     parts = [t.strip() for t in text.split(",")]
     try:
-        vals = [float(t) for t in parts]
+        vals = [_number(t) for t in parts]
     except ValueError:
         raise SimulationError(f"cannot parse value {text!r}; use a number or a comma-separated "
                               "list of numbers") from None

@@ -47,10 +47,9 @@ def _served(checkpoint: str | os.PathLike[str], setting: str | None, device: str
         raise ValueError(f"{checkpoint} is not a PAC checkpoint (it has no masks); "
                          f"--{'source-view' if setting == pac.SOURCE else 'setting'} "
                          "needs one")
-    model.to(resolve_device(device)).eval()
     phys = (PhysicalModel(model, Normalizer.from_dict(meta["normalizer"]))
             if "normalizer" in meta else model)
-    phys.to(resolve_device(device))
+    phys.to(resolve_device(device)).eval()  # the wrapped model moves with it
     if setting is not None:
         assert masks is not None
         with pac.view(model, masks, setting):

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import pac
 from ..data import H5Dataset, Normalizer
+from ..data.format import FileInfo
 from ..distributed import init_from_env, is_main, launched
 from ..io import load_checkpoint, save_checkpoint
 from ..models.physical import PhysicalModel
@@ -140,23 +141,29 @@ def _grid_without(method: str, fixed: set[str]) -> Any:
     return kept if len(kept) > 1 else kept[0]
 
 
-def _source_file(ckpt: str | os.PathLike[str], meta: dict[str, Any],
-                 source: str | os.PathLike[str] | None) -> Path:
-    """The source data for PAC's allocate: ``source`` or the file the checkpoint records
-    (refused when its bytes changed since)."""
+def _source_data(ckpt: str | os.PathLike[str], meta: dict[str, Any],
+                 source: str | os.PathLike[str] | None
+                 ) -> tuple[Path, FileInfo, dict[str, Any]]:
+    """The source data for PAC's allocate, validated, with its record: ``source`` or
+    the file the checkpoint records (refused when its bytes changed since)."""
+    recorded: dict[str, Any] = {}
     if source is not None:
-        return Path(source)
-    rec = (meta.get("source_data") if meta.get("kind") == "target" else meta.get("data")) or {}
-    if "file" not in rec:
-        raise ValueError(f"{ckpt} records no source data file; pass --source SOURCE.h5")
-    path = Path(rec["file"])
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the source data recorded in {ckpt} is gone; "
-                                "pass --source SOURCE.h5")
-    if rec.get("fingerprint") and file_fingerprint(path) != rec["fingerprint"]:
+        path = Path(source)
+    else:
+        recorded = (meta.get("source_data") if meta.get("kind") == "target"
+                    else meta.get("data")) or {}
+        if "file" not in recorded:
+            raise ValueError(f"{ckpt} records no source data file; pass --source SOURCE.h5")
+        path = Path(recorded["file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the source data recorded in {ckpt} is gone; "
+                                    "pass --source SOURCE.h5")
+    info = file_info(path)
+    rec = data_record(path, info)
+    if recorded.get("fingerprint") and rec["fingerprint"] != recorded["fingerprint"]:
         raise ValueError(f"{path} changed since {ckpt} was trained on it; pass --source "
                          "SOURCE.h5 to use it anyway")
-    return path
+    return path, info, rec
 
 
 def _previous_samples(ckpt: str | os.PathLike[str], meta: dict[str, Any],
@@ -246,15 +253,15 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     x, y = pool.subset(n, seed=seed) if n < n_avail else pool.tensors()
     kwargs: dict[str, Any] = {}
     src_path: Path | None = None
+    src_record: dict[str, Any] = {}
     if extending:
         kwargs["allocated"] = (model, masks)
         try:
-            src_path = _source_file(checkpoint, meta, source)
+            src_path, _, src_record = _source_data(checkpoint, meta, source)
         except (ValueError, FileNotFoundError) as exc:
             say(f"note: no source view check ({exc})")
     elif is_pac:
-        src_path = _source_file(checkpoint, meta, source)
-        src_info = file_info(src_path)
+        src_path, src_info, src_record = _source_data(checkpoint, meta, source)
         check_shapes(model, meta, checkpoint, src_path, src_info)
         src_train = _split(src_path, "train", normalize=normalizer)
         if src_train is None:
@@ -302,7 +309,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
             say(f"added setting {name!r} to the network of "
                 f"{', '.join(res.masks.settings[:-1])}: every earlier setting is untouched")
     if res.masks is not None and src_path is not None:
-        record["source_data"] = data_record(src_path, file_info(src_path))
+        record["source_data"] = src_record
         src_before = ((meta.get("metrics") or {}).get("source_val_before") if extending
                       else (meta.get("metrics") or {}).get("val"))
         if src_before is None:
