@@ -345,15 +345,19 @@ class _Stack:
         return self._grads(self.flat, self.fixed, self.buffers, x, y)
 
     @torch.no_grad()
-    def val_losses(self, groups: Sequence[_ValGroup], batch_size: int) -> dict[int, float]:
-        """Mean validation loss of every model that has a validation set, as ``fit``
-        computes it (eval mode, batches of ``batch_size`` in order, float64 sums)."""
+    def val_losses(self, groups: Sequence[_ValGroup], batch_size: int,
+                   flat: torch.Tensor | None = None, members: Sequence[int] | None = None
+                   ) -> dict[int, float]:
+        """Mean validation loss of every model (of ``members``, default all) that has a
+        validation set, as ``fit`` computes it (eval mode, batches of ``batch_size`` in
+        order, float64 sums), at parameters ``flat`` (default: the stack's)."""
         out: dict[int, float] = {}
         if not groups:
             return out
+        flat = self.flat if flat is None else flat
         self.base.eval()
         for g in groups:
-            theta = _rows(self.flat, g.rows)
+            theta = _rows(flat, g.rows)
             fixed = {name: _rows(t, g.rows) for name, t in self.fixed.items()}
             buffers = {name: _rows(t, g.rows) for name, t in self.buffers.items()}
             total = torch.zeros(len(g.ks), dtype=torch.float64, device=self.flat.device)
@@ -363,6 +367,9 @@ class _Stack:
                 total += self._losses(theta, fixed, buffers, xb, yb).double() * xb.shape[1]
             out.update({k: v / n for k, v in zip(g.ks, total.tolist())})
         self.base.train()
+        if members is not None:
+            keep = set(members)
+            out = {k: v for k, v in out.items() if k in keep}
         return out
 
 
@@ -452,28 +459,77 @@ def _stack_data(items: Sequence[_TensorBatches], what: str
     return torch.stack([b.x for b in items]), torch.stack([b.y for b in items])
 
 
+class _EarlyStops:
+    """Per-model step budgets inside one stack: the stack trains to the largest budget,
+    and a model whose budget ends earlier has its parameters saved right after its last
+    step (and its later losses masked out), so it ends exactly where ``fit`` with its own
+    budget ends. The step numbers at which models stop are known up front: no host sync."""
+
+    def __init__(self, budgets: Sequence[int], total: int, flat: torch.Tensor) -> None:
+        self.ends: dict[int, torch.Tensor] = {}
+        for step in sorted({s for s in budgets if s < total}):
+            self.ends[step] = torch.tensor([k for k, s in enumerate(budgets) if s == step],
+                                           device=flat.device)
+        idle = [s == 0 for s in budgets]  # ``fit(steps=0)`` trains nothing
+        self.active = torch.tensor([0.0 if z else 1.0 for z in idle], device=flat.device)
+        self.saved = flat.clone() if self.ends or any(idle) else None
+        self.stopped = torch.tensor(idle, dtype=torch.bool, device=flat.device)[:, None]
+
+    def after_step(self, step: int, flat: torch.Tensor) -> None:
+        """Save the models whose budget ends at ``step`` (1-based)."""
+        rows = self.ends.get(step)
+        if rows is None or self.saved is None:
+            return
+        self.saved.index_copy_(0, rows, flat.index_select(0, rows))
+        self.active.index_fill_(0, rows, 0.0)
+        self.stopped.index_fill_(0, rows, True)
+
+    def current(self, flat: torch.Tensor) -> torch.Tensor:
+        """The parameters every model has now: its saved row once it stopped."""
+        if self.saved is None:
+            return flat
+        return torch.where(self.stopped, self.saved, flat)
+
+
 # ----------------------------------------------------------------------------- fit_many
 
 
-def _record_epoch(histories: Sequence[History], epoch: int, steps: int,
-                  running: Sequence[float], seen: int, val_loss: dict[int, float]) -> list[int]:
-    """Append one epoch to every history as ``fit`` does; the models whose validation
-    loss improved."""
+def _record_epoch(histories: Sequence[History], members: Sequence[int], epoch: int,
+                  steps: Sequence[int], running: Sequence[float], seen: Sequence[int],
+                  val_loss: dict[int, float]) -> list[int]:
+    """Append one epoch to the histories of ``members`` (the models that trained in it)
+    as ``fit`` does; the members whose validation loss improved."""
     improved = []
-    for k, h in enumerate(histories):
-        h.train_loss.append(running[k] / seen)
+    for k in members:
+        h = histories[k]
+        h.train_loss.append(running[k] / seen[k])
         h.epochs_run = epoch + 1
-        h.steps = steps
+        h.steps = steps[k]
         if k in val_loss:
             v = val_loss[k]
             h.val_loss.append(v)
-            h.val_steps.append(steps)
+            h.val_steps.append(steps[k])
             if h.best_val is None or v < h.best_val:
                 h.best_val, h.best_epoch = v, epoch
                 improved.append(k)
         else:
             h.best_epoch = epoch
     return improved
+
+
+def _budgets(steps: int | Sequence[int] | None, k_models: int, lr_schedule: str | None
+             ) -> list[int] | None:
+    """Per-model step budgets from ``steps`` (None: an epoch budget)."""
+    if steps is None or isinstance(steps, int):
+        return None if steps is None else [steps] * k_models
+    budgets = _per_model(steps, k_models, "steps")
+    for k, s in enumerate(budgets):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"steps[{k}] must be an integer >= 0, got {s!r}")
+    if lr_schedule is not None and len(set(budgets)) > 1:
+        raise ValueError("per-model step budgets need a constant learning rate "
+                         f"(lr_schedule=None): {lr_schedule!r} anneals over one budget")
+    return budgets
 
 
 def fit_many(
@@ -484,7 +540,7 @@ def fit_many(
     penalties: Sequence[L2Penalty | None] | None = None,
     seeds: Sequence[int | None] | None = None,
     epochs: int | None = None,
-    steps: int | None = None,
+    steps: int | Sequence[int] | None = None,
     lr: float | Sequence[float] = 1e-3,
     batch_size: int = 64,
     weight_decay: float = 0.0,
@@ -504,7 +560,9 @@ def fit_many(
     ``fit``'s permutation rule), same exact update masks, same L2 pull, same selection of
     the best validation epoch. ``datasets`` are in-memory pairs ``(X, Y)`` with the same
     number of samples and shapes (vectorised batches); ``val`` sets may differ in size.
-    ``lr`` is one float or one per model. ``History.seconds`` is each model's share of
+    ``lr`` is one float or one per model; so is ``steps`` (each model stops after its
+    own budget, its later updates discarded, as ``fit(steps=steps[k])``; needs a
+    constant learning rate). ``History.seconds`` is each model's share of
     the stack's wall time. The trained weights are written into ``models``.
 
     Models with BatchNorm statistics, dropout, complex parameters (an FNO's spectral
@@ -525,7 +583,9 @@ def fit_many(
     vals = _per_model(val, k_models, "val")
     lrs = ([float(lr)] * k_models if isinstance(lr, (int, float))
            else [float(v) for v in _per_model(lr, k_models, "lr")])
-    check_fit_options(epochs, steps, lrs, weight_decay, optimizer, lr_schedule)
+    budgets = _budgets(steps, k_models, lr_schedule)
+    check_fit_options(epochs, None if budgets is None else max(budgets, default=0), lrs,
+                      weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)
@@ -534,12 +594,13 @@ def fit_many(
     if why is not None:
         warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
                       f"{why}", stacklevel=2)
-        return [fit(m, d, val=v, epochs=epochs, steps=steps, lr=r, batch_size=batch_size,
+        return [fit(m, d, val=v, epochs=epochs, steps=st, lr=r, batch_size=batch_size,
                     weight_decay=weight_decay, optimizer=optimizer, loss=loss,
                     update_mask=um, penalty=pen, device=dev, seed=s, progress=False,
                     restore_best=restore_best, lr_schedule=lr_schedule)
-                for m, d, v, r, um, pen, s in zip(models, datasets, vals, lrs, masks_in,
-                                                   pens, seeds_in)]
+                for m, d, v, r, um, pen, s, st in zip(models, datasets, vals, lrs, masks_in,
+                                                       pens, seeds_in,
+                                                       budgets or [None] * k_models)]
 
     for m in models:
         m.to(dev)
@@ -555,7 +616,7 @@ def fit_many(
                  m, pen, [p for name, p in m.named_parameters() if keep[name] is not False], dev)
              for m, pen, keep in zip(models, pens, keeps)]
     histories = [History() for _ in models]
-    if epochs == 0 or steps == 0:
+    if epochs == 0 or (budgets is not None and max(budgets) == 0):
         return histories
     for k, keep in enumerate(keeps):
         if all(e is False for e in keep.values()):
@@ -565,12 +626,14 @@ def fit_many(
     stack = _Stack(models, keeps, pulls, loss_fn)
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
     per_epoch = -(-n // batch_size)
-    if steps is not None:
-        epochs = -(-steps // per_epoch)
-        total_steps = steps
+    if budgets is not None:
+        total_steps = max(budgets)
+        epochs = -(-total_steps // per_epoch)
     else:
         assert epochs is not None
         total_steps = epochs * per_epoch
+        budgets = [total_steps] * k_models
+    early = _EarlyStops(budgets, total_steps, stack.flat)
     lr_rows = _lr_table(lrs, total_steps, lr_schedule)
     gens = []
     for s in seeds_in:
@@ -591,7 +654,7 @@ def fit_many(
         perm = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets
         perm = perm.to(dev, non_blocking=True)
         running = torch.zeros(k_models, device=dev)
-        seen = 0
+        members = [k for k in range(k_models) if budgets[k] > done]
         for i in range(count):
             idx = perm[:, i * batch_size : (i + 1) * batch_size]
             b = idx.shape[1]
@@ -602,14 +665,20 @@ def fit_many(
             stack.pull.apply(grad, stack.flat)
             opt.step(stack.flat, grad, f, i)
             stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits
-            running += losses.detach() * b
-            seen += b
+            running += losses.detach() * b * early.active
+            early.after_step(done + i + 1, stack.flat)
+        # samples each model saw this epoch: full batches, the last one possibly short
+        sizes = [min(batch_size, n - i * batch_size) for i in range(count)]
+        seen = [sum(sizes[: max(0, min(count, s - done))]) for s in budgets]
         done += count
-        improved = _record_epoch(histories, epoch, done, running.tolist(), seen,
-                                 stack.val_losses(groups, batch_size))
+        trained = early.current(stack.flat)
+        improved = _record_epoch(histories, members, epoch,
+                                 [min(done, s) for s in budgets], running.tolist(), seen,
+                                 stack.val_losses(groups, batch_size, trained, members))
         if best_flat is not None and improved:
             rows = torch.tensor(improved, device=dev)
-            best_flat.index_copy_(0, rows, stack.flat.index_select(0, rows))
+            best_flat.index_copy_(0, rows, trained.index_select(0, rows))
+    stack.flat = early.current(stack.flat)
     if best_flat is not None:
         rows = torch.tensor(with_val, device=dev)
         stack.flat.index_copy_(0, rows, best_flat.index_select(0, rows))

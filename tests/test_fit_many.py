@@ -70,6 +70,41 @@ def test_cosine_schedule_and_val_with_best_epoch_match_fit():
     assert hist[0].best_val == min(hist[0].val_loss)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "cnn1d"])
+def test_per_model_step_budgets_match_fit_with_each_budget(kind):
+    """Each model stops after its own budget (mid-epoch, at an epoch end, or at 0) and
+    ends where fit(steps=budget) ends; its later updates are discarded, and with a
+    validation set its best epoch is chosen among the epochs it trained."""
+    budgets = [2, 7, 3, 0, 6]  # 3 batches an epoch: mid-epoch, last, boundary, none
+    models = [_net(kind, s) for s in range(5)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data(kind, s) for s in range(5)]
+    vals = [_data(kind, 20 + s, n=10) if s % 2 else None for s in range(5)]
+    kw = dict(batch_size=16, lr=2e-2, optimizer="adamw", weight_decay=0.01, **CPU)
+    hist = fit_many(models, data, seeds=list(range(5)), val=vals, steps=budgets, **kw)
+    for m, r, d, v, s, h, b in zip(models, refs, data, vals, range(5), hist, budgets):
+        ref = fit(r, d, val=v, seed=s, steps=b, **kw)
+        _close(m, r)
+        assert h.steps == ref.steps == b and h.epochs_run == ref.epochs_run
+        assert h.train_loss == pytest.approx(ref.train_loss, rel=1e-5)
+        assert h.val_loss == pytest.approx(ref.val_loss, rel=1e-5)
+        assert h.val_steps == ref.val_steps and h.best_epoch == ref.best_epoch
+    untouched = refs[3]
+    assert all(torch.equal(p, q) for p, q in zip(models[3].parameters(),
+                                                untouched.parameters()))
+
+
+def test_per_model_budgets_are_checked():
+    models = [_net("mlp", s) for s in range(2)]
+    data = [_data("mlp", s) for s in range(2)]
+    with pytest.raises(ValueError, match="steps has 3 entries for 2 models"):
+        fit_many(models, data, steps=[1, 2, 3], **CPU)
+    with pytest.raises(ValueError, match=r"steps\[1\] must be an integer >= 0"):
+        fit_many(models, data, steps=[1, -2], **CPU)
+    with pytest.raises(ValueError, match="need a constant learning rate"):
+        fit_many(models, data, steps=[1, 2], lr_schedule="cosine", **CPU)
+
+
 def _random_masks(model, seed):
     g = torch.Generator().manual_seed(seed)
     return {n: torch.rand(p.shape, generator=g) > 0.5 for n, p in model.named_parameters()}

@@ -8,6 +8,7 @@ from .steps import (
     PAPER_LAM,
     SUBSPACES,
     allocate,
+    begin_calibrate,
     calibrate,
     calibrate_penalty,
     calibrate_update,
@@ -15,6 +16,6 @@ from .steps import (
 from .view import source_view, view
 
 __all__ = ["DEFAULT_RATIO", "SCOPES", "SOURCE", "SUBSPACES", "TARGET", "PAPER_LAM", "Masks",
-           "StageError", "allocate", "bias_names", "calibrate", "calibrate_penalty",
-           "calibrate_update", "check_ratio", "extend", "prunable_weights", "prune",
-           "source_view", "view"]
+           "StageError", "allocate", "begin_calibrate", "bias_names", "calibrate",
+           "calibrate_penalty", "calibrate_update", "check_ratio", "extend",
+           "prunable_weights", "prune", "source_view", "view"]

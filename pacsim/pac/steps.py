@@ -103,6 +103,35 @@ def calibrate_penalty(masks: Masks, update: dict[str, bool | torch.Tensor], lam:
     return L2Penalty(lam, {n: None for n in update if n in masks.essential})
 
 
+def begin_calibrate(model: nn.Module, masks: Masks, lam: float = PAPER_LAM,
+                    train_biases: bool = False, subspace: str = "all",
+                    setting: str | None = None, fit_kwargs: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, bool | torch.Tensor], L2Penalty]:
+    """Everything :func:`calibrate` does before training: checks, the model and masks on
+    the trainer's device (``fit_kwargs["device"]`` resolved in place), and the source
+    values of what calibrate lets diverge saved for the earlier settings' views.
+    Returns calibrate's update mask and pull; after training on them, set
+    ``masks.stage = "calibrated"`` (a stack of models calibrates this way)."""
+    masks.require("allocated", "calibrated", "extended", action="calibrate()")
+    if setting is not None and masks.index(setting) != masks.latest:
+        raise ValueError(f"calibrate trains the newest setting, "
+                         f"{masks.settings[masks.latest]!r}, not {setting!r}; "
+                         "extend() adds a new one")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    update = calibrate_update(model, masks, subspace, train_biases)
+    _prepare(model, masks, {} if fit_kwargs is None else fit_kwargs)
+    # Anything not yet saved still has the value every earlier setting sees.
+    before = masks.state_before(masks.latest)
+    params = dict(model.named_parameters())
+    for name, buf in model.named_buffers():
+        before.setdefault(name, buf.detach().clone())
+    for name, spec in update.items():
+        if spec is True:
+            before.setdefault(name, params[name].detach().clone())
+    return update, calibrate_penalty(masks, update, lam)
+
+
 def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_LAM,
               train_biases: bool = False, subspace: str = "all", setting: str | None = None,
               **fit_kwargs: Any) -> History:
@@ -121,24 +150,8 @@ def calibrate(model: nn.Module, masks: Masks, target: Data, lam: float = PAPER_L
     diverge in ``masks.state_before(setting)``, so every earlier setting's
     :func:`~pacsim.pac.view` stays bit-identical.
     """
-    masks.require("allocated", "calibrated", "extended", action="calibrate()")
-    if setting is not None and masks.index(setting) != masks.latest:
-        raise ValueError(f"calibrate trains the newest setting, "
-                         f"{masks.settings[masks.latest]!r}, not {setting!r}; "
-                         "extend() adds a new one")
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
-    update = calibrate_update(model, masks, subspace, train_biases)
-    _prepare(model, masks, fit_kwargs)
-    # Anything not yet saved still has the value every earlier setting sees.
-    before = masks.state_before(masks.latest)
-    params = dict(model.named_parameters())
-    for name, buf in model.named_buffers():
-        before.setdefault(name, buf.detach().clone())
-    for name, spec in update.items():
-        if spec is True:
-            before.setdefault(name, params[name].detach().clone())
-    history = fit(model, target, update_mask=update,
-                  penalty=calibrate_penalty(masks, update, lam), **fit_kwargs)
+    update, penalty = begin_calibrate(model, masks, lam, train_biases, subspace, setting,
+                                      fit_kwargs)
+    history = fit(model, target, update_mask=update, penalty=penalty, **fit_kwargs)
     masks.stage = "calibrated"
     return history

@@ -139,6 +139,15 @@ class TrainingPlan:
     model: nn.Module
     update_mask: MaskSpec
     penalty: L2Penalty | None = None
+    #: PAC's own copy of the masks, calibrate's bookkeeping done (a ``final`` plan)
+    masks: pac.Masks | None = None
+
+    def result(self, history: History) -> TransferResult:
+        """The :class:`TransferResult` once ``model`` has trained on this plan."""
+        if self.masks is not None:
+            self.masks.stage = "calibrated"
+        return TransferResult("", self.model, history, masks=self.masks,
+                              trainable=_count(self.model, self.update_mask))
 
 
 _SELECTORS: dict[str, Callable[[nn.Module], dict[str, bool]]] = {
@@ -147,13 +156,27 @@ _SELECTORS: dict[str, Callable[[nn.Module], dict[str, bool]]] = {
 
 def training_plan(method: str, source_model: nn.Module, opts: Options, *,
                   allocated: tuple[nn.Module, pac.Masks] | None = None,
-                  seed: int | None = None) -> TrainingPlan:
+                  seed: int | None = None, final: bool = False,
+                  device: str | torch.device = "auto") -> TrainingPlan:
     """The :class:`TrainingPlan` of ``method`` with options ``opts`` (PAC methods need
-    ``allocated``, the model and masks after allocate); the source model is copied."""
+    ``allocated``, the model and masks after allocate); the source model is copied.
+
+    A ``final`` PAC plan gets its own copy of the masks with calibrate's bookkeeping
+    done (:func:`pacsim.pac.begin_calibrate`, on ``device``), so that its
+    :meth:`TrainingPlan.result` serves both settings; a plan for a cross-validation fold
+    shares the allocated masks and keeps no result."""
     if isinstance(opts, PACOptions):
         if allocated is None:
             raise ValueError(f"method {method!r} plans from an allocated (model, masks)")
         model = copy.deepcopy(allocated[0])
+        if final:
+            masks = copy.deepcopy(allocated[1])
+            # after allocate, or after extend() for one more setting in the same network
+            masks.require("allocated", "extended", action=f"adapt({method!r}, allocated=...)")
+            update, penalty = pac.begin_calibrate(
+                model, masks, opts.lam, opts.train_biases, opts.subspace,
+                fit_kwargs={"device": device})
+            return TrainingPlan(model, update, penalty, masks)
         masks = allocated[1]
         update = pac.calibrate_update(model, masks, opts.subspace, opts.train_biases)
         return TrainingPlan(model, update, pac.calibrate_penalty(masks, update, opts.lam))
@@ -171,10 +194,8 @@ def training_plan(method: str, source_model: nn.Module, opts: Options, *,
 def _plain(method: str, model: nn.Module, target: Data, opts: Options, **fit_kwargs: Any
            ) -> TransferResult:
     plan = training_plan(method, model, opts, seed=fit_kwargs.get("seed"))
-    history = fit(plan.model, target, update_mask=plan.update_mask, penalty=plan.penalty,
-                  **fit_kwargs)
-    return TransferResult("", plan.model, history, trainable=_count(plan.model,
-                                                                     plan.update_mask))
+    return plan.result(fit(plan.model, target, update_mask=plan.update_mask,
+                           penalty=plan.penalty, **fit_kwargs))
 
 
 def source_loss(model: nn.Module, data: Data) -> float:
@@ -245,24 +266,22 @@ def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | Non
          allocated: tuple[nn.Module, pac.Masks] | None = None,
          **fit_kwargs: Any) -> TransferResult:
     extra: dict[str, Any] = {}
-    if allocated is not None:
-        model = copy.deepcopy(allocated[0])
-        masks = copy.deepcopy(allocated[1])
-        # after allocate, or after extend() for one more setting in the same network
-        masks.require("allocated", "extended", action="adapt('pac', allocated=...)")
-    else:
+    if allocated is None:
         if source is None:
             raise ValueError("method 'pac' needs the source data: pass source=(X, Y) "
                              "(or allocated=(model, masks) from an earlier allocate)")
-        model, masks, info = allocated_model(model, source, opts, source_val=source_val,
-                                             allocate_kwargs=allocate_kwargs, **fit_kwargs)
+        alloc_model, alloc_masks, info = allocated_model(
+            model, source, opts, source_val=source_val, allocate_kwargs=allocate_kwargs,
+            **fit_kwargs)
+        allocated = (alloc_model, alloc_masks)
         extra["allocate_history"] = info.pop("history")
         extra["allocate"] = info
-    history = pac.calibrate(model, masks, target, lam=opts.lam, train_biases=opts.train_biases,
-                            subspace=opts.subspace, **fit_kwargs)
-    update = pac.calibrate_update(model, masks, opts.subspace, opts.train_biases)
-    return TransferResult("", model, history, masks=masks, trainable=_count(model, update),
-                          extra=extra)
+    plan = training_plan("pac", model, opts, allocated=allocated, final=True,
+                         device=fit_kwargs.get("device", "auto"))
+    result = plan.result(fit(plan.model, target, update_mask=plan.update_mask,
+                             penalty=plan.penalty, **fit_kwargs))
+    result.extra.update(extra)
+    return result
 
 
 _RUNNERS: dict[str, Callable[..., TransferResult]] = {
