@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_data, make_model
+from conftest import check_source_view, make_data, make_model
 
 from pacsim import pac
 from pacsim.train import fit, predict
@@ -15,10 +15,13 @@ from pacsim.transfer import (
     DEFAULT_GRIDS,
     METHODS,
     SelectionConfig,
+    SelectRequest,
     adapt,
+    allocated_model,
     check_grid,
     method_options,
     select,
+    select_many,
 )
 
 KW = dict(device="cpu", progress=False, batch_size=16)
@@ -64,6 +67,77 @@ def test_stacked_cv_runs_the_same_trainings(method):
     for key, curve in one.selection["curves"].items():
         np.testing.assert_allclose(np.array(both.selection["curves"][key])[:, 1],
                                    np.array(curve)[:, 1], rtol=1e-4, atol=1e-6)
+    _same_result(both, one)
+
+
+def _same_result(a, b):
+    """Two transfers that ran the same trainings (up to float rounding)."""
+    assert a.method == b.method and a.trainable == b.trainable
+    assert a.extra["options"] == b.extra["options"]
+    assert a.history.steps == b.history.steps
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    assert (a.masks is None) == (b.masks is None)
+    if a.masks is not None:
+        assert a.masks.stage == b.masks.stage == "calibrated"
+        for name, m in a.masks.essential.items():
+            assert torch.equal(m, b.masks.essential[name])
+        with a.source_view() as va, b.source_view() as vb:
+            for (name, p), q in zip(va.named_parameters(), vb.parameters()):
+                assert torch.equal(p, q), f"source view of {name} is not bit-identical"
+
+
+def test_select_many_stacks_cells_across_methods_and_seeds():
+    """Many transfers in one call (every method, two seeds, two target sizes): each
+    result equals its own select() up to float rounding, with the same choices; the
+    PAC results' source views are bit-identical to the allocated model's."""
+    model, src, _ = _problem()
+    allocated = {}
+    for m in ("pac", "pac-paper"):
+        opts = method_options(m, {})
+        am, masks, _ = allocated_model(model, src, opts, epochs=2, lr=1e-2, batch_size=16,
+                                       device="cpu", seed=0)
+        allocated[m] = (am, masks)
+    reqs = []
+    for seed in (0, 1):
+        for n in (9, 12):
+            tgt = make_data("mlp", n=n, seed=10 + seed, shift=0.5)
+            for m in METHODS:
+                extra = {"allocated": allocated[m]} if m in allocated else {}
+                reqs.append(SelectRequest(m, model, tgt, seed=seed, extra=extra))
+    sel = SelectionConfig(folds=3, max_steps=9)
+    kw = dict(selection=sel, steps=3, device="cpu", batch_size=16)
+    many = select_many(reqs, stack=True, **kw)
+    assert len(many) == len(reqs)
+    for req, res in zip(reqs, many):
+        ref = select(req.method, req.source_model, req.target, seed=req.seed, stack=False,
+                     **req.extra, **kw)
+        assert res.selection["stacked"] and not ref.selection["stacked"]
+        assert res.selection["chosen"] == ref.selection["chosen"], req.method
+        assert res.selection["steps"] == ref.selection["steps"], req.method
+        _same_result(res, ref)
+        if res.masks is not None:
+            check_source_view(res.model, res.masks, allocated[req.method][0], req.target[0])
+    for m in allocated.values():
+        assert m[1].stage == "allocated", "the shared allocated masks are never changed"
+
+
+def test_select_many_mixes_stacks_with_models_that_cannot_stack():
+    """A model fit_many cannot stack (BatchNorm) trains one by one beside a stack; fixed
+    selection runs each request's budget."""
+    mlp, _, tgt = _problem()
+    cnn = make_model("cnn1d")
+    tgt_cnn = make_data("cnn1d", n=8, seed=3)
+    reqs = [SelectRequest("finetune", mlp, tgt, seed=1), SelectRequest("bitfit", cnn, tgt_cnn),
+            SelectRequest("head", mlp, tgt, seed=2)]
+    sel = SelectionConfig(folds=2, max_steps=4)
+    out = select_many(reqs, selection=sel, steps=2, stack=True, device="cpu")
+    assert [r.selection["stacked"] for r in out] == [True, False, True]
+    assert [r.method for r in out] == ["finetune", "bitfit", "head"]
+    fixed = select_many(reqs, selection=SelectionConfig(mode="fixed"), steps=2, stack=True,
+                        device="cpu")
+    assert [r.history.steps for r in fixed] == [2, 2, 2]
+    assert all(r.selection == {"mode": "fixed", "chosen": {}, "steps": 2} for r in fixed)
 
 
 def test_stacking_falls_back_where_models_cannot_stack():

@@ -12,8 +12,9 @@ from .methods import (
     training_plan,
 )
 from .options import DEFAULT_GRIDS, OPTIONS, Options, check_grid, method_options
-from .selection import SelectionConfig, select
+from .selection import SelectionConfig, SelectRequest, select, select_many
 
-__all__ = ["DEFAULT_GRIDS", "METHODS", "OPTIONS", "Options", "SelectionConfig",
-           "TrainingPlan", "TransferResult", "adapt", "allocated_model", "check_grid",
-           "head_names", "last_layer", "method_options", "select", "training_plan"]
+__all__ = ["DEFAULT_GRIDS", "METHODS", "OPTIONS", "Options", "SelectRequest",
+           "SelectionConfig", "TrainingPlan", "TransferResult", "adapt", "allocated_model",
+           "check_grid", "head_names", "last_layer", "method_options", "select",
+           "select_many", "training_plan"]

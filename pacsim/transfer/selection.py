@@ -13,8 +13,8 @@ test data cannot influence the choice.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from ..data.batches import as_tensor
 from ..device import resolve_device
 from ..many import fit_many, not_vectorisable
 from ..train import Data, History
-from .methods import TransferResult, adapt, allocated_model, training_plan
+from .methods import TrainingPlan, TransferResult, adapt, allocated_model, training_plan
 from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
 
 SELECTION_MODES = ("cv", "fixed")
@@ -106,6 +106,21 @@ def _config_key(config: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={config[k]}" for k in sorted(config)) or "default"
 
 
+@dataclass
+class SelectRequest:
+    """One transfer for :func:`select_many`: ``method`` from ``source_model`` to
+    ``target`` with its own ``seed``, ``grid`` and fixed ``options``; ``extra`` holds
+    its own :func:`adapt` keywords (``allocated``, ``source``, ``source_val``, ...)."""
+
+    method: str
+    source_model: nn.Module
+    target: Data
+    seed: int = 0
+    grid: Mapping[str, list[Any]] | list[Mapping[str, list[Any]]] | None = None
+    options: Mapping[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def select(method: str, source_model: nn.Module, target: Data, *,
            selection: SelectionConfig | None = None, steps: int,
            grid: Mapping[str, list[Any]] | None = None,
@@ -121,59 +136,139 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     to :func:`adapt` (``source``, ``allocated``, ``device``, ``weight_decay``, ...).
     The result's ``selection`` says what was chosen, the CV loss and the mean curves.
 
-    ``stack=True`` trains the folds x configurations of the cross-validation as stacks of
-    models (:func:`pacsim.train.fit_many`, one stack per fold size) instead of one by one:
-    the same trainings (same batches, masks and pulls) up to float rounding, several
-    times faster for small models; models ``fit_many`` cannot stack (BatchNorm, dropout,
-    complex weights) and trainer options it does not take train one by one.
-    ``stack="auto"`` stacks where it was measured faster: everywhere on CUDA, and on the
-    CPU for models without 2D/3D convolutions (a stack of 2D CNNs ran 0.86x as fast on
-    2 CPU cores; MLPs 1.4-2.6x, 1D CNNs 1.5x as fast, whole benchmark cells).
+    ``stack=True`` trains the folds x configurations of the cross-validation, and then
+    the final model, as stacks of models (:func:`pacsim.train.fit_many`, one stack per
+    fold size) instead of one by one: the same trainings (same batches, masks and pulls)
+    up to float rounding, several times faster for small models; models ``fit_many``
+    cannot stack (BatchNorm, dropout, complex weights) and trainer options it does not
+    take train one by one. ``stack="auto"`` stacks where it was measured faster:
+    everywhere on CUDA, and on the CPU for models without 2D/3D convolutions (a stack of
+    2D CNNs ran 0.86x as fast on 2 CPU cores; MLPs 1.4-2.6x, 1D CNNs 1.5x as fast, whole
+    benchmark cells). :func:`select_many` does the same for many transfers at once.
+    """
+    request = SelectRequest(method, source_model, target, seed, grid, options, kwargs)
+    return select_many([request], selection=selection, steps=steps, lr=lr,
+                       batch_size=batch_size, stack=stack)[0]
+
+
+@dataclass
+class _Search:
+    """A cross-validated request, ready to train: data, configurations, folds."""
+
+    method: str
+    source_model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    base: dict[str, Any]
+    seed: int
+    kwargs: dict[str, Any]
+    configs: list[dict[str, Any]]
+    splits: list[Any]
+    stacked: bool
+
+
+def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig | None = None,
+                steps: int, lr: float = 1e-3, batch_size: int = 32, stack: bool | str = False,
+                **kwargs: Any) -> list[TransferResult]:
+    """:func:`select` for many transfers at once, one result per request, in order.
+
+    Each request is exactly what :func:`select` would do with its own method, target,
+    seed, grid, options and ``extra`` keywords plus the shared ``kwargs`` (``device``,
+    ``weight_decay``, ...). With ``stack``, the cross-validation trainings of *all*
+    requests that can share a stack (one architecture, same fold size) run as one
+    ``fit_many`` call per fold size, and their final retrains as one more, each model
+    with its own data, seed, learning rate, mask, pull and step count: a sweep's cells
+    of one pair and target size, across methods and seeds, train together.
     """
     selection = selection or SelectionConfig()
-    x, y = _as_pair(target, "target")
-    n = x.shape[0]
-    base = dict(options or {})
-    method_options(method, base)  # refuse a bad option before any training
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if selection.mode == "fixed":
-        res = adapt(method, source_model, (x, y), options=base, steps=steps, lr=lr,
-                    batch_size=min(batch_size, n), seed=seed, **kwargs)
-        res.selection = {"mode": "fixed", "chosen": {}, "steps": res.history.steps}
-        return res
+    if stack not in (True, False, "auto"):
+        raise ValueError(f"stack must be True, False or 'auto', got {stack!r}")
+    results: list[TransferResult | None] = [None] * len(requests)
+    searches: dict[int, _Search] = {}
+    for i, req in enumerate(requests):
+        rkw = {**kwargs, **req.extra}
+        x, y = _as_pair(req.target, "target")
+        base = dict(req.options or {})
+        method_options(req.method, base)  # refuse a bad option before any training
+        if selection.mode == "fixed":
+            res = adapt(req.method, req.source_model, (x, y), options=base, steps=steps,
+                        lr=lr, batch_size=min(batch_size, x.shape[0]), seed=req.seed, **rkw)
+            res.selection = {"mode": "fixed", "chosen": {}, "steps": res.history.steps}
+            results[i] = res
+        else:
+            searches[i] = _search(req, x, y, base, selection, steps, lr, batch_size, stack,
+                                  rkw)
+    if not searches:
+        return results  # type: ignore[return-value]
+    max_steps = selection.max_steps or 3 * steps
+    stacked = [i for i, s in searches.items() if s.stacked]
+    histories = _histories_stacked([searches[i] for i in stacked], lr, max_steps, batch_size)
+    for s in searches.values():
+        if not s.stacked:
+            histories[id(s)] = _runs_one_by_one(s, lr, max_steps, batch_size)
+    choices = {i: _choose(s, histories[id(s)], max_steps) for i, s in searches.items()}
+    finals = {i: _resolve(choices[i][0], s.base, lr) for i, s in searches.items()}
+    done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size)
+    for i, s in searches.items():
+        config, best_step, best_loss, curves = choices[i]
+        res = done.get(i)
+        if res is None:
+            res = adapt(s.method, s.source_model, (s.x, s.y), **finals[i], steps=best_step,
+                        batch_size=min(batch_size, len(s.x)), seed=s.seed, **s.kwargs)
+        res.selection = {
+            "mode": "cv", "folds": len(s.splits), "max_steps": max_steps,
+            "stacked": s.stacked, "chosen": dict(config), "steps": best_step,
+            "cv_loss": best_loss, "curves": curves,
+        }
+        results[i] = res
+    return results  # type: ignore[return-value]
 
-    opts = method_options(method, base)
+
+def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str, Any],
+            selection: SelectionConfig, steps: int, lr: float, batch_size: int,
+            stack: bool | str, kwargs: dict[str, Any]) -> _Search:
+    """Check a request and lay out its cross-validation (PAC allocates here, once)."""
+    n = x.shape[0]
+    opts = method_options(req.method, base)
     if isinstance(opts, PACOptions) and kwargs.get("allocated") is None:
         # one allocate for every fold and configuration (it never sees target data)
         src = kwargs.pop("source", None)
         if src is None:
-            raise ValueError(f"method {method!r} needs the source data: pass source=(X, Y) "
-                             "(or allocated=(model, masks) from an earlier allocate)")
+            raise ValueError(f"method {req.method!r} needs the source data: pass "
+                             "source=(X, Y) (or allocated=(model, masks) from an earlier "
+                             "allocate)")
         alloc_model, alloc_masks, _ = allocated_model(
-            source_model, src, opts, source_val=kwargs.pop("source_val", None),
+            req.source_model, src, opts, source_val=kwargs.pop("source_val", None),
             allocate_kwargs=kwargs.pop("allocate_kwargs", None), lr=lr, steps=steps,
-            batch_size=batch_size, seed=seed,
+            batch_size=batch_size, seed=req.seed,
             **{k: v for k, v in kwargs.items() if k in ("device", "weight_decay",
                                                           "optimizer", "progress")})
         kwargs["allocated"] = (alloc_model, alloc_masks)
     folds = min(selection.folds, n)
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 target samples, got {n}")
-    max_steps = selection.max_steps or 3 * steps
-    space = check_grid(method, DEFAULT_GRIDS[method] if grid is None else grid)
+    space = check_grid(req.method, DEFAULT_GRIDS[req.method] if req.grid is None
+                       else req.grid)
     configs = list(ParameterGrid(space)) if space else [{}]
-    splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
+    splits = list(KFold(folds, shuffle=True, random_state=req.seed).split(np.arange(n)))
+    return _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, configs,
+                   splits, _stackable(req.source_model, kwargs, stack))
+
+
+Choice = tuple[dict[str, Any], int, float, dict[str, list[list[float]]]]
+
+
+def _choose(s: _Search, histories: list[list[History]], max_steps: int) -> Choice:
+    """The configuration and step count with the lowest mean fold curve (first minimum
+    wins: grid order, then fewest steps), its CV loss and the thinned curves."""
     grid_steps = np.arange(1, max_steps + 1)
-    stacked = _stackable(source_model, kwargs, stack)
-    runs = _runs_stacked if stacked else _runs_one_by_one
-    histories = runs(method, source_model, x, y, configs, splits, base, lr, max_steps,
-                     batch_size, seed, kwargs)
     curves = {_config_key(c): np.mean([_step_curve(h.val_steps, h.val_loss, grid_steps)
                                        for h in hs], axis=0)
-              for c, hs in zip(configs, histories)}
-    best_key, best_config, best_step, best_loss = None, configs[0], 1, math.inf
-    for config in configs:  # first minimum wins: grid order, then fewest steps
+              for c, hs in zip(s.configs, histories)}
+    best_key, best_config, best_step, best_loss = None, s.configs[0], 1, math.inf
+    for config in s.configs:
         key = _config_key(config)
         i = int(np.argmin(curves[key]))
         if curves[key][i] < best_loss:
@@ -181,14 +276,8 @@ def select(method: str, source_model: nn.Module, target: Data, *,
                 float(curves[key][i])
     if best_key is None:
         raise ValueError("cross-validation produced no finite validation loss")
-    res = adapt(method, source_model, (x, y), **_resolve(best_config, base, lr),
-                steps=best_step, batch_size=min(batch_size, n), seed=seed, **kwargs)
-    res.selection = {
-        "mode": "cv", "folds": folds, "max_steps": max_steps, "stacked": stacked,
-        "chosen": dict(best_config), "steps": best_step, "cv_loss": best_loss,
-        "curves": {k: _thin(grid_steps, c) for k, c in curves.items()},
-    }
-    return res
+    return (best_config, best_step, best_loss,
+            {k: _thin(grid_steps, c) for k, c in curves.items()})
 
 
 Histories = list[list[History]]  # per configuration, per fold
@@ -198,8 +287,6 @@ _STACK_ARGS = ("device", "weight_decay", "optimizer", "loss", "lr_schedule")
 
 
 def _stackable(model: nn.Module, kwargs: Mapping[str, Any], stack: bool | str) -> bool:
-    if stack not in (True, False, "auto"):
-        raise ValueError(f"stack must be True, False or 'auto', got {stack!r}")
     extra = set(kwargs) - set(_STACK_ARGS) - {"allocated", "progress", "source"}
     if not stack or extra or not_vectorisable(model) is not None:
         return False
@@ -208,53 +295,112 @@ def _stackable(model: nn.Module, kwargs: Mapping[str, Any], stack: bool | str) -
     return True
 
 
-def _runs_one_by_one(method: str, source_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     configs: list[dict[str, Any]], splits: list[Any], base: dict[str, Any],
-                     lr: float, max_steps: int, batch_size: int, seed: int,
-                     kwargs: dict[str, Any]) -> Histories:
+def _runs_one_by_one(s: _Search, lr: float, max_steps: int, batch_size: int) -> Histories:
     out = []
-    for config in configs:
+    for config in s.configs:
         hs = []
-        for train_idx, val_idx in splits:
-            res = adapt(method, source_model, (x[train_idx], y[train_idx]),
-                        val=(x[val_idx], y[val_idx]), restore_best=False,
-                        **_resolve(config, base, lr), steps=max_steps,
-                        batch_size=min(batch_size, len(train_idx)), seed=seed, **kwargs)
+        for train_idx, val_idx in s.splits:
+            res = adapt(s.method, s.source_model, (s.x[train_idx], s.y[train_idx]),
+                        val=(s.x[val_idx], s.y[val_idx]), restore_best=False,
+                        **_resolve(config, s.base, lr), steps=max_steps,
+                        batch_size=min(batch_size, len(train_idx)), seed=s.seed,
+                        **s.kwargs)
             hs.append(res.history)
         out.append(hs)
     return out
 
 
-def _runs_stacked(method: str, source_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  configs: list[dict[str, Any]], splits: list[Any], base: dict[str, Any],
-                  lr: float, max_steps: int, batch_size: int, seed: int,
-                  kwargs: dict[str, Any]) -> Histories:
-    """The same trainings as :func:`_runs_one_by_one`, as one ``fit_many`` per fold size."""
-    jobs = []  # (config index, fold index, plan, lr)
-    for c, config in enumerate(configs):
-        resolved = _resolve(config, base, lr)
-        opts = method_options(method, resolved["options"])
-        for f in range(len(splits)):
-            plan = training_plan(method, source_model, opts, seed=seed,
-                                 allocated=kwargs.get("allocated"))
-            jobs.append((c, f, plan, resolved["lr"]))
-    out: Histories = [[History()] * len(splits) for _ in configs]
-    sizes = sorted({len(splits[f][0]) for _, f, _, _ in jobs})
-    train_args = {k: kwargs[k] for k in _STACK_ARGS if k in kwargs}
-    for size in sizes:
-        group = [j for j in jobs if len(splits[j[1]][0]) == size]
+@dataclass
+class _Job:
+    """One model of a stack: its plan, data, learning rate, seed and step budget."""
+
+    plan: TrainingPlan
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    lr: float
+    seed: int
+    steps: int
+    train_args: dict[str, Any]
+
+
+def _stack_key(job: _Job, batch_size: int) -> tuple[Any, ...]:
+    """Jobs with equal keys can share one ``fit_many`` call."""
+    model = job.plan.model
+    arch = getattr(model, "config", None)
+    arch = repr(arch()) if callable(arch) else type(model).__qualname__
+    shapes = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    args = tuple(sorted((k, repr(v)) for k, v in job.train_args.items()))
+    return (arch, shapes, len(job.train[0]), min(batch_size, len(job.train[0])), args)
+
+
+def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool) -> list[History]:
+    """Every job trained, stacked by :func:`_stack_key` (one ``fit_many`` per group)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for j, job in enumerate(jobs):
+        groups.setdefault(_stack_key(job, batch_size), []).append(j)
+    out: list[History] = [History()] * len(jobs)
+    for key, members in groups.items():
+        group = [jobs[j] for j in members]
         histories = fit_many(
-            [p.model for _, _, p, _ in group],
-            [(x[splits[f][0]], y[splits[f][0]]) for _, f, _, _ in group],
-            update_masks=[p.update_mask for _, _, p, _ in group],
-            penalties=[p.penalty for _, _, p, _ in group],
-            val=[(x[splits[f][1]], y[splits[f][1]]) for _, f, _, _ in group],
-            lr=[r for _, _, _, r in group], seeds=[seed] * len(group), steps=max_steps,
-            batch_size=min(batch_size, size), restore_best=False, **train_args)
-        for (c, f, _, _), h in zip(group, histories):
-            out[c][f] = h
+            [g.plan.model for g in group], [g.train for g in group],
+            update_masks=[g.plan.update_mask for g in group],
+            penalties=[g.plan.penalty for g in group],
+            val=[g.val for g in group] if any(g.val is not None for g in group) else None,
+            lr=[g.lr for g in group], seeds=[g.seed for g in group],
+            steps=[g.steps for g in group], batch_size=key[3], restore_best=restore_best,
+            **group[0].train_args)
+        for j, h in zip(members, histories):
+            out[j] = h
     return out
 
+
+def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch_size: int
+                       ) -> dict[int, Histories]:
+    """The same trainings as :func:`_runs_one_by_one` for every search, stacked."""
+    jobs: list[_Job] = []
+    where: list[tuple[int, int, int]] = []  # (search, config, fold) of each job
+    for si, s in enumerate(searches):
+        train_args = {k: s.kwargs[k] for k in _STACK_ARGS if k in s.kwargs}
+        for c, config in enumerate(s.configs):
+            resolved = _resolve(config, s.base, lr)
+            opts = method_options(s.method, resolved["options"])
+            for f, (train_idx, val_idx) in enumerate(s.splits):
+                plan = training_plan(s.method, s.source_model, opts, seed=s.seed,
+                                     allocated=s.kwargs.get("allocated"))
+                jobs.append(_Job(plan, (s.x[train_idx], s.y[train_idx]),
+                                 (s.x[val_idx], s.y[val_idx]), resolved["lr"], s.seed,
+                                 max_steps, train_args))
+                where.append((si, c, f))
+    histories = _run_jobs(jobs, batch_size, restore_best=False)
+    out: dict[int, Histories] = {
+        id(s): [[History()] * len(s.splits) for _ in s.configs] for s in searches}
+    for (si, c, f), h in zip(where, histories):
+        out[id(searches[si])][c][f] = h
+    return out
+
+
+def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, Any]],
+                    choices: dict[int, Choice], batch_size: int) -> dict[int, TransferResult]:
+    """The final retrains of stacked searches (all n samples, the chosen configuration
+    and step count), stacked; the same trainings :func:`adapt` would run."""
+    jobs, order = [], []
+    for i, s in searches.items():
+        opts = method_options(s.method, finals[i]["options"])
+        plan = training_plan(s.method, s.source_model, opts, seed=s.seed,
+                             allocated=s.kwargs.get("allocated"), final=True,
+                             device=s.kwargs.get("device", "auto"))
+        train_args = {k: s.kwargs[k] for k in _STACK_ARGS if k in s.kwargs}
+        jobs.append(_Job(plan, (s.x, s.y), None, finals[i]["lr"], s.seed, choices[i][1],
+                         train_args))
+        order.append(i)
+    out = {}
+    for i, job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True)):
+        s = searches[i]
+        res = job.plan.result(h)
+        res.method = s.method
+        res.extra["options"] = method_options(s.method, finals[i]["options"]).to_dict()
+        out[i] = res
+    return out
 
 def _resolve(config: Mapping[str, Any], base: Mapping[str, Any], lr: float) -> dict[str, Any]:
     """adapt() keywords for one grid configuration: options plus the training keys."""
