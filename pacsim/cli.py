@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(fit_many); auto (default): where measured faster (CUDA; on the "
                         "CPU models without 2D convolutions), on: wherever the model "
                         "allows, off: one by one")
+    b.add_argument("--batch-cells", default="auto", type=_batch_cells, metavar="K|auto",
+                   help="train up to K cells of one pair and target size (any method and "
+                        "seed) together, their cross-validations as shared fit_many "
+                        "stacks; 1: one cell a task; auto (default): 64 on CUDA, 1 on the "
+                        "CPU")
     b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     b.add_argument("--dry-run", action="store_true",
                    help="list the cells that would run and why (new, changed, failed); "
@@ -294,6 +299,19 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_cells(value: str) -> int | str:
+    """``--batch-cells``: ``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or an integer >= 1, got {value!r}")
+    return k
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench.execute import RunnerError
     from .bench.runner import run_suite
@@ -303,7 +321,8 @@ def _bench(args: argparse.Namespace) -> int:
                   retry_failed=args.retry_failed, dry_run=args.dry_run,
                   executor=args.executor, address=args.address,
                   cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
-                  stack={"on": True, "off": False}.get(args.stack, "auto"))
+                  stack={"on": True, "off": False}.get(args.stack, "auto"),
+                  batch_cells=args.batch_cells)
     except RunnerError as exc:
         print(f"pacsim bench: error: {exc}", file=sys.stderr)
         return 1

@@ -93,14 +93,14 @@ def test_fair_protocol_and_records(tmp_path):
 def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
     from pacsim.bench import protocol
 
-    real = protocol.select
+    real = protocol.select_many
 
-    def flaky(method, *args, **kwargs):
-        if method == "l2sp":
+    def flaky(requests, **kwargs):
+        if any(r.method == "l2sp" for r in requests):
             raise FloatingPointError("l2sp diverged")
-        return real(method, *args, **kwargs)
+        return real(requests, **kwargs)
 
-    monkeypatch.setattr(protocol, "select", flaky)
+    monkeypatch.setattr(protocol, "select_many", flaky)
     out = tmp_path / "out"
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"))
     run_suite(path, out, devices="cpu", log=lambda m: None)

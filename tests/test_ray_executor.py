@@ -67,6 +67,29 @@ def test_ray_records_equal_the_local_executor_bit_for_bit(tmp_path):
     assert "12 already done, 0 to run" in again[0]
 
 
+def test_ray_batches_cells_as_the_local_executor_does(tmp_path):
+    """--batch-cells on Ray: the same batches as the local runner, so the same records
+    bit for bit; a pair whose source model fails fails its cells with the same error."""
+    bad = '[pair.bad]\nrecipe = "tiny.toml"\nmodel = { name = "cnn", width = 4 }'
+    path = _suite(tmp_path, seeds=(0, 1), methods=("finetune", "pac"), extra=bad,
+                  top='selection = { mode = "cv", folds = 2 }')
+    run_suite(path, tmp_path / "local", devices="cpu", batch_cells=3, log=lambda m: None)
+    lines: list[str] = []
+    run_suite(path, tmp_path / "ray", executor="ray", jobs=2, batch_cells=3,
+              log=lines.append)
+    local, remote = _by_cell(tmp_path / "local"), _by_cell(tmp_path / "ray")
+    assert set(local) == set(remote) and len(local) == 16
+    for key, a in local.items():
+        b = remote[key]
+        for field in SAME:
+            assert a.get(field) == b.get(field), f"{key}: {field} differs"
+        if key.startswith("bad"):
+            assert a["error"].startswith("source model: ValueError: pair bad: a CNN")
+        else:
+            assert a["status"] == "ok" and a["selection"]["batch"] in (1, 3)
+    assert any("up to 3 cells a task" in line for line in lines)
+
+
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     """A worker that dies mid-cell is retried once, then the cell is recorded as failed;
     a source model that fails to train fails its cells with the local runner's error."""

@@ -121,14 +121,14 @@ def test_dry_run_lists_what_would_run_and_why(tmp_path, monkeypatch):
 
     from pacsim.bench import protocol
 
-    real = protocol.select
+    real = protocol.select_many
 
-    def flaky(method, *args, **kwargs):
-        if method == "l2sp":
+    def flaky(requests, **kwargs):
+        if any(r.method == "l2sp" for r in requests):
             raise FloatingPointError("diverged")
-        return real(method, *args, **kwargs)
+        return real(requests, **kwargs)
 
-    monkeypatch.setattr(protocol, "select", flaky)
+    monkeypatch.setattr(protocol, "select_many", flaky)
     _run(path, out)
     plan = _run(path, out, dry_run=True)
     assert "0 to run" in plan[0] and "1 failed" in plan[0]

@@ -1,6 +1,7 @@
 """Execution of a suite's cells: which process runs which task, on which device, when.
 
-Two kinds of task: ``prepare`` (the cached models of one pair and seed) and ``cell``.
+Three kinds of task: ``prepare`` (the cached models of one pair and seed), ``cell``
+and ``batch`` (several cells of one pair and target size trained together).
 :func:`schedule` keeps at most ``slots`` tasks in flight, starts a cell as soon as its
 own (pair, seed) is prepared (ready cells first, then the next prepare: no global
 barrier) and hands every record over the moment its task completes, in any order.
@@ -80,29 +81,62 @@ def worker_devices(devices: Sequence[str], jobs: int) -> list[str]:
 # ----------------------------------------------------------------------------- scheduling
 
 
-def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record) -> None:
+def batch_key(cell: Cell) -> tuple[str, int]:
+    """Cells that may train together (``--batch-cells``): one pair (one architecture,
+    step budget and batch size) and one target size (one fold size), any method or seed."""
+    return (cell[0], cell[2])
+
+
+def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record,
+             batch: int = 1) -> None:
     """Prepare each (pair, seed) of ``todo`` and run its cells, at most ``slots`` tasks at
     a time; ``record(cell, rec)`` gets each cell's record as soon as it exists. A
     prepare returns ``{method: reason}`` for methods that cannot run; their cells are
-    recorded as errors with that reason. A broken worker pool propagates."""
+    recorded as errors with that reason. A broken worker pool propagates.
+
+    ``batch=1``: one task per cell, started as soon as its own (pair, seed) is prepared.
+    ``batch=K > 1``: cells of one :func:`batch_key` run as tasks of up to K cells; the
+    prepares go first, and a partial batch starts once every seed of its pair is
+    prepared (or nothing else is left to wait for)."""
     from .suite import Cell
 
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in todo:
         groups.setdefault((c[0], c[3]), []).append(Cell(*c))
+    unprepared: dict[str, int] = {}
+    for pair, _ in groups:
+        unprepared[pair] = unprepared.get(pair, 0) + 1
     waiting, ready = deque(groups), deque[Cell]()
     inflight: dict[cf.Future[Any], tuple[int, str, Any]] = {}
     seq = 0
+
+    def take(force: bool) -> list[Cell] | None:
+        for key in dict.fromkeys(batch_key(c) for c in ready):
+            cells = [c for c in ready if batch_key(c) == key]
+            if len(cells) >= batch or unprepared[key[0]] == 0 or force:
+                chosen = cells[:batch]
+                for c in chosen:
+                    ready.remove(c)
+                return chosen
+        return None
+
     while waiting or ready or inflight:
         while len(inflight) < slots and (ready or waiting):
             seq += 1
-            if ready:
+            if batch == 1 and ready:
                 cell = ready.popleft()
                 inflight[submit("cell", tuple(cell))] = (seq, "cell", cell)
-            else:
+            elif waiting:
                 g = waiting.popleft()
                 methods = list(dict.fromkeys(c.method for c in groups[g]))
                 inflight[submit("prepare", (g[0], g[1], methods))] = (seq, "prepare", g)
+            elif (cells := take(force=not inflight)) is not None:
+                args = tuple(tuple(c) for c in cells)
+                inflight[submit("batch", args)] = (seq, "batch", cells)
+            else:
+                break
         done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
         for fut in sorted(done, key=lambda f: inflight[f][0]):
             _, kind, item = inflight.pop(fut)
@@ -114,9 +148,16 @@ def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record
                 result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
                 if kind == "prepare":
                     result = {c.method: f"prepare: {result['error']}" for c in groups[item]}
+                elif kind == "batch":
+                    result = [result] * len(item)
             if kind == "cell":
                 record(item, result)
                 continue
+            if kind == "batch":
+                for cell, rec in zip(item, result):
+                    record(cell, rec)
+                continue
+            unprepared[item[0]] -= 1
             for cell in groups[item]:
                 if cell.method in result:
                     record(cell, {"status": "error", "error": result[cell.method]})
@@ -125,19 +166,23 @@ def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record
 
 
 def run_task(ctx: Any, kind: str, args: tuple[Any, ...]) -> Any:
-    """One task in the process holding ``ctx`` (a :class:`protocol.Context`); a cell that
+    """One task in the process holding ``ctx`` (a :class:`protocol.Context`): a
+    ``prepare``, a ``cell`` or a ``batch`` of cells (a list of records). A cell that
     fails becomes an error record, never an exception."""
-    from .protocol import error_text, prepare, run_cell, versions
+    from .protocol import error_text, prepare, run_batch, run_cell, versions
     from .suite import Cell
 
     if kind == "prepare":
         pair, seed, methods = args
         return prepare(ctx, pair, seed, methods)
     try:
+        if kind == "batch":
+            return run_batch(ctx, [Cell(*c) for c in args])
         return run_cell(ctx, Cell(*args))
     except Exception as exc:  # noqa: BLE001 - a failed cell is a result, not a crash
-        return {"status": "error", "error": error_text(exc),
-                "traceback": traceback.format_exc(limit=5), "versions": versions()}
+        rec = {"status": "error", "error": error_text(exc),
+               "traceback": traceback.format_exc(limit=5), "versions": versions()}
+        return [rec] * len(args) if kind == "batch" else rec
 
 
 def _finished(fn: Callable[[], Any]) -> cf.Future[Any]:
@@ -170,15 +215,16 @@ def _worker_task(kind: str, args: tuple[Any, ...]) -> Any:
 
 
 def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, jobs: int,
-              devices: Sequence[str], record: Record) -> None:
-    """Run ``todo`` with ``jobs`` processes over ``devices``; ``record`` gets each
-    record as it completes. RunnerError if a worker process dies."""
+              devices: Sequence[str], record: Record, batch: int = 1) -> None:
+    """Run ``todo`` with ``jobs`` processes over ``devices``, ``batch`` cells a task at
+    most (see :func:`schedule`); ``record`` gets each record as it completes.
+    RunnerError if a worker process dies."""
     if jobs == 1:
         from .protocol import Context
 
         ctx = Context(suite, out, devices[0])
         schedule(todo, lambda kind, args: _finished(lambda: run_task(ctx, kind, args)),
-                 slots=1, record=record)
+                 slots=1, record=record, batch=batch)
         return
     spawn = mp.get_context("spawn")
     queue = spawn.SimpleQueue()
@@ -190,7 +236,7 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, jobs: int,
                                             os.getpid()))
     try:
         schedule(todo, lambda kind, args: pool.submit(_worker_task, kind, args), slots=jobs,
-                 record=record)
+                 record=record, batch=batch)
     except cf.process.BrokenProcessPool as exc:
         pool.shutdown(wait=False, cancel_futures=True)
         raise RunnerError(f"a worker process died ({exc}); finished cells are saved, "

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from ..models.sizing import for_data
 from ..pac import Masks
 from ..sims import recipes
 from ..train import fit, predict
-from ..transfer import select
+from ..transfer import SelectRequest, TransferResult, select_many
 from ..transfer.methods import prune_and_allocate
 from .suite import Cell, PairSpec, Suite, config_hash
 
@@ -238,23 +240,76 @@ def _prepare_allocated(ctx: Context, pair: str, seed: int, method: str, path: Pa
 def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     """Train one method on one target subset and measure everything the report needs;
     returns the cell's record (its identity included). Needs :func:`prepare` first."""
+    return run_batch(ctx, [cell])[0]
+
+
+def run_batch(ctx: Context, cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """:func:`run_cell` for several cells at once: their transfers are chosen and trained
+    together (:func:`pacsim.transfer.select_many`: with the suite's ``stack``, every
+    cross-validation and final training that can share a ``fit_many`` stack does), then
+    each cell is measured and recorded on its own, with ``selection["batch"]`` cells
+    trained together and an equal share of the wall time in ``seconds``. If the batch
+    fails as a whole, each cell runs alone, so one bad cell fails only its own record."""
+    cells = [Cell(*c) for c in cells]
+    if len(cells) > 1:
+        try:
+            return _run_together(ctx, cells)
+        except Exception:  # noqa: BLE001 - retried one by one; errors land per cell
+            out = []
+            for cell in cells:
+                try:
+                    out.append(run_cell(ctx, cell))
+                except Exception as exc:  # noqa: BLE001 - a failed cell is a record
+                    out.append(error_record(ctx.suite, cell, error_text(exc),
+                                            traceback.format_exc(limit=5)))
+            return out
+    return _run_together(ctx, cells)
+
+
+def _run_together(ctx: Context, cells: list[Cell]) -> list[dict[str, Any]]:
+    requests = []
+    for cell in cells:
+        pair, method, n_target, seed = cell
+        source_model = ctx.load(ctx.source_cache(pair, seed))[0]
+        extra: dict[str, Any] = {}
+        alloc_path = ctx.allocate_cache(pair, seed, method)
+        if alloc_path is not None:
+            alloc_model, alloc_masks, _ = ctx.load(alloc_path)
+            extra["allocated"] = (alloc_model, alloc_masks)
+        mcfg = ctx.suite.method(pair, method)
+        target = ctx.data(pair).subset(seed, n_target)
+        requests.append(SelectRequest(method, source_model, target, seed, mcfg.grid,
+                                      mcfg.options.to_dict(), extra))
+    shared = _shared(cells, ctx)
+    t0 = time.perf_counter()
+    results = select_many(requests, selection=ctx.suite.selection, stack=ctx.suite.stack,
+                          **shared)
+    seconds = (time.perf_counter() - t0) / len(cells)
+    out = []
+    for cell, req, res in zip(cells, requests, results):
+        res.selection = {**(res.selection or {}), "batch": len(cells)}
+        out.append(_record(ctx, cell, req, res, seconds))
+    return out
+
+
+def _shared(cells: list[Cell], ctx: Context) -> dict[str, Any]:
+    """Training arguments the cells of a batch share (one pair's): ValueError if not."""
+    pairs = {c.pair for c in cells}
+    if len(pairs) > 1:
+        raise ValueError(f"a batch of cells needs one pair, got {sorted(pairs)}")
+    pair = cells[0].pair
+    spec = ctx.suite.pairs[pair]
+    kw = {k: v for k, v in ctx.fit_kwargs(pair, cells[0].seed).items() if k != "seed"}
+    return {**kw, "steps": spec.train.target_steps, "batch_size": spec.train.batch_size}
+
+
+def _record(ctx: Context, cell: Cell, req: SelectRequest, res: TransferResult,
+            seconds: float) -> dict[str, Any]:
+    """The record of one measured cell."""
     pair, method, n_target, seed = cell
     spec = ctx.suite.pairs[pair]
     data = ctx.data(pair)
     source_model, _, src_meta = ctx.load(ctx.source_cache(pair, seed))
-    target = data.subset(seed, n_target)
-    extra: dict[str, Any] = {}
-    alloc_path = ctx.allocate_cache(pair, seed, method)
-    if alloc_path is not None:
-        alloc_model, alloc_masks, alloc_meta = ctx.load(alloc_path)
-        extra["allocated"] = (alloc_model, alloc_masks)
-    mcfg = ctx.suite.method(pair, method)
-    t0 = time.perf_counter()
-    res = select(method, source_model, target, selection=ctx.suite.selection,
-                 steps=spec.train.target_steps, grid=mcfg.grid,
-                 options=mcfg.options.to_dict(), batch_size=spec.train.batch_size,
-                 stack=ctx.suite.stack, **ctx.fit_kwargs(pair, seed), **extra)
-    seconds = time.perf_counter() - t0
     tgt, pred = data.physical(res.model, data.target_test, data.target_test_y)
     with res.source_view() as m:
         src_after = data.physical(m, data.source_test, data.source_test_y)[0]
@@ -268,10 +323,12 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
         "memory_bytes": res.serving_bytes(), "selection": res.selection,
         "steps": res.history.steps, "seconds": seconds,
         "source_fingerprint": fingerprint(*source_model.state_dict().values()),
-        "target_fingerprint": fingerprint(*target),
+        "target_fingerprint": fingerprint(*req.target),
         "device": str(ctx.device), "versions": versions(),
     }
+    alloc_path = ctx.allocate_cache(pair, seed, method)
     if alloc_path is not None:
+        alloc_meta = ctx.load(alloc_path)[2]
         record["pac"] = {"allocated_source_rmse": alloc_meta["source"]["rmse"],
                          "summary": alloc_meta["summary"],
                          "allocate": {k: v for k, v in alloc_meta["allocate"].items()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .execute import Record, RunnerError, run_task
+from .execute import Record, RunnerError, batch_key, run_task
 
 if TYPE_CHECKING:
     from .suite import Cell, Suite
@@ -268,6 +268,20 @@ def _cell_task(env: _Env, failures: dict[str, str], cell: tuple[Any, ...]) -> di
     return run_task(_context(env), "cell", cell)
 
 
+def _batch_task(env: _Env, cells: list[tuple[Any, ...]], seeds: list[int],
+                *failures: dict[str, str]) -> list[dict[str, Any]]:
+    """Cells of one pair and target size trained together; ``failures[i]`` is the
+    prepare result of ``seeds[i]`` (resolved by Ray first). Cells whose prepare failed
+    get its error; the others run as one batch."""
+    by_seed = dict(zip(seeds, failures))
+    runnable = [c for c in cells if c[1] not in by_seed[c[3]]]
+    for c in runnable:
+        _crash_for_tests(env, c)
+    done = iter(run_task(_context(env), "batch", tuple(runnable)) if runnable else [])
+    return [{"status": "error", "error": by_seed[c[3]][c[1]]} if c[1] in by_seed[c[3]]
+            else next(done) for c in cells]
+
+
 def _crash_for_tests(env: _Env, cell: tuple[Any, ...]) -> None:
     """Kill this worker mid-cell when a test asks (env vars naming ``pair|method|n|seed``
     keys, comma separated): PACSIM_TEST_CRASH on every try, PACSIM_TEST_CRASH_ONCE on the
@@ -291,8 +305,10 @@ def _crash_for_tests(env: _Env, cell: tuple[Any, ...]) -> None:
 
 
 def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOptions,
-              record: Record) -> None:
-    """Run ``todo`` as Ray tasks on the connected cluster (see :func:`connect`);
+              record: Record, batch: int = 1) -> None:
+    """Run ``todo`` as Ray tasks on the connected cluster (see :func:`connect`), one
+    cell a task or, with ``batch > 1``, up to ``batch`` cells of one
+    :func:`~pacsim.bench.execute.batch_key` a task (after the prepares of their seeds);
     ``record`` gets each cell's record as it arrives, in completion order."""
     ray = require_ray()
     from .suite import Cell
@@ -307,27 +323,50 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOpti
         opts.update(max_calls=0, runtime_env={
             "env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}})
     prepare, cell_fn = ray.remote(**opts)(_prepare_task), ray.remote(**opts)(_cell_task)
+    batch_fn = ray.remote(**opts)(_batch_task)
 
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in todo:
         groups.setdefault((c[0], c[3]), []).append(Cell(*c))
-    pending: dict[Any, tuple[Cell, Any]] = {}
+    pending: dict[Any, tuple[list[Cell], list[Any]]] = {}
+    preps = {}
     for (pair, seed), cells in groups.items():
         methods = list(dict.fromkeys(c.method for c in cells))
-        p = prepare.remote(env, pair, seed, methods)
-        for c in cells:
-            pending[cell_fn.remote(env, p, tuple(c))] = (c, p)
+        preps[(pair, seed)] = p = prepare.remote(env, pair, seed, methods)
+        if batch == 1:
+            for c in cells:
+                pending[cell_fn.remote(env, p, tuple(c))] = ([c], [p])
+    if batch > 1:
+        by_key: dict[tuple[str, int], list[Cell]] = {}
+        for c in todo:
+            by_key.setdefault(batch_key(c), []).append(Cell(*c))
+        for cells in by_key.values():
+            for i in range(0, len(cells), batch):
+                chunk = cells[i : i + batch]
+                seeds = list(dict.fromkeys(c.seed for c in chunk))
+                refs = [preps[(chunk[0].pair, s)] for s in seeds]
+                ref = batch_fn.remote(env, [tuple(c) for c in chunk], seeds, *refs)
+                pending[ref] = (chunk, refs)
     while pending:  # an exception or a kill ends the driver; Ray ends its tasks
         done, rest = ray.wait(list(pending), num_returns=1)
         if rest:  # and whatever else finished meanwhile
             done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in done:
-            cell, prep = pending.pop(ref)
-            record(cell, _result(ray, ref, prep))
+            cells, refs = pending.pop(ref)
+            result = _result(ray, ref, refs)
+            if batch == 1:
+                record(cells[0], result)  # type: ignore[arg-type]
+            elif isinstance(result, dict):  # the whole task failed
+                for c in cells:
+                    record(c, result)
+            else:
+                for c, rec in zip(cells, result):
+                    record(c, rec)
 
 
-def _result(ray: Any, ref: Any, prep: Any) -> dict[str, Any]:
-    """A cell's record, or its error record when the task could not finish."""
+def _result(ray: Any, ref: Any, preps: list[Any]) -> Any:
+    """A task's result (a cell's record, or a batch's records), or one error record
+    when the task could not finish."""
     from ray import exceptions as rex
 
     from .protocol import error_text
@@ -339,8 +378,8 @@ def _result(ray: Any, ref: Any, prep: Any) -> dict[str, Any]:
                           "are saved, run again to resume") from None
     except Exception as exc:  # noqa: BLE001 - the cell's failure, recorded
         error = _task_error(exc, error_text)
-    prep_done, _ = ray.wait([prep], timeout=0)
-    if prep_done:  # a failed prepare fails its cells: say so, as the local runner does
+    prep_done, _ = ray.wait(preps, num_returns=len(preps), timeout=0)
+    for prep in prep_done:  # a failed prepare fails its cells: say so, as locally
         try:
             ray.get(prep)
         except Exception as exc:  # noqa: BLE001

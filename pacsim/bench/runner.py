@@ -119,7 +119,8 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
               retry_failed: bool = False, dry_run: bool = False,
               executor: str = "local", address: str | None = None,
               cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
-              stack: bool | str = "auto", log: Callable[[str], Any] = print) -> Path:
+              stack: bool | str = "auto", batch_cells: int | str = "auto",
+              log: Callable[[str], Any] = print) -> Path:
     """Run (or resume) a suite into ``out``; returns the results file.
 
     ``executor="local"``: ``jobs`` processes (default 1) on ``devices``
@@ -132,10 +133,15 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
     refused (:class:`execute.FolderBusy`). ``stack``: whether each cell's
     cross-validation trains its folds x configurations as ``fit_many`` stacks (True,
     False, or ``"auto"``: where measured faster, see :func:`pacsim.transfer.select`).
+    ``batch_cells``: at most this many cells of one pair and target size (any method
+    and seed) train together as one task, their stacks shared
+    (:func:`pacsim.transfer.select_many`); 1 is one cell a task, ``"auto"`` is
+    :func:`auto_batch_cells`. Records stay one per cell, the same with or without.
     """
     if os.path.lexists(out) and not Path(out).is_dir():
         raise ValueError(f"{out}: exists and is not a folder; --out names the results folder")
     suite = dataclasses.replace(load_suite(suite_path, data_dir=data_dir), stack=stack)
+    check_batch_cells(batch_cells)
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     if executor not in ("local", "ray"):
@@ -150,6 +156,7 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
             address, None if jobs is None else math.ceil(jobs * cpus_per_cell),
             cpus_per_cell, gpus_per_cell)
         devs: list[str] = []
+        batch = auto_batch_cells(batch_cells, gpus_per_cell > 0)
         how = ray_opts.describe()
     else:
         if address is not None or cpus_per_cell != 1 or gpus_per_cell != 0:
@@ -157,7 +164,10 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
                              "--executor ray")
         ray_opts, jobs = None, jobs or 1
         devs = execute.resolve_devices(devices if devices is not None else device)
+        batch = auto_batch_cells(batch_cells, all(d.startswith("cuda") for d in devs))
         how = f"{jobs} job(s) on {','.join(devs)}"
+    if batch > 1:
+        how += f", up to {batch} cells a task"
     if dry_run:
         plan = plan_suite(suite, read_results(out), retry_failed)
         log(_summary(suite, plan, how, out))
@@ -176,19 +186,42 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
         if not plan.todo:
             return out / RESULTS
         if ray_opts is None:
-            _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs})
+            _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs,
+                                        "batch_cells": batch})
             run = functools.partial(execute.run_cells, jobs=min(jobs, len(plan.todo)),
-                                    devices=devs)
+                                    devices=devs, batch=batch)
             _execute(suite, out, plan.cells(), run, log)
             return out / RESULTS
         with ray_executor.connect(ray_opts, log) as ray:
             cluster = ray.cluster_resources()
             _write_machine(out, suite, {"executor": "ray", **dataclasses.asdict(ray_opts),
                                         "jobs": ray_opts.slots(cluster),
-                                        "cluster": cluster})
-            run = functools.partial(ray_executor.run_cells, options=ray_opts)
+                                        "cluster": cluster, "batch_cells": batch})
+            run = functools.partial(ray_executor.run_cells, options=ray_opts, batch=batch)
             _execute(suite, out, plan.cells(), run, log)
     return out / RESULTS
+
+
+#: Cells a task trains together under ``batch_cells="auto"``, on CUDA and on the CPU.
+AUTO_BATCH_CUDA = 64
+AUTO_BATCH_CPU = 1
+
+
+def check_batch_cells(value: int | str) -> None:
+    """ValueError unless ``value`` is ``"auto"`` or an integer >= 1."""
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--batch-cells must be auto or an integer >= 1, got {value!r}")
+
+
+def auto_batch_cells(value: int | str, cuda: bool) -> int:
+    """How many cells a task trains together: ``value``, or for ``"auto"``
+    :data:`AUTO_BATCH_CUDA` on CUDA and :data:`AUTO_BATCH_CPU` on the CPU."""
+    check_batch_cells(value)
+    if value == "auto":
+        return AUTO_BATCH_CUDA if cuda else AUTO_BATCH_CPU
+    return int(value)
 
 
 def _write_machine(out: Path, suite: Suite, execution: dict[str, Any]) -> None:
