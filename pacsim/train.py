@@ -6,16 +6,19 @@ device handling and early stopping are written once.
 
 ``update_mask`` is enforced exactly by :class:`pacsim.exact.UpdateMask` (frozen entries
 are restored to their snapshot after every optimiser step, so no optimiser can move
-them); L2 penalties are applied as gradients by :class:`pacsim.exact.L2Pull`.
+them); L2 penalties are applied as gradients by :class:`pacsim.exact.L2Pull`. With
+``compile`` only the model's forward (and its backward) runs through ``torch.compile``;
+the restore, the pull and the optimiser step stay eager, so they keep their exactness.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,8 @@ from .progress import progress_bar
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber")
+#: Compiled graphs one model class may collect before ``fit(compile=...)`` runs it eagerly.
+RECOMPILE_LIMIT = 64
 
 
 @dataclass
@@ -122,6 +127,64 @@ def check_fit_options(epochs: int | None, steps: int | None, lrs: Sequence[float
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose None or 'cosine'")
 
 
+def compile_options(compile: bool | str | Mapping[str, Any], device: torch.device
+                    ) -> dict[str, Any] | None:
+    """The ``torch.compile`` keyword arguments of :func:`fit`'s ``compile`` option, or
+    None for eager training; ValueError, in one line, for a value torch would refuse.
+
+    ``True``: mode ``"reduce-overhead"`` (CUDA graphs) on CUDA, the default mode
+    elsewhere; a string: that mode; a mapping: ``torch.compile``'s keyword arguments.
+    Unless the mapping says otherwise, ``dynamic=False`` (the full batches and the
+    smaller last batch of an epoch get one static graph each: two compiles, no dynamic
+    shapes, which CUDA graphs could not use anyway) and, where torch has it,
+    ``recompile_limit=RECOMPILE_LIMIT``: graphs are cached per model class and reused by
+    later fits with the same shapes and trainable tensors, and torch's default of 8
+    graphs per class would send the ninth distinct setting (width, batch size, update
+    mask) back to eager without an error."""
+    if compile is False:
+        return None
+    if compile is True:
+        opts: dict[str, Any] = {"mode": "reduce-overhead"} if device.type == "cuda" else {}
+    elif isinstance(compile, str):
+        opts = {"mode": compile}
+    elif isinstance(compile, Mapping):
+        opts = dict(compile)
+    else:
+        raise ValueError(f"compile must be a bool, a torch.compile mode or a mapping of "
+                         f"torch.compile arguments, got {compile!r}")
+    allowed = [n for n in inspect.signature(torch.compile).parameters if n != "model"]
+    unknown = sorted(str(k) for k in opts if k not in allowed)
+    if unknown:
+        raise ValueError(f"compile names unknown torch.compile arguments {unknown}; "
+                         f"choose from {allowed}")
+    mode = opts.get("mode")
+    if mode is not None:
+        from torch._inductor import list_mode_options
+
+        modes = sorted(list_mode_options())
+        if not isinstance(mode, str) or mode not in modes:
+            raise ValueError(f"unknown torch.compile mode {mode!r}; choose one of {modes}")
+        if opts.get("options") is not None:
+            raise ValueError("compile: give torch.compile a mode or options, not both")
+    backend = opts.get("backend")
+    if backend is not None and not callable(backend):
+        from torch._dynamo.backends.registry import lookup_backend
+
+        try:
+            lookup_backend(backend)
+        except Exception as err:
+            raise ValueError(f"unknown torch.compile backend {backend!r}: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                             ) from None
+    for name in ("dynamic", "fullgraph"):
+        if opts.get(name) is not None and not isinstance(opts[name], bool):
+            raise ValueError(f"compile[{name!r}] must be a bool, got {opts[name]!r}")
+    opts.setdefault("dynamic", False)
+    if "recompile_limit" in allowed:
+        opts.setdefault("recompile_limit", RECOMPILE_LIMIT)
+    return opts
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -150,6 +213,7 @@ def fit(
     freeze_bn_stats: bool = False,
     stop_when: Callable[[History], bool] | None = None,
     desc: str | None = None,
+    compile: bool | str | Mapping[str, Any] = False,
 ) -> History:
     """Train ``model`` in place on ``train`` and return its :class:`History`.
 
@@ -171,6 +235,14 @@ def fit(
     epoch, else as it was when that epoch began. With a built-in loss, model outputs and
     targets must have the same shape.
 
+    ``compile`` runs the training forward (and so its backward) through
+    ``torch.compile``, see :func:`compile_options`: ``True`` (CUDA graphs on CUDA), a
+    mode, or ``torch.compile``'s keyword arguments, e.g. ``{"backend": "aot_eager"}``.
+    The update-mask restore, the L2 pull and the optimiser step stay eager, so frozen
+    entries stay bit-exact; the model trained and returned is ``model`` itself (its
+    ``state_dict`` keys are unchanged). Validation runs the eager model. A compiled run
+    leaves no gradients in ``.grad`` (CUDA graphs may own their memory).
+
     Inside a process group of several ranks (``torchrun``, see :mod:`pacsim.distributed`)
     the model trains as :class:`~torch.nn.parallel.DistributedDataParallel`: every rank
     draws the same global batches (``seed`` is required) and computes only its share, and
@@ -181,6 +253,7 @@ def fit(
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     dev = resolve_device(device)
+    compile_opts = compile_options(compile, dev)
     loss_fn = _make_loss(loss)
     shard = world()
     if shard is not None and seed is None:
@@ -220,8 +293,21 @@ def fit(
     was_training = model.training
     try:
         with mask.frozen_tensors(), _seeded(seed, dev) as gen:
-            net = model if shard is None else nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None)
+            # Compiled after the frozen tensors lose requires_grad (the graphs are traced
+            # with it). The wrapper shares ``model``'s parameters and leaves ``model``
+            # itself as it was. Under DDP the inner module is compiled, as torch's "where
+            # to apply torch.compile" notes advise: DDP runs it inside its forward, where
+            # dynamo still splits the graph at DDP's buckets to overlap communication.
+            net: nn.Module = (model if compile_opts is None
+                              else torch.compile(model, **compile_opts))  # type: ignore[assignment]
+            if shard is not None:
+                net = nn.parallel.DistributedDataParallel(
+                    net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            # CUDA graphs (mode "reduce-overhead") reuse their output memory at every
+            # replay: each step is marked as a new one. The loss is computed eagerly from
+            # the output before the next step, so it (and the running loss) is never
+            # graph memory; the mark costs nothing without CUDA graphs.
+            mark_step = compile_opts is not None and dev.type == "cuda"
             for epoch in range(epochs):
                 # one snapshot an epoch: where a diverged epoch leaves the model
                 epoch_start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -232,6 +318,8 @@ def fit(
                 running = torch.zeros((), device=dev)
                 count = 0
                 for x, y in train_b.epoch(gen):
+                    if mark_step:
+                        torch.compiler.cudagraph_mark_step_begin()
                     with autocast:
                         pred = net(x)
                         if history.steps == 0 and isinstance(loss, str) \
@@ -274,6 +362,8 @@ def fit(
                         "check the data for NaN/inf and lower lr")
                 history.epochs_run = epoch + 1
                 if val_b is not None:
+                    # the eager model: eval mode under no_grad would be further graphs
+                    # (and CUDA graph memory) for one pass an epoch
                     v = _mean_loss(model, val_b, loss_fn, autocast)
                     history.val_loss.append(v)
                     history.val_steps.append(history.steps)
@@ -300,6 +390,9 @@ def fit(
             model.load_state_dict(best_state)
     finally:
         model.train(was_training)
+        if compile_opts is not None:  # no gradient in memory a CUDA graph may reuse
+            for p in trainable:
+                p.grad = None
         if bar is not None:
             bar.close()
     history.seconds = time.perf_counter() - t0
