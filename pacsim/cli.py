@@ -118,6 +118,9 @@ def _workflow_parsers(sub: Any) -> None:
     t.add_argument("--patience", type=int, default=None,
                    help="stop after N epochs without a better val loss")
     t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    t.add_argument("--compile", action="store_true",
+                   help="run the training forward through torch.compile (CUDA graphs on "
+                        "CUDA; on the CPU it was not faster for small models)")
     _common(t)
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     x = sub.add_parser("transfer", help="transfer a checkpoint to another setting's data",
@@ -218,7 +221,7 @@ def _train(args: argparse.Namespace) -> int:
     train_surrogate(args.data, args.out, model=args.model, options=_settings(args.set),
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, patience=args.patience,
-                    device=args.device, seed=args.seed, amp=args.amp,
+                    device=args.device, seed=args.seed, amp=args.amp, compile=args.compile,
                     overwrite=args.overwrite)
     return 0
 

@@ -68,6 +68,19 @@ def test_train_writes_a_checkpoint_that_records_its_data(files):
         meta["metrics"]["val"]["rmse"], rel=1e-4)
 
 
+def test_train_can_compile_its_forward(files, tmp_path):
+    """``pacsim train --compile`` is fit(compile=...): the same training up to float
+    rounding (torch.compile's portable backend here: CI machines may lack a C compiler)."""
+    from pacsim.workflow import train_surrogate
+
+    metas = [train_surrogate(files / "src.h5", tmp_path / f"{c}.pt", epochs=3, compile=c,
+                             options={"hidden": [16]}, progress=False, log=lambda m: None)
+             for c in (False, {"backend": "aot_eager"})]
+    assert metas[1]["train"]["compile"] == {"backend": "aot_eager"}
+    assert metas[1]["metrics"]["val"]["rmse"] == pytest.approx(
+        metas[0]["metrics"]["val"]["rmse"], rel=1e-4)
+
+
 def test_pac_transfer_keeps_the_source_and_is_reproducible(cli, files):
     for out in ("pac_a.pt", "pac_b.pt"):
         code, text, err = _transfer(cli, files, out, "--select", "fixed")

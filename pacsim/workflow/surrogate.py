@@ -76,14 +76,16 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
                     weight_decay: float = 0.0, optimizer: str = "adam",
                     patience: int | None = None, lr_schedule: str | None = "cosine",
                     device: str = "auto", seed: int = 0, amp: bool = False,
-                    overwrite: bool = False, progress: bool | None = None,
-                    log: Log | None = None) -> dict[str, Any]:
+                    compile: bool | str | Mapping[str, Any] = False, overwrite: bool = False,
+                    progress: bool | None = None, log: Log | None = None) -> dict[str, Any]:
     """Fit a surrogate on ``data``'s train split, keep the epoch with the lowest loss on
     its val split, and write the checkpoint ``out``.
 
     ``model``: ``"mlp"``, ``"cnn"`` or ``"auto"`` (mlp for flat samples, cnn for fields),
     sized from the data; ``options`` are the model's other arguments (e.g. ``width``).
-    Returns the checkpoint's metadata (what was trained on, how, and its val metrics).
+    ``compile``: the training forward through ``torch.compile`` (see
+    :func:`pacsim.train.fit`). Returns the checkpoint's metadata (what was trained on,
+    how, and its val metrics).
     """
     say = _log(log)
     check_out(out, overwrite)
@@ -103,7 +105,7 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
     history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
                   batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
                   patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed, amp=amp,
-                  progress=progress if is_main() else False, desc="train")
+                  compile=compile, progress=progress if is_main() else False, desc="train")
     normalizer = train.normalizer
     assert normalizer is not None
     metrics = {"val": physical_metrics(net, normalizer, data, "val", device=dev)}
@@ -114,8 +116,8 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "weight_decay": weight_decay, "optimizer": optimizer, "patience": patience,
                   "lr_schedule": lr_schedule, "seed": seed, "amp": amp,
-                  "best_epoch": history.best_epoch, "epochs_run": history.epochs_run,
-                  "seconds": history.seconds},
+                  "compile": compile, "best_epoch": history.best_epoch,
+                  "epochs_run": history.epochs_run, "seconds": history.seconds},
         "metrics": metrics,
     }
     if metrics["val"] is not None:
