@@ -6,8 +6,11 @@ CNN (width 12, depth 2, kernel 5, circular padding) on Burgers' 128-point grid (
 own random data; times are wall clock around the whole call (setup included); ``fit``
 and every K run interleaved, round after round. On a shared machine the best round is
 the least disturbed wall-clock figure; the median speedup, and the speedup in process
-CPU time (robust to preemption with one thread), are printed beside it. Usage:
-``python benchmarks/throughput.py [--device cpu] [--threads 1 2] [--ks 1 8 32 64]``.
+CPU time (robust to preemption with one thread), are printed beside it. ``--compile``
+also times ``fit(compile=True)`` (CUDA graphs on CUDA, inductor on the CPU; the first
+round, which compiles, is the warm-up) against ``fit``. Usage:
+``python benchmarks/throughput.py [--device cpu] [--threads 1 2] [--ks 1 8 32 64]
+[--compile]``.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def _rate(run: Callable[[], int], dev: torch.device) -> tuple[float, float]:
     return done / (time.perf_counter() - w0), done / (time.process_time() - c0)
 
 
-def measure(case: str, ks: list[int], steps: int, dev: torch.device, repeats: int
-            ) -> list[dict]:
+def measure(case: str, ks: list[int], steps: int, dev: torch.device, repeats: int,
+            compiled: bool = False) -> list[dict]:
     """One row per K: ``fit`` one model at a time (4 models; its rate does not depend on
     K) against ``fit_many`` of K models, interleaved round by round so that both see the
     same load, ``repeats`` rounds after a warm-up round."""
@@ -74,6 +77,15 @@ def measure(case: str, ks: list[int], steps: int, dev: torch.device, repeats: in
         return len(models) * steps
 
     runs: dict[str, Callable[[], int]] = {"fit": one_at_a_time}
+    if compiled:
+        models_c, data_c = _problem(case, 4)
+
+        def one_compiled() -> int:
+            for i, (m, d) in enumerate(zip(models_c, data_c)):
+                fit(m, d, seed=i, progress=False, compile=True, **kw)
+            return len(models_c) * steps
+
+        runs["compiled"] = one_compiled
     for k in ks:
         models_k, data_k = _problem(case, k)
 
@@ -99,6 +111,12 @@ def measure(case: str, ks: list[int], steps: int, dev: torch.device, repeats: in
                      "speedup": max(wall[key]) / max(wall["fit"]),
                      "speedup_median": med(wall[key]) / med(wall["fit"]),
                      "speedup_cpu": med(cpu[key]) / med(cpu["fit"])})
+    if compiled:
+        rows.append({"model": case, "threads": torch.get_num_threads(), "K": "compile",
+                     "fit": max(wall["fit"]), "fit_many": max(wall["compiled"]),
+                     "speedup": max(wall["compiled"]) / max(wall["fit"]),
+                     "speedup_median": med(wall["compiled"]) / med(wall["fit"]),
+                     "speedup_cpu": med(cpu["compiled"]) / med(cpu["fit"])})
     return rows
 
 
@@ -110,6 +128,9 @@ def main() -> None:
     ap.add_argument("--mlp-steps", type=int, default=200)
     ap.add_argument("--cnn-steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time fit(compile=True) (row K=compile: its rate in the "
+                         "fit_many column)")
     args = ap.parse_args()
     dev = resolve_device(args.device)
     print(one_line(dev))
@@ -122,8 +143,8 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for case, steps in zip(CASES, (args.mlp_steps, args.cnn_steps)):
-            for r in measure(case, args.ks, steps, dev, args.repeats):
-                print(f"{r['model']:<34} {r['threads']:>7} {r['K']:>4} {r['fit']:>9.0f} "
+            for r in measure(case, args.ks, steps, dev, args.repeats, args.compile):
+                print(f"{r['model']:<34} {r['threads']:>7} {r['K']!s:>4} {r['fit']:>9.0f} "
                       f"{r['fit_many']:>9.0f} {r['speedup']:>6.2f}x "
                       f"{r['speedup_median']:>6.2f}x {r['speedup_cpu']:>6.2f}x", flush=True)
 

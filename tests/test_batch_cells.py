@@ -74,6 +74,23 @@ def test_a_failing_cell_fails_only_its_own_record(tmp_path, monkeypatch):
         "after a failed batch each cell ran alone"
 
 
+@pytest.mark.parametrize("stack,expect", [("auto", 64), (False, 1)])
+def test_auto_batches_only_pairs_whose_cells_stack(tmp_path, stack, expect):
+    """Under --batch-cells auto a pair's cells share tasks only where they stack (an MLP
+    on the CPU under --stack auto does; nothing does under --stack off), and a pair
+    whose model cannot be built is left to fail in prepare."""
+    import json
+
+    bad = '[pair.bad]\nrecipe = "tiny.toml"\nmodel = { name = "cnn", width = 4 }'
+    out = tmp_path / "out"
+    run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,), extra=bad),
+              out, devices="cpu", stack=stack, log=lambda m: None)
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["batch_cells"] == {"fried": expect, "bad": 1}
+    recs = {r["pair"]: r for r in read_results(out)}
+    assert recs["fried"]["status"] == "ok" and recs["bad"]["status"] == "error"
+
+
 def test_auto_batch_cells():
     assert auto_batch_cells("auto", cuda=True) == 64
     assert auto_batch_cells("auto", cuda=False) >= 1

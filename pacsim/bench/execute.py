@@ -23,7 +23,7 @@ import pickle
 import re
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +87,18 @@ def batch_key(cell: Cell) -> tuple[str, int]:
     return (cell[0], cell[2])
 
 
+def batch_sizes(batch: int | Mapping[str, int], pairs: Iterable[str]) -> dict[str, int]:
+    """Cells a task of each pair holds at most: ``batch`` for all, or per pair (1 where a
+    mapping does not name it); ValueError for a size below 1."""
+    out = {p: (batch.get(p, 1) if isinstance(batch, Mapping) else batch) for p in pairs}
+    bad = {p: k for p, k in out.items() if not isinstance(k, int) or k < 1}
+    if bad:
+        raise ValueError(f"batch sizes must be integers >= 1, got {bad}")
+    return out
+
+
 def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record,
-             batch: int = 1) -> None:
+             batch: int | Mapping[str, int] = 1) -> None:
     """Prepare each (pair, seed) of ``todo`` and run its cells, at most ``slots`` tasks at
     a time; ``record(cell, rec)`` gets each cell's record as soon as it exists. A
     prepare returns ``{method: reason}`` for methods that cannot run; their cells are
@@ -97,11 +107,11 @@ def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record
     ``batch=1``: one task per cell, started as soon as its own (pair, seed) is prepared.
     ``batch=K > 1``: cells of one :func:`batch_key` run as tasks of up to K cells; the
     prepares go first, and a partial batch starts once every seed of its pair is
-    prepared (or nothing else is left to wait for)."""
+    prepared (or nothing else is left to wait for). ``batch`` may also map pairs to
+    their K (pairs not named: 1)."""
     from .suite import Cell
 
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    sizes = batch_sizes(batch, {c[0] for c in todo})
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in todo:
         groups.setdefault((c[0], c[3]), []).append(Cell(*c))
@@ -109,14 +119,16 @@ def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record
     for pair, _ in groups:
         unprepared[pair] = unprepared.get(pair, 0) + 1
     waiting, ready = deque(groups), deque[Cell]()
+    batching = any(k > 1 for k in sizes.values())
     inflight: dict[cf.Future[Any], tuple[int, str, Any]] = {}
     seq = 0
 
     def take(force: bool) -> list[Cell] | None:
         for key in dict.fromkeys(batch_key(c) for c in ready):
             cells = [c for c in ready if batch_key(c) == key]
-            if len(cells) >= batch or unprepared[key[0]] == 0 or force:
-                chosen = cells[:batch]
+            size = sizes[key[0]]
+            if len(cells) >= size or unprepared[key[0]] == 0 or force:
+                chosen = cells[:size]
                 for c in chosen:
                     ready.remove(c)
                 return chosen
@@ -125,18 +137,21 @@ def schedule(todo: Sequence[Cell], submit: Submit, *, slots: int, record: Record
     while waiting or ready or inflight:
         while len(inflight) < slots and (ready or waiting):
             seq += 1
-            if batch == 1 and ready:
-                cell = ready.popleft()
-                inflight[submit("cell", tuple(cell))] = (seq, "cell", cell)
-            elif waiting:
+            if batching:
+                cells = None if waiting else take(force=not inflight)
+            else:
+                cells = [ready.popleft()] if ready else None
+            if cells is None and waiting:
                 g = waiting.popleft()
                 methods = list(dict.fromkeys(c.method for c in groups[g]))
                 inflight[submit("prepare", (g[0], g[1], methods))] = (seq, "prepare", g)
-            elif (cells := take(force=not inflight)) is not None:
+            elif cells is None:
+                break
+            elif len(cells) == 1 and sizes[cells[0].pair] == 1:
+                inflight[submit("cell", tuple(cells[0]))] = (seq, "cell", cells[0])
+            else:
                 args = tuple(tuple(c) for c in cells)
                 inflight[submit("batch", args)] = (seq, "batch", cells)
-            else:
-                break
         done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
         for fut in sorted(done, key=lambda f: inflight[f][0]):
             _, kind, item = inflight.pop(fut)
@@ -215,7 +230,8 @@ def _worker_task(kind: str, args: tuple[Any, ...]) -> Any:
 
 
 def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, jobs: int,
-              devices: Sequence[str], record: Record, batch: int = 1) -> None:
+              devices: Sequence[str], record: Record,
+              batch: int | Mapping[str, int] = 1) -> None:
     """Run ``todo`` with ``jobs`` processes over ``devices``, ``batch`` cells a task at
     most (see :func:`schedule`); ``record`` gets each record as it completes.
     RunnerError if a worker process dies."""

@@ -38,6 +38,7 @@ from ..sims import recipes
 from ..train import fit, predict
 from ..transfer import SelectRequest, TransferResult, select_many
 from ..transfer.methods import prune_and_allocate
+from ..transfer.selection import will_stack
 from .suite import Cell, PairSpec, Suite, config_hash
 
 PRED_SAMPLES = 2000
@@ -53,6 +54,18 @@ def model_for(spec: PairSpec, input_shape: tuple[int, ...], target_shape: tuple[
         return for_data(name, input_shape, target_shape, cfg)
     except ValueError as exc:
         raise ValueError(f"pair {spec.name}: {exc}") from None
+
+
+def stacks_cells(suite: Suite, pair: str, device: str) -> bool:
+    """Whether the cells of ``pair`` train as ``fit_many`` stacks under the suite's
+    ``stack`` on ``device`` (:func:`pacsim.transfer.selection.will_stack`): then
+    training several of its cells together shares their stacks. Reads only the data's
+    shapes."""
+    spec = suite.pairs[pair]
+    info = H5Dataset(spec.recipe.file(suite.data_dir, "source"), "train",
+                     normalize=False).info
+    model = model_for(spec, info.input_shape, info.target_shape)
+    return will_stack(model, suite.stack, {"device": device})
 
 
 @dataclass

@@ -27,13 +27,13 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .execute import Record, RunnerError, batch_key, run_task
+from .execute import Record, RunnerError, batch_key, batch_sizes, run_task
 
 if TYPE_CHECKING:
     from .suite import Cell, Suite
@@ -305,10 +305,11 @@ def _crash_for_tests(env: _Env, cell: tuple[Any, ...]) -> None:
 
 
 def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOptions,
-              record: Record, batch: int = 1) -> None:
+              record: Record, batch: int | Mapping[str, int] = 1) -> None:
     """Run ``todo`` as Ray tasks on the connected cluster (see :func:`connect`), one
-    cell a task or, with ``batch > 1``, up to ``batch`` cells of one
-    :func:`~pacsim.bench.execute.batch_key` a task (after the prepares of their seeds);
+    cell a task or, with ``batch > 1`` (for all pairs or per pair), up to ``batch``
+    cells of one :func:`~pacsim.bench.execute.batch_key` a task (after their seeds'
+    prepares);
     ``record`` gets each cell's record as it arrives, in completion order."""
     ray = require_ray()
     from .suite import Cell
@@ -328,25 +329,26 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOpti
     groups: dict[tuple[str, int], list[Cell]] = {}
     for c in todo:
         groups.setdefault((c[0], c[3]), []).append(Cell(*c))
+    sizes = batch_sizes(batch, {c[0] for c in todo})
     pending: dict[Any, tuple[list[Cell], list[Any]]] = {}
     preps = {}
     for (pair, seed), cells in groups.items():
         methods = list(dict.fromkeys(c.method for c in cells))
         preps[(pair, seed)] = p = prepare.remote(env, pair, seed, methods)
-        if batch == 1:
+        if sizes[pair] == 1:
             for c in cells:
                 pending[cell_fn.remote(env, p, tuple(c))] = ([c], [p])
-    if batch > 1:
-        by_key: dict[tuple[str, int], list[Cell]] = {}
-        for c in todo:
+    by_key: dict[tuple[str, int], list[Cell]] = {}
+    for c in todo:
+        if sizes[c[0]] > 1:
             by_key.setdefault(batch_key(c), []).append(Cell(*c))
-        for cells in by_key.values():
-            for i in range(0, len(cells), batch):
-                chunk = cells[i : i + batch]
-                seeds = list(dict.fromkeys(c.seed for c in chunk))
-                refs = [preps[(chunk[0].pair, s)] for s in seeds]
-                ref = batch_fn.remote(env, [tuple(c) for c in chunk], seeds, *refs)
-                pending[ref] = (chunk, refs)
+    for (pair, _), cells in by_key.items():
+        for i in range(0, len(cells), sizes[pair]):
+            chunk = cells[i : i + sizes[pair]]
+            seeds = list(dict.fromkeys(c.seed for c in chunk))
+            refs = [preps[(pair, s)] for s in seeds]
+            ref = batch_fn.remote(env, [tuple(c) for c in chunk], seeds, *refs)
+            pending[ref] = (chunk, refs)
     while pending:  # an exception or a kill ends the driver; Ray ends its tasks
         done, rest = ray.wait(list(pending), num_returns=1)
         if rest:  # and whatever else finished meanwhile
@@ -354,9 +356,7 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOpti
         for ref in done:
             cells, refs = pending.pop(ref)
             result = _result(ray, ref, refs)
-            if batch == 1:
-                record(cells[0], result)  # type: ignore[arg-type]
-            elif isinstance(result, dict):  # the whole task failed
+            if isinstance(result, dict):  # one cell's record, or a whole batch failed
                 for c in cells:
                     record(c, result)
             else:

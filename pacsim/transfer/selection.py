@@ -254,7 +254,7 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
     configs = list(ParameterGrid(space)) if space else [{}]
     splits = list(KFold(folds, shuffle=True, random_state=req.seed).split(np.arange(n)))
     return _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, configs,
-                   splits, _stackable(req.source_model, kwargs, stack))
+                   splits, will_stack(req.source_model, stack, kwargs))
 
 
 Choice = tuple[dict[str, Any], int, float, dict[str, list[list[float]]]]
@@ -286,11 +286,15 @@ Histories = list[list[History]]  # per configuration, per fold
 _STACK_ARGS = ("device", "weight_decay", "optimizer", "loss", "lr_schedule")
 
 
-def _stackable(model: nn.Module, kwargs: Mapping[str, Any], stack: bool | str) -> bool:
+def will_stack(model: nn.Module, stack: bool | str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether :func:`select` with ``stack`` and trainer keywords ``kwargs`` (``device``,
+    ...) trains ``model``'s cross-validation as ``fit_many`` stacks."""
     extra = set(kwargs) - set(_STACK_ARGS) - {"allocated", "progress", "source"}
     if not stack or extra or not_vectorisable(model) is not None:
         return False
-    if stack == "auto" and resolve_device(kwargs.get("device", "auto")).type == "cpu":
+    dev = kwargs.get("device", "auto")
+    kind = resolve_device(dev).type if dev == "auto" else torch.device(dev).type
+    if stack == "auto" and kind == "cpu":
         return not any(isinstance(m, (nn.Conv2d, nn.Conv3d)) for m in model.modules())
     return True
 
