@@ -91,8 +91,10 @@ def test_ray_batches_cells_as_the_local_executor_does(tmp_path):
 
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
-    """A worker that dies mid-cell is retried once, then the cell is recorded as failed;
-    a source model that fails to train fails its cells with the local runner's error."""
+    """A worker that dies mid-cell is retried once, then the cell is recorded as failed
+    (the cells run batched: a batch whose worker dies reruns as one task a cell, so only
+    the crashing cell fails); a source model that fails to train fails its cells with
+    the local runner's error."""
     bad = '[pair.bad]\nrecipe = "tiny.toml"\nmodel = { name = "cnn", width = 4 }'
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "head"), n_target=(5,),
                   extra=bad)

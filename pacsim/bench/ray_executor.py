@@ -356,6 +356,13 @@ def run_cells(suite: Suite, out: Path, todo: Sequence[Cell], *, options: RayOpti
         for ref in done:
             cells, refs = pending.pop(ref)
             result = _result(ray, ref, refs)
+            if len(cells) > 1 and isinstance(result, dict) and \
+                    result["error"].startswith(_CRASHES):
+                # a worker died in a batch: each of its cells gets its own tries
+                for c in cells:
+                    p = preps[(c.pair, c.seed)]
+                    pending[cell_fn.remote(env, p, tuple(c))] = ([c], [p])
+                continue
             if isinstance(result, dict):  # one cell's record, or a whole batch failed
                 for c in cells:
                     record(c, result)
@@ -385,6 +392,10 @@ def _result(ray: Any, ref: Any, preps: list[Any]) -> Any:
         except Exception as exc:  # noqa: BLE001
             return {"status": "error", "error": f"prepare: {_task_error(exc, error_text)}"}
     return {"status": "error", "error": error}
+
+
+#: How :func:`_task_error` starts the error of a task whose worker died.
+_CRASHES = ("WorkerCrashedError", "NodeDiedError")
 
 
 def _task_error(exc: BaseException, error_text: Any) -> str:
