@@ -4,9 +4,11 @@ Runs the suite once to train its cached source and allocated models, then, from 
 of that cache (so prepare costs nothing in either timing), runs every cell again with
 each batch size and reports per pair the wall time of its cells, how many cells chose
 the same configuration and step count as one cell a task, and the median ratio of the
-target RMSEs. Usage:
+target RMSEs. ``--reuse RESULTS_DIR`` takes the cache of an earlier run of the suite
+instead of warming one, and that run's records as the baseline (its cells are not run
+again). Usage:
 ``python benchmarks/batch_cells.py SUITE --work DIR [--ks 1 7 64] [--jobs 1]
-[--pairs friedman pendulum] [--json OUT.json]``.
+[--pairs friedman pendulum] [--reuse DIR] [--device cuda] [--json OUT.json]``.
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ def _subset(suite: Path, pairs: list[str] | None, work: Path) -> Path:
     return out
 
 
-def _run(suite: Path, out: Path, k: int, jobs: int) -> float:
+def _run(suite: Path, out: Path, k: int, jobs: int, device: str) -> float:
     t0 = time.perf_counter()
-    run_suite(suite, out, jobs=jobs, devices="cpu", batch_cells=k, log=lambda m: None)
+    run_suite(suite, out, jobs=jobs, devices=device, batch_cells=k, log=lambda m: None)
     return time.perf_counter() - t0
 
 
@@ -66,36 +68,47 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="a folder for the runs")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 7, 64])
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--pairs", nargs="*", default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier run's folder: its cache and records (the baseline)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     suite = _subset(args.suite, args.pairs, args.work)
     pairs = list(load_suite(suite).pairs)
-    warm = args.work / "warm"
-    print(f"warming the cache in {warm} ...", flush=True)
-    _run(suite, warm, args.ks[0], args.jobs)
-    rows: dict[int, dict] = {}
+    rows: dict[int | str, dict] = {}
+    if args.reuse is not None:
+        warm = args.reuse
+        rows["earlier"] = {"wall_s": None, "records": {
+            (r["pair"], r["method"], r["n_target"], r["seed"]): r
+            for r in read_results(warm) if r.get("status") == "ok" and r["pair"] in pairs}}
+    else:
+        warm = args.work / "warm"
+        print(f"warming the cache in {warm} ...", flush=True)
+        _run(suite, warm, args.ks[0], args.jobs, args.device)
     for k in args.ks:
         out = args.work / f"k{k}"
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(warm / "cache", out / "cache")
-        wall = _run(suite, out, k, args.jobs)
+        wall = _run(suite, out, k, args.jobs, args.device)
         recs = {(r["pair"], r["method"], r["n_target"], r["seed"]): r
                 for r in read_results(out)}
         rows[k] = {"wall_s": wall, "records": recs}
         print(f"K={k}: {wall:.1f} s", flush=True)
-    base = rows[args.ks[0]]["records"]
-    result = {"machine": one_line(torch.device("cpu")), "jobs": args.jobs,
+    ks: list[int | str] = (["earlier"] if args.reuse is not None else []) + list(args.ks)
+    base = rows[ks[0]]["records"]
+    result = {"machine": one_line(torch.device(args.device)), "jobs": args.jobs,
               "suite": str(args.suite), "pairs": {}}
     print(result["machine"], f"jobs={args.jobs}")
     print("| pair | K | cells | cell seconds (sum) | speedup | same choice | "
           "median RMSE ratio |")
     print("|---|---|---|---|---|---|---|")
     for pair in pairs:
-        keys = [c for c in base if c[0] == pair]
+        keys = [c for c in base if c[0] == pair
+                and all(c in rows[k]["records"] for k in ks)]
         ref = sum(base[c]["seconds"] for c in keys)
-        for k in args.ks:
+        for k in ks:
             recs = rows[k]["records"]
             secs = sum(recs[c]["seconds"] for c in keys)
             same = sum(recs[c]["selection"]["chosen"] == base[c]["selection"]["chosen"]
@@ -108,7 +121,7 @@ def main() -> None:
             print(f"| {pair} | {k} | {len(keys)} | {secs:.1f} | {ref / secs:.2f}x | "
                   f"{same}/{len(keys)} | {ratio:.4f} |")
     result["wall_s"] = {k: rows[k]["wall_s"] for k in args.ks}
-    print("wall time:", ", ".join(f"K={k}: {v['wall_s']:.1f} s" for k, v in rows.items()))
+    print("wall time:", ", ".join(f"K={k}: {rows[k]['wall_s']:.1f} s" for k in args.ks))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

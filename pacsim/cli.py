@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-cells", default="auto", type=_batch_cells, metavar="K|auto",
                    help="train up to K cells of one pair and target size (any method and "
                         "seed) together, their cross-validations as shared fit_many "
-                        "stacks; 1: one cell a task; auto (default): 64 on CUDA, 1 on the "
-                        "CPU")
+                        "stacks; 1: one cell a task; auto (default): 64 for pairs whose "
+                        "cells stack (see --stack), else 1")
     b.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     b.add_argument("--dry-run", action="store_true",
                    help="list the cells that would run and why (new, changed, failed); "

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU measurements of pacsim in one call on a machine with CUDA, run from the
+# repository root (about 10 minutes on one H100/H200): correctness of the GPU path,
+# fit vs fit_many vs fit(compile=True) throughput, and the quick suite's stackable pairs
+# with one cell a task against --batch-cells 64. Every output lands in $OUT (default
+# /tmp/pacsim-gpu). Usage: OUT=/somewhere bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-/tmp/pacsim-gpu}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    echo "$name: exit $? in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
+}
+step smoke 120 $PY benchmarks/gpu_smoke.py --device cuda
+step throughput 180 $PY benchmarks/throughput.py --device cuda --threads 16 \
+    --ks 1 8 32 64 --repeats 2 --compile
+step quick 300 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
+    --work /tmp/pacsim-quick --ks 1 64 --device cuda --pairs friedman diode burgers1d \
+    --json "$OUT/quick_cuda.json"
+tail -n 20 "$OUT"/*.txt
