@@ -74,21 +74,24 @@ def test_a_failing_cell_fails_only_its_own_record(tmp_path, monkeypatch):
         "after a failed batch each cell ran alone"
 
 
-@pytest.mark.parametrize("stack,expect", [("auto", 64), (False, 1)])
-def test_auto_batches_only_pairs_whose_cells_stack(tmp_path, stack, expect):
+@pytest.mark.parametrize("stack,jobs,expect", [("auto", 1, 4), ("auto", 2, 2), (False, 1, 1)])
+def test_auto_batches_only_pairs_whose_cells_stack(tmp_path, stack, jobs, expect):
     """Under --batch-cells auto a pair's cells share tasks only where they stack (an MLP
-    on the CPU under --stack auto does; nothing does under --stack off), and a pair
-    whose model cannot be built is left to fail in prepare."""
+    on the CPU under --stack auto does; nothing does under --stack off), in batches
+    small enough to keep every job busy (4 cells of one pair and size, 2 jobs: 2 a
+    batch), and a pair whose model cannot be built is left to fail in prepare."""
     import json
 
     bad = '[pair.bad]\nrecipe = "tiny.toml"\nmodel = { name = "cnn", width = 4 }'
     out = tmp_path / "out"
-    run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,), extra=bad),
-              out, devices="cpu", stack=stack, log=lambda m: None)
+    run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune", "head"), n_target=(5,),
+                     extra=bad), out, devices="cpu", stack=stack, jobs=jobs,
+              log=lambda m: None)
     machine = json.loads((out / "machine.json").read_text())
     assert machine["batch_cells"] == {"fried": expect, "bad": 1}
-    recs = {r["pair"]: r for r in read_results(out)}
-    assert recs["fried"]["status"] == "ok" and recs["bad"]["status"] == "error"
+    recs = read_results(out)
+    assert {r["selection"]["batch"] for r in recs if r["pair"] == "fried"} == {expect}
+    assert all(r["status"] == "error" for r in recs if r["pair"] == "bad")
 
 
 def test_auto_batch_cells():

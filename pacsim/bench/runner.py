@@ -12,6 +12,7 @@ adapters behind the same planning and appending.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -188,8 +189,10 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
         log(_summary(suite, plan, how, out))
         if not plan.todo:
             return out / RESULTS
-        batch = _batch_sizes(suite, batch_cells, k, "cuda" if cuda else "cpu")
+        kind = "cuda" if cuda else "cpu"
         if ray_opts is None:
+            batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
+                                 min(jobs, len(plan.todo)))
             _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs,
                                         "batch_cells": batch})
             run = functools.partial(execute.run_cells, jobs=min(jobs, len(plan.todo)),
@@ -198,6 +201,8 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
             return out / RESULTS
         with ray_executor.connect(ray_opts, log) as ray:
             cluster = ray.cluster_resources()
+            batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
+                                 ray_opts.slots(cluster))
             _write_machine(out, suite, {"executor": "ray", **dataclasses.asdict(ray_opts),
                                         "jobs": ray_opts.slots(cluster),
                                         "cluster": cluster, "batch_cells": batch})
@@ -230,20 +235,27 @@ def auto_batch_cells(value: int | str, cuda: bool) -> int:
     return int(value)
 
 
-def _batch_sizes(suite: Suite, value: int | str, k: int, device: str) -> dict[str, int]:
-    """Cells a task holds per pair: ``k`` for every pair when given, under ``"auto"``
-    only for pairs whose cells stack (elsewhere a batch gains nothing and only
-    coarsens the work split across jobs)."""
+def _batch_sizes(suite: Suite, value: int | str, k: int, device: str, todo: list[Cell],
+                 slots: int) -> dict[str, int]:
+    """Cells a task holds per pair: ``k`` for every pair when given. Under ``"auto"``
+    only pairs whose cells stack are batched (elsewhere a batch gains nothing), and a
+    pair's batches are made small enough to give each of the ``slots`` parallel tasks
+    one (one batch of a lone pair would leave the other jobs idle: on 2 CPU cores that
+    made it slower than one cell a task)."""
+    from .execute import batch_key
     from .protocol import stacks_cells
 
     if value != "auto" or k == 1:
         return {p: k for p in suite.pairs}
+    per_key = collections.Counter(batch_key(c) for c in todo)
     sizes = {}
     for p in suite.pairs:
         try:
-            sizes[p] = k if stacks_cells(suite, p, device) else 1
+            stacks = stacks_cells(suite, p, device)
         except Exception:  # noqa: BLE001 - a pair that cannot even build fails in prepare
-            sizes[p] = 1
+            stacks = False
+        most = max((v for key, v in per_key.items() if key[0] == p), default=1)
+        sizes[p] = min(k, max(1, -(-most // slots))) if stacks else 1
     return sizes
 
 

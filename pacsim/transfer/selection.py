@@ -169,7 +169,7 @@ class _Search:
 
 def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig | None = None,
                 steps: int, lr: float = 1e-3, batch_size: int = 32, stack: bool | str = False,
-                **kwargs: Any) -> list[TransferResult]:
+                max_stack: int | str | None = "auto", **kwargs: Any) -> list[TransferResult]:
     """:func:`select` for many transfers at once, one result per request, in order.
 
     Each request is exactly what :func:`select` would do with its own method, target,
@@ -179,6 +179,8 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     ``fit_many`` call per fold size, and their final retrains as one more, each model
     with its own data, seed, learning rate, mask, pull and step count: a sweep's cells
     of one pair and target size, across methods and seeds, train together.
+    ``max_stack`` caps the models of one ``fit_many`` call (None: no cap; ``"auto"``:
+    none on CUDA, :data:`CPU_MAX_STACK` on the CPU, where very large stacks ran slower).
     """
     selection = selection or SelectionConfig()
     if steps < 1:
@@ -204,13 +206,16 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
         return results  # type: ignore[return-value]
     max_steps = selection.max_steps or 3 * steps
     stacked = [i for i, s in searches.items() if s.stacked]
-    histories = _histories_stacked([searches[i] for i in stacked], lr, max_steps, batch_size)
+    cap = _max_stack(max_stack, kwargs.get("device", "auto"))
+    histories = _histories_stacked([searches[i] for i in stacked], lr, max_steps, batch_size,
+                                   cap)
     for s in searches.values():
         if not s.stacked:
             histories[id(s)] = _runs_one_by_one(s, lr, max_steps, batch_size)
     choices = {i: _choose(s, histories[id(s)], max_steps) for i, s in searches.items()}
     finals = {i: _resolve(choices[i][0], s.base, lr) for i, s in searches.items()}
-    done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size)
+    done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size,
+                           cap)
     for i, s in searches.items():
         config, best_step, best_loss, curves = choices[i]
         res = done.get(i)
@@ -282,6 +287,24 @@ def _choose(s: _Search, histories: list[list[History]], max_steps: int) -> Choic
 
 Histories = list[list[History]]  # per configuration, per fold
 
+#: Models in one ``fit_many`` call at most on the CPU under ``max_stack="auto"``.
+CPU_MAX_STACK = 160
+
+
+def _device_kind(device: Any) -> str:
+    """``"cuda"``, ``"cpu"``, ...: the kind of ``device`` (``"auto"`` resolved here; a
+    named device is not checked, so a CPU-only driver can plan for GPU workers)."""
+    return resolve_device(device).type if device == "auto" else torch.device(device).type
+
+
+def _max_stack(value: int | str | None, device: Any) -> int | None:
+    if value == "auto":
+        return None if _device_kind(device) == "cuda" else CPU_MAX_STACK
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError(f"max_stack must be None, 'auto' or an integer >= 1, got {value!r}")
+    return value  # type: ignore[return-value]
+
 #: Trainer arguments a stacked cross-validation passes on to ``fit_many``.
 _STACK_ARGS = ("device", "weight_decay", "optimizer", "loss", "lr_schedule")
 
@@ -292,9 +315,7 @@ def will_stack(model: nn.Module, stack: bool | str, kwargs: Mapping[str, Any]) -
     extra = set(kwargs) - set(_STACK_ARGS) - {"allocated", "progress", "source"}
     if not stack or extra or not_vectorisable(model) is not None:
         return False
-    dev = kwargs.get("device", "auto")
-    kind = resolve_device(dev).type if dev == "auto" else torch.device(dev).type
-    if stack == "auto" and kind == "cpu":
+    if stack == "auto" and _device_kind(kwargs.get("device", "auto")) == "cpu":
         return not any(isinstance(m, (nn.Conv2d, nn.Conv3d)) for m in model.modules())
     return True
 
@@ -337,13 +358,24 @@ def _stack_key(job: _Job, batch_size: int) -> tuple[Any, ...]:
     return (arch, shapes, len(job.train[0]), min(batch_size, len(job.train[0])), args)
 
 
-def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool) -> list[History]:
-    """Every job trained, stacked by :func:`_stack_key` (one ``fit_many`` per group)."""
+def _chunks(members: list[int], limit: int | None) -> list[list[int]]:
+    """``members`` in consecutive chunks of at most ``limit``, as even as possible."""
+    if limit is None or len(members) <= limit:
+        return [members]
+    count = -(-len(members) // limit)
+    size = -(-len(members) // count)
+    return [members[i : i + size] for i in range(0, len(members), size)]
+
+
+def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool, max_stack: int | None
+              ) -> list[History]:
+    """Every job trained, stacked by :func:`_stack_key` (one ``fit_many`` per group, or
+    per chunk of at most ``max_stack`` models)."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for j, job in enumerate(jobs):
         groups.setdefault(_stack_key(job, batch_size), []).append(j)
     out: list[History] = [History()] * len(jobs)
-    for key, members in groups.items():
+    for key, members in ((k, c) for k, g in groups.items() for c in _chunks(g, max_stack)):
         group = [jobs[j] for j in members]
         histories = fit_many(
             [g.plan.model for g in group], [g.train for g in group],
@@ -358,8 +390,8 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool) -> list[His
     return out
 
 
-def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch_size: int
-                       ) -> dict[int, Histories]:
+def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch_size: int,
+                       max_stack: int | None) -> dict[int, Histories]:
     """The same trainings as :func:`_runs_one_by_one` for every search, stacked."""
     jobs: list[_Job] = []
     where: list[tuple[int, int, int]] = []  # (search, config, fold) of each job
@@ -375,7 +407,7 @@ def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch
                                  (s.x[val_idx], s.y[val_idx]), resolved["lr"], s.seed,
                                  max_steps, train_args))
                 where.append((si, c, f))
-    histories = _run_jobs(jobs, batch_size, restore_best=False)
+    histories = _run_jobs(jobs, batch_size, restore_best=False, max_stack=max_stack)
     out: dict[int, Histories] = {
         id(s): [[History()] * len(s.splits) for _ in s.configs] for s in searches}
     for (si, c, f), h in zip(where, histories):
@@ -384,7 +416,8 @@ def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch
 
 
 def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, Any]],
-                    choices: dict[int, Choice], batch_size: int) -> dict[int, TransferResult]:
+                    choices: dict[int, Choice], batch_size: int, max_stack: int | None
+                    ) -> dict[int, TransferResult]:
     """The final retrains of stacked searches (all n samples, the chosen configuration
     and step count), stacked; the same trainings :func:`adapt` would run."""
     jobs, order = [], []
@@ -398,7 +431,8 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
                          train_args))
         order.append(i)
     out = {}
-    for i, job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True)):
+    for i, job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True,
+                                                max_stack=max_stack)):
         s = searches[i]
         res = job.plan.result(h)
         res.method = s.method
