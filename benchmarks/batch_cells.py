@@ -56,7 +56,11 @@ def _subset(suite: Path, pairs: list[str] | None, work: Path) -> Path:
     return out
 
 
-def _run(suite: Path, out: Path, k: int, jobs: int, device: str) -> float:
+def _k(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def _run(suite: Path, out: Path, k: int | str, jobs: int, device: str) -> float:
     t0 = time.perf_counter()
     run_suite(suite, out, jobs=jobs, devices=device, batch_cells=k, log=lambda m: None)
     return time.perf_counter() - t0
@@ -66,7 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite", type=Path)
     ap.add_argument("--work", type=Path, required=True, help="a folder for the runs")
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 7, 64])
+    ap.add_argument("--ks", type=_k, nargs="+", default=[1, 7, 64],
+                    help="batch sizes: integers or auto")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--pairs", nargs="*", default=None)
@@ -77,7 +82,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     suite = _subset(args.suite, args.pairs, args.work)
     pairs = list(load_suite(suite).pairs)
-    rows: dict[int | str, dict] = {}
+    rows: dict[int | str, dict] = {}  # by K, and "earlier" for --reuse
     if args.reuse is not None:
         warm = args.reuse
         rows["earlier"] = {"wall_s": None, "records": {

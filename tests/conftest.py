@@ -89,3 +89,18 @@ def check_source_view(model: torch.nn.Module, masks, allocated: torch.nn.Module,
         assert torch.equal(predict(m, x), predict(allocated, x))
     assert torch.equal(predict(model, x), target_out)
     assert not torch.equal(target_out, predict(allocated, x))
+
+
+def fail_method(monkeypatch, method: str, exc: BaseException) -> None:
+    """Make every benchmark transfer that includes ``method`` raise ``exc`` (through
+    the protocol's ``select_many``), the others run as usual."""
+    from pacsim.bench import protocol
+
+    real = protocol.select_many
+
+    def flaky(requests, **kwargs):
+        if any(r.method == method for r in requests):
+            raise exc
+        return real(requests, **kwargs)
+
+    monkeypatch.setattr(protocol, "select_many", flaky)

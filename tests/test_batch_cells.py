@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import pytest
+from conftest import fail_method
 from test_bench import _suite
 
 from pacsim.bench.execute import schedule
@@ -51,16 +52,7 @@ def test_batched_cells_record_what_single_cells_record(tmp_path):
 
 
 def test_a_failing_cell_fails_only_its_own_record(tmp_path, monkeypatch):
-    from pacsim.bench import protocol
-
-    real = protocol.select_many
-
-    def flaky(requests, **kwargs):
-        if any(r.method == "l2sp" for r in requests):
-            raise FloatingPointError("l2sp diverged")
-        return real(requests, **kwargs)
-
-    monkeypatch.setattr(protocol, "select_many", flaky)
+    fail_method(monkeypatch, "l2sp", FloatingPointError("l2sp diverged"))
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, methods=("finetune", "l2sp", "pac"), top=CV), out,
               devices="cpu", batch_cells=6, log=lambda m: None)

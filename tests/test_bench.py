@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import fail_method
 
 from pacsim.bench import SuiteError, cell_key, load_suite
 from pacsim.bench.report import write_report
@@ -91,16 +92,7 @@ def test_fair_protocol_and_records(tmp_path):
 
 
 def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
-    from pacsim.bench import protocol
-
-    real = protocol.select_many
-
-    def flaky(requests, **kwargs):
-        if any(r.method == "l2sp" for r in requests):
-            raise FloatingPointError("l2sp diverged")
-        return real(requests, **kwargs)
-
-    monkeypatch.setattr(protocol, "select_many", flaky)
+    fail_method(monkeypatch, "l2sp", FloatingPointError("l2sp diverged"))
     out = tmp_path / "out"
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"))
     run_suite(path, out, devices="cpu", log=lambda m: None)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import fail_method
 from test_bench import RECIPE, _suite
 
 from pacsim.bench import load_suite
@@ -119,16 +120,7 @@ def test_dry_run_lists_what_would_run_and_why(tmp_path, monkeypatch):
     assert "2 to run" in run.stdout
     assert not out.exists() and not (tmp_path / "data").exists()
 
-    from pacsim.bench import protocol
-
-    real = protocol.select_many
-
-    def flaky(requests, **kwargs):
-        if any(r.method == "l2sp" for r in requests):
-            raise FloatingPointError("diverged")
-        return real(requests, **kwargs)
-
-    monkeypatch.setattr(protocol, "select_many", flaky)
+    fail_method(monkeypatch, "l2sp", FloatingPointError("diverged"))
     _run(path, out)
     plan = _run(path, out, dry_run=True)
     assert "0 to run" in plan[0] and "1 failed" in plan[0]
