@@ -45,7 +45,8 @@ def _by_cell(out: Path) -> dict[str, dict]:
 
 def test_ray_records_equal_the_local_executor_bit_for_bit(tmp_path):
     path = _suite(tmp_path, seeds=(0, 1), methods=("finetune", "head", "pac"))
-    run_suite(path, tmp_path / "local", jobs=1, devices="cpu", log=lambda m: None)
+    # two jobs each: --batch-cells auto splits a pair's cells into one batch per job
+    run_suite(path, tmp_path / "local", jobs=2, devices="cpu", log=lambda m: None)
     lines: list[str] = []
     run_suite(path, tmp_path / "ray", executor="ray", jobs=2, log=lines.append)
     assert not ray.is_initialized(), "the embedded Ray outlived the run"
