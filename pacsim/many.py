@@ -463,15 +463,18 @@ class _EarlyStops:
     """Per-model step budgets inside one stack: the stack trains to the largest budget,
     and a model whose budget ends earlier has its parameters saved right after its last
     step (and its later losses masked out), so it ends exactly where ``fit`` with its own
-    budget ends. The step numbers at which models stop are known up front: no host sync."""
+    budget ends. The step numbers at which models stop are known up front: no host sync.
+    A stopped model's update factors are zero from then on (:meth:`hold`), so its row
+    stays put (and cannot diverge) while the others train on."""
 
     def __init__(self, budgets: Sequence[int], total: int, flat: torch.Tensor) -> None:
+        self.budgets = torch.tensor(list(budgets), dtype=torch.int64)
         self.ends: dict[int, torch.Tensor] = {}
         for step in sorted({s for s in budgets if s < total}):
             self.ends[step] = torch.tensor([k for k, s in enumerate(budgets) if s == step],
                                            device=flat.device)
         idle = [s == 0 for s in budgets]  # ``fit(steps=0)`` trains nothing
-        self.active = torch.tensor([0.0 if z else 1.0 for z in idle], device=flat.device)
+        self.active = torch.tensor([not z for z in idle], device=flat.device)
         self.saved = flat.clone() if self.ends or any(idle) else None
         self.stopped = torch.tensor(idle, dtype=torch.bool, device=flat.device)[:, None]
 
@@ -481,8 +484,19 @@ class _EarlyStops:
         if rows is None or self.saved is None:
             return
         self.saved.index_copy_(0, rows, flat.index_select(0, rows))
-        self.active.index_fill_(0, rows, 0.0)
+        self.active.index_fill_(0, rows, False)
         self.stopped.index_fill_(0, rows, True)
+
+    def hold(self, factors: dict[str, torch.Tensor], done: int) -> dict[str, torch.Tensor]:
+        """Per-step factors (rows: steps ``done + 1 ...``) with every model past its budget
+        held still: no step (factor 0), no decoupled weight decay (factor 1)."""
+        rows = next(iter(factors.values())).shape[0]
+        steps = torch.arange(done + 1, done + 1 + rows)[:, None]
+        moving = steps <= self.budgets[None, :]
+        if bool(moving.all()):
+            return factors
+        return {k: torch.where(moving, v, 1.0 if k == "decay" else 0.0).to(v.dtype)
+                for k, v in factors.items()}
 
     def current(self, flat: torch.Tensor) -> torch.Tensor:
         """The parameters every model has now: its saved row once it stopped."""
@@ -619,6 +633,8 @@ def fit_many(
     if epochs == 0 or (budgets is not None and max(budgets) == 0):
         return histories
     for k, keep in enumerate(keeps):
+        if budgets is not None and budgets[k] == 0:
+            continue  # fit(steps=0) trains nothing, so it has nothing to refuse
         if all(e is False for e in keep.values()):
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
@@ -650,7 +666,8 @@ def fit_many(
     for epoch in range(epochs):
         count = min(per_epoch, total_steps - done)
         f = {key: t.to(dev, non_blocking=True)
-             for key, t in opt.factors(lr_rows(done, count), done + 1).items()}
+             for key, t in early.hold(opt.factors(lr_rows(done, count), done + 1),
+                                      done).items()}
         perm = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets
         perm = perm.to(dev, non_blocking=True)
         running = torch.zeros(k_models, device=dev)
@@ -665,7 +682,7 @@ def fit_many(
             stack.pull.apply(grad, stack.flat)
             opt.step(stack.flat, grad, f, i)
             stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits
-            running += losses.detach() * b * early.active
+            running += torch.where(early.active, losses.detach(), 0.0) * b
             early.after_step(done + i + 1, stack.flat)
         # samples each model saw this epoch: full batches, the last one possibly short
         sizes = [min(batch_size, n - i * batch_size) for i in range(count)]

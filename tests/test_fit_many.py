@@ -94,6 +94,22 @@ def test_per_model_step_budgets_match_fit_with_each_budget(kind):
                                                 untouched.parameters()))
 
 
+def test_a_stopped_model_is_held_still_while_the_others_train():
+    """After its budget a model's row no longer moves, so a learning rate that would
+    make it diverge later cannot spoil its recorded loss; a model with budget 0 may
+    freeze everything, as fit(steps=0) allows."""
+    models = [_net("mlp", s) for s in range(3)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data("mlp", s) for s in range(3)]
+    kw = dict(batch_size=16, lr=1e6, optimizer="sgd", **CPU)
+    hist = fit_many(models, data, seeds=[0, 1, 2], steps=[1, 3, 0],
+                    update_masks=[None, None, {}], **kw)
+    ref = fit(refs[0], data[0], seed=0, steps=1, **kw)
+    assert hist[0].train_loss == pytest.approx(ref.train_loss, rel=1e-5)
+    _close(models[0], refs[0])
+    assert hist[2].steps == 0 and hist[2].train_loss == []
+
+
 def test_per_model_budgets_are_checked():
     models = [_net("mlp", s) for s in range(2)]
     data = [_data("mlp", s) for s in range(2)]

@@ -122,6 +122,22 @@ def test_select_many_stacks_cells_across_methods_and_seeds():
         assert m[1].stage == "allocated", "the shared allocated masks are never changed"
 
 
+def test_select_many_with_a_schedule_stacks_finals_of_one_budget_together():
+    """A cosine schedule anneals over one budget: final retrains of different chosen
+    step counts go to different stacks, and each result is its own select()'s."""
+    model, _, _ = _problem()
+    reqs = [SelectRequest("finetune", model, make_data("mlp", n=12, seed=30 + s, shift=0.5),
+                          seed=s) for s in range(4)]
+    kw = dict(selection=SelectionConfig(folds=3, max_steps=12), steps=4, device="cpu",
+              lr_schedule="cosine")
+    many = select_many(reqs, stack=True, max_stack=5, **kw)
+    assert len({r.selection["steps"] for r in many}) > 1, "the case needs two budgets"
+    for req, res in zip(reqs, many):
+        ref = select(req.method, model, req.target, seed=req.seed, **kw)
+        assert res.selection["steps"] == ref.selection["steps"]
+        _same_result(res, ref)
+
+
 def test_select_many_mixes_stacks_with_models_that_cannot_stack():
     """A model fit_many cannot stack (BatchNorm) trains one by one beside a stack; fixed
     selection runs each request's budget."""

@@ -395,7 +395,7 @@ def _result(ray: Any, ref: Any, preps: list[Any]) -> Any:
 
 
 #: How :func:`_task_error` starts the error of a task whose worker died.
-_CRASHES = ("WorkerCrashedError", "NodeDiedError")
+_CRASHES = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
 
 
 def _task_error(exc: BaseException, error_text: Any) -> str:

@@ -206,16 +206,16 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
         return results  # type: ignore[return-value]
     max_steps = selection.max_steps or 3 * steps
     stacked = [i for i, s in searches.items() if s.stacked]
-    cap = _max_stack(max_stack, kwargs.get("device", "auto"))
+    _max_stack(max_stack, "cpu")  # a bad value is refused before any training
     histories = _histories_stacked([searches[i] for i in stacked], lr, max_steps, batch_size,
-                                   cap)
+                                   max_stack)
     for s in searches.values():
         if not s.stacked:
             histories[id(s)] = _runs_one_by_one(s, lr, max_steps, batch_size)
     choices = {i: _choose(s, histories[id(s)], max_steps) for i, s in searches.items()}
     finals = {i: _resolve(choices[i][0], s.base, lr) for i, s in searches.items()}
     done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size,
-                           cap)
+                           max_stack)
     for i, s in searches.items():
         config, best_step, best_loss, curves = choices[i]
         res = done.get(i)
@@ -353,9 +353,13 @@ def _stack_key(job: _Job, batch_size: int) -> tuple[Any, ...]:
     model = job.plan.model
     arch = getattr(model, "config", None)
     arch = repr(arch()) if callable(arch) else type(model).__qualname__
-    shapes = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    shapes = tuple((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters())
+    data = tuple((tuple(t.shape[1:]), t.dtype) for t in job.train)
     args = tuple(sorted((k, repr(v)) for k, v in job.train_args.items()))
-    return (arch, shapes, len(job.train[0]), min(batch_size, len(job.train[0])), args)
+    # a schedule anneals over one budget: fit_many takes per-model budgets only without
+    budget = job.steps if job.train_args.get("lr_schedule") is not None else None
+    return (arch, shapes, data, len(job.train[0]), min(batch_size, len(job.train[0])),
+            args, budget)
 
 
 def _chunks(members: list[int], limit: int | None) -> list[list[int]]:
@@ -367,15 +371,17 @@ def _chunks(members: list[int], limit: int | None) -> list[list[int]]:
     return [members[i : i + size] for i in range(0, len(members), size)]
 
 
-def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool, max_stack: int | None
-              ) -> list[History]:
+def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool,
+              max_stack: int | str | None) -> list[History]:
     """Every job trained, stacked by :func:`_stack_key` (one ``fit_many`` per group, or
-    per chunk of at most ``max_stack`` models)."""
+    per chunk of at most ``max_stack`` models, see :func:`_max_stack`)."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for j, job in enumerate(jobs):
         groups.setdefault(_stack_key(job, batch_size), []).append(j)
     out: list[History] = [History()] * len(jobs)
-    for key, members in ((k, c) for k, g in groups.items() for c in _chunks(g, max_stack)):
+    chunks = [(k, c) for k, g in groups.items() for c in _chunks(
+        g, _max_stack(max_stack, jobs[g[0]].train_args.get("device", "auto")))]
+    for key, members in chunks:
         group = [jobs[j] for j in members]
         histories = fit_many(
             [g.plan.model for g in group], [g.train for g in group],
@@ -383,7 +389,7 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool, max_stack: 
             penalties=[g.plan.penalty for g in group],
             val=[g.val for g in group] if any(g.val is not None for g in group) else None,
             lr=[g.lr for g in group], seeds=[g.seed for g in group],
-            steps=[g.steps for g in group], batch_size=key[3], restore_best=restore_best,
+            steps=[g.steps for g in group], batch_size=key[4], restore_best=restore_best,
             **group[0].train_args)
         for j, h in zip(members, histories):
             out[j] = h
@@ -391,7 +397,7 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool, max_stack: 
 
 
 def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch_size: int,
-                       max_stack: int | None) -> dict[int, Histories]:
+                       max_stack: int | str | None) -> dict[int, Histories]:
     """The same trainings as :func:`_runs_one_by_one` for every search, stacked."""
     jobs: list[_Job] = []
     where: list[tuple[int, int, int]] = []  # (search, config, fold) of each job
@@ -416,7 +422,7 @@ def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch
 
 
 def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, Any]],
-                    choices: dict[int, Choice], batch_size: int, max_stack: int | None
+                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None
                     ) -> dict[int, TransferResult]:
     """The final retrains of stacked searches (all n samples, the chosen configuration
     and step count), stacked; the same trainings :func:`adapt` would run."""
@@ -434,6 +440,10 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
     for i, job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True,
                                                 max_stack=max_stack)):
         s = searches[i]
+        bad = [v for v in h.train_loss if not math.isfinite(v)]
+        if bad:  # as fit() refuses a diverged training
+            raise ValueError(f"{s.method}: the final training diverged (loss {bad[0]}); "
+                             "lower lr")
         res = job.plan.result(h)
         res.method = s.method
         res.extra["options"] = method_options(s.method, finals[i]["options"]).to_dict()

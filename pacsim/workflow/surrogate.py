@@ -116,7 +116,8 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "weight_decay": weight_decay, "optimizer": optimizer, "patience": patience,
                   "lr_schedule": lr_schedule, "seed": seed, "amp": amp,
-                  "compile": compile, "best_epoch": history.best_epoch,
+                  "compile": compile if isinstance(compile, (bool, str)) else repr(compile),
+                  "best_epoch": history.best_epoch,
                   "epochs_run": history.epochs_run, "seconds": history.seconds},
         "metrics": metrics,
     }
