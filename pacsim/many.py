@@ -464,11 +464,9 @@ class _EarlyStops:
     and a model whose budget ends earlier has its parameters saved right after its last
     step (and its later losses masked out), so it ends exactly where ``fit`` with its own
     budget ends. The step numbers at which models stop are known up front: no host sync.
-    A stopped model's update factors are zero from then on (:meth:`hold`), so its row
-    stays put (and cannot diverge) while the others train on."""
+    A stopped row keeps training in the stack; nothing of it is read again."""
 
     def __init__(self, budgets: Sequence[int], total: int, flat: torch.Tensor) -> None:
-        self.budgets = torch.tensor(list(budgets), dtype=torch.int64)
         self.ends: dict[int, torch.Tensor] = {}
         for step in sorted({s for s in budgets if s < total}):
             self.ends[step] = torch.tensor([k for k, s in enumerate(budgets) if s == step],
@@ -486,17 +484,6 @@ class _EarlyStops:
         self.saved.index_copy_(0, rows, flat.index_select(0, rows))
         self.active.index_fill_(0, rows, False)
         self.stopped.index_fill_(0, rows, True)
-
-    def hold(self, factors: dict[str, torch.Tensor], done: int) -> dict[str, torch.Tensor]:
-        """Per-step factors (rows: steps ``done + 1 ...``) with every model past its budget
-        held still: no step (factor 0), no decoupled weight decay (factor 1)."""
-        rows = next(iter(factors.values())).shape[0]
-        steps = torch.arange(done + 1, done + 1 + rows)[:, None]
-        moving = steps <= self.budgets[None, :]
-        if bool(moving.all()):
-            return factors
-        return {k: torch.where(moving, v, 1.0 if k == "decay" else 0.0).to(v.dtype)
-                for k, v in factors.items()}
 
     def current(self, flat: torch.Tensor) -> torch.Tensor:
         """The parameters every model has now: its saved row once it stopped."""
@@ -666,8 +653,7 @@ def fit_many(
     for epoch in range(epochs):
         count = min(per_epoch, total_steps - done)
         f = {key: t.to(dev, non_blocking=True)
-             for key, t in early.hold(opt.factors(lr_rows(done, count), done + 1),
-                                      done).items()}
+             for key, t in opt.factors(lr_rows(done, count), done + 1).items()}
         perm = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets
         perm = perm.to(dev, non_blocking=True)
         running = torch.zeros(k_models, device=dev)

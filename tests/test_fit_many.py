@@ -95,9 +95,9 @@ def test_per_model_step_budgets_match_fit_with_each_budget(kind):
 
 
 def test_a_stopped_model_is_held_still_while_the_others_train():
-    """After its budget a model's row no longer moves, so a learning rate that would
-    make it diverge later cannot spoil its recorded loss; a model with budget 0 may
-    freeze everything, as fit(steps=0) allows."""
+    """A model ends with its row as saved after its budget, and only those steps' losses
+    are recorded, so a learning rate that diverges later cannot spoil either; a model
+    with budget 0 may freeze everything, as fit(steps=0) allows."""
     models = [_net("mlp", s) for s in range(3)]
     refs = [copy.deepcopy(m) for m in models]
     data = [_data("mlp", s) for s in range(3)]

@@ -166,6 +166,10 @@ class _Search:
     splits: list[Any]
     stacked: bool
 
+    def train_args(self) -> dict[str, Any]:
+        """The trainer arguments a stack of this search's trainings passes to fit_many."""
+        return {k: self.kwargs[k] for k in _STACK_ARGS if k in self.kwargs}
+
 
 def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig | None = None,
                 steps: int, lr: float = 1e-3, batch_size: int = 32, stack: bool | str = False,
@@ -402,7 +406,7 @@ def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch
     jobs: list[_Job] = []
     where: list[tuple[int, int, int]] = []  # (search, config, fold) of each job
     for si, s in enumerate(searches):
-        train_args = {k: s.kwargs[k] for k in _STACK_ARGS if k in s.kwargs}
+        train_args = s.train_args()
         for c, config in enumerate(s.configs):
             resolved = _resolve(config, s.base, lr)
             opts = method_options(s.method, resolved["options"])
@@ -432,13 +436,12 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
         plan = training_plan(s.method, s.source_model, opts, seed=s.seed,
                              allocated=s.kwargs.get("allocated"), final=True,
                              device=s.kwargs.get("device", "auto"))
-        train_args = {k: s.kwargs[k] for k in _STACK_ARGS if k in s.kwargs}
         jobs.append(_Job(plan, (s.x, s.y), None, finals[i]["lr"], s.seed, choices[i][1],
-                         train_args))
-        order.append(i)
+                         s.train_args()))
+        order.append((i, opts))
     out = {}
-    for i, job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True,
-                                                max_stack=max_stack)):
+    for (i, opts), job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True,
+                                                        max_stack=max_stack)):
         s = searches[i]
         bad = [v for v in h.train_loss if not math.isfinite(v)]
         if bad:  # as fit() refuses a diverged training
@@ -446,9 +449,10 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
                              "lower lr")
         res = job.plan.result(h)
         res.method = s.method
-        res.extra["options"] = method_options(s.method, finals[i]["options"]).to_dict()
+        res.extra["options"] = opts.to_dict()
         out[i] = res
     return out
+
 
 def _resolve(config: Mapping[str, Any], base: Mapping[str, Any], lr: float) -> dict[str, Any]:
     """adapt() keywords for one grid configuration: options plus the training keys."""
