@@ -57,6 +57,15 @@ class History:
         return dict(self.__dict__)
 
 
+class TrainingDiverged(ValueError):
+    """:func:`fit` stopped because an epoch's training loss was not finite; ``history``
+    is what ran up to and including that epoch."""
+
+    def __init__(self, message: str, history: History) -> None:
+        super().__init__(message)
+        self.history = history
+
+
 # ----------------------------------------------------------------------------- pieces
 
 
@@ -356,10 +365,10 @@ def fit(
                 if not math.isfinite(history.train_loss[-1]):
                     left = "its best epoch" if best_state is not None else "that epoch's start"
                     model.load_state_dict(best_state if best_state is not None else epoch_start)
-                    raise ValueError(
+                    raise TrainingDiverged(
                         f"training diverged: the loss is not finite in epoch {epoch + 1} "
                         f"(steps {first_step}-{history.steps}); the model is left at {left}; "
-                        "check the data for NaN/inf and lower lr")
+                        "check the data for NaN/inf and lower lr", history)
                 history.epochs_run = epoch + 1
                 if val_b is not None:
                     # the eager model: eval mode under no_grad would be further graphs

@@ -70,6 +70,29 @@ def test_stacked_cv_runs_the_same_trainings(method):
     _same_result(both, one)
 
 
+@pytest.mark.parametrize("method", ["finetune", "pac"])
+def test_a_diverging_configuration_is_never_chosen_stacked_or_not(method):
+    """A learning rate that blows a fold up (loss inf, then NaN) leaves that
+    configuration's curve NaN both ways and the other one is chosen; one by one, fit's
+    divergence error no longer fails the whole selection."""
+    import math
+
+    model, src, tgt = _problem(n=12)
+    sel = SelectionConfig(folds=3, max_steps=12)
+    grid = {"lr": [1e-3, 1e9]}
+    runs = [select(method, model, tgt, selection=sel, steps=4, source=src, seed=0,
+                   grid=grid, stack=stack, **KW) for stack in (False, True)]
+    for res in runs:
+        assert res.selection["chosen"]["lr"] == 1e-3
+        blown = res.selection["curves"]["lr=1000000000.0"]
+        assert any(math.isnan(loss) for _, loss in blown)
+        assert math.isfinite(res.selection["cv_loss"])
+    assert runs[0].selection["steps"] == runs[1].selection["steps"]
+    with pytest.raises(ValueError, match="no finite validation loss"):
+        select(method, model, tgt, selection=sel, steps=4, source=src, seed=0,
+               grid={"lr": [1e9]}, stack=False, **KW)
+
+
 def _same_result(a, b):
     """Two transfers that ran the same trainings (up to float rounding)."""
     assert a.method == b.method and a.trainable == b.trainable

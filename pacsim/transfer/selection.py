@@ -25,7 +25,7 @@ from torch import nn
 from ..data.batches import as_tensor
 from ..device import resolve_device
 from ..many import fit_many, not_vectorisable
-from ..train import Data, History
+from ..train import Data, History, TrainingDiverged
 from .methods import TrainingPlan, TransferResult, adapt, allocated_model, training_plan
 from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
 
@@ -271,7 +271,8 @@ Choice = tuple[dict[str, Any], int, float, dict[str, list[list[float]]]]
 
 def _choose(s: _Search, histories: list[list[History]], max_steps: int) -> Choice:
     """The configuration and step count with the lowest mean fold curve (first minimum
-    wins: grid order, then fewest steps), its CV loss and the thinned curves."""
+    wins: grid order, then fewest steps), its CV loss and the thinned curves. A
+    configuration where a fold diverged (its curve turns NaN) is never chosen."""
     grid_steps = np.arange(1, max_steps + 1)
     curves = {_config_key(c): np.mean([_step_curve(h.val_steps, h.val_loss, grid_steps)
                                        for h in hs], axis=0)
@@ -279,6 +280,8 @@ def _choose(s: _Search, histories: list[list[History]], max_steps: int) -> Choic
     best_key, best_config, best_step, best_loss = None, s.configs[0], 1, math.inf
     for config in s.configs:
         key = _config_key(config)
+        if np.isnan(curves[key]).any():
+            continue
         i = int(np.argmin(curves[key]))
         if curves[key][i] < best_loss:
             best_key, best_config, best_step, best_loss = key, config, int(grid_steps[i]), \
@@ -329,12 +332,19 @@ def _runs_one_by_one(s: _Search, lr: float, max_steps: int, batch_size: int) -> 
     for config in s.configs:
         hs = []
         for train_idx, val_idx in s.splits:
-            res = adapt(s.method, s.source_model, (s.x[train_idx], s.y[train_idx]),
-                        val=(s.x[val_idx], s.y[val_idx]), restore_best=False,
-                        **_resolve(config, s.base, lr), steps=max_steps,
-                        batch_size=min(batch_size, len(train_idx)), seed=s.seed,
-                        **s.kwargs)
-            hs.append(res.history)
+            try:
+                h = adapt(s.method, s.source_model, (s.x[train_idx], s.y[train_idx]),
+                          val=(s.x[val_idx], s.y[val_idx]), restore_best=False,
+                          **_resolve(config, s.base, lr), steps=max_steps,
+                          batch_size=min(batch_size, len(train_idx)), seed=s.seed,
+                          **s.kwargs).history
+            except TrainingDiverged as err:
+                # as in a stack, where the diverged model's validation loss turns NaN:
+                # the configuration's curve is NaN from there on and it is never chosen
+                h = err.history
+                h.val_steps.append(h.steps)
+                h.val_loss.append(math.nan)
+            hs.append(h)
         out.append(hs)
     return out
 
