@@ -161,6 +161,42 @@ def test_select_many_with_a_schedule_stacks_finals_of_one_budget_together():
         _same_result(res, ref)
 
 
+def test_a_stack_that_runs_out_of_device_memory_is_trained_in_halves(monkeypatch):
+    """fit_many raising OutOfMemoryError for stacks of more than 5 models: the stacks
+    are split in halves until they fit, and every result is the unsplit one's."""
+    from pacsim.transfer import selection as sel_mod
+
+    model, src, _ = _problem()
+    reqs = [SelectRequest(m, model, make_data("mlp", n=12, seed=40 + s, shift=0.5), seed=s)
+            for s in range(2) for m in ("finetune", "l2sp")]
+    kw = dict(selection=SelectionConfig(folds=3, max_steps=8), steps=3, device="cpu",
+              stack=True, max_stack=None)
+    whole = select_many(reqs, **kw)
+    real, sizes = sel_mod.fit_many, []
+
+    def small_memory(models, *args, **kwargs):
+        sizes.append(len(models))
+        if len(models) > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(sel_mod, "fit_many", small_memory)
+    with pytest.warns(UserWarning, match="ran out of device memory"):
+        split = select_many(reqs, **kw)
+    # 4 requests x 4 configurations x 3 folds of 8 samples: one stack of 48, then halves
+    assert sizes[:4] == [48, 24, 12, 6]
+    assert sum(k for k in sizes if k <= 5) == 48 + 4, "every model trained once"
+    for a, b in zip(split, whole):
+        assert a.selection["chosen"] == b.selection["chosen"]
+        assert a.selection["steps"] == b.selection["steps"]
+        _same_result(a, b)
+
+    monkeypatch.setattr(sel_mod, "fit_many", lambda models, *a, **k: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory (test)")))
+    with pytest.raises(torch.OutOfMemoryError), pytest.warns(UserWarning):
+        select_many(reqs[:1], **kw)
+
+
 def test_select_many_mixes_stacks_with_models_that_cannot_stack():
     """A model fit_many cannot stack (BatchNorm) trains one by one beside a stack; fixed
     selection runs each request's budget."""

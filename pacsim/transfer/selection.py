@@ -13,6 +13,7 @@ test data cannot influence the choice.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -184,7 +185,8 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     with its own data, seed, learning rate, mask, pull and step count: a sweep's cells
     of one pair and target size, across methods and seeds, train together.
     ``max_stack`` caps the models of one ``fit_many`` call (None: no cap; ``"auto"``:
-    none on CUDA, :data:`CPU_MAX_STACK` on the CPU, where very large stacks ran slower).
+    none on CUDA, :data:`CPU_MAX_STACK` on the CPU, where very large stacks ran slower);
+    a stack that runs out of device memory is trained in halves.
     """
     selection = selection or SelectionConfig()
     if steps < 1:
@@ -396,18 +398,35 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool,
     chunks = [(k, c) for k, g in groups.items() for c in _chunks(
         g, _max_stack(max_stack, jobs[g[0]].train_args.get("device", "auto")))]
     for key, members in chunks:
-        group = [jobs[j] for j in members]
-        histories = fit_many(
+        for j, h in zip(members, _fit_stack([jobs[j] for j in members], key[4],
+                                            restore_best)):
+            out[j] = h
+    return out
+
+
+def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[History]:
+    """One ``fit_many`` call for ``group``; a stack the device has no memory for is
+    trained in halves (each model's training does not depend on its stack-mates, and
+    ``fit_many`` writes nothing back before it ends)."""
+    try:
+        return fit_many(
             [g.plan.model for g in group], [g.train for g in group],
             update_masks=[g.plan.update_mask for g in group],
             penalties=[g.plan.penalty for g in group],
             val=[g.val for g in group] if any(g.val is not None for g in group) else None,
             lr=[g.lr for g in group], seeds=[g.seed for g in group],
-            steps=[g.steps for g in group], batch_size=key[4], restore_best=restore_best,
+            steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
             **group[0].train_args)
-        for j, h in zip(members, histories):
-            out[j] = h
-    return out
+    except torch.OutOfMemoryError:
+        if len(group) == 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = len(group) // 2
+    warnings.warn(f"a stack of {len(group)} models ran out of device memory: training it "
+                  f"as stacks of {half} and {len(group) - half}", stacklevel=2)
+    return (_fit_stack(group[:half], batch_size, restore_best)
+            + _fit_stack(group[half:], batch_size, restore_best))
 
 
 def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch_size: int,
