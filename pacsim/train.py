@@ -177,14 +177,10 @@ def compile_options(compile: bool | str | Mapping[str, Any], device: torch.devic
             raise ValueError("compile: give torch.compile a mode or options, not both")
     backend = opts.get("backend")
     if backend is not None and not callable(backend):
-        from torch._dynamo.backends.registry import lookup_backend
-
-        try:
-            lookup_backend(backend)
-        except Exception as err:
-            raise ValueError(f"unknown torch.compile backend {backend!r}: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                             ) from None
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if backend not in backends:
+            raise ValueError(f"unknown torch.compile backend {backend!r}; choose one of "
+                             f"{backends}")
     for name in ("dynamic", "fullgraph"):
         if opts.get(name) is not None and not isinstance(opts[name], bool):
             raise ValueError(f"compile[{name!r}] must be a bool, got {opts[name]!r}")
