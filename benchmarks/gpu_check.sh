@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The GPU measurements of pacsim in one call on a machine with CUDA, run from the
-# repository root (about 10 minutes on one H100/H200): correctness of the GPU path,
-# fit vs fit_many vs fit(compile=True) throughput, and the quick suite's stackable pairs
-# with one cell a task against --batch-cells 64. Every output lands in $OUT (default
-# /tmp/pacsim-gpu). Usage: OUT=/somewhere bash benchmarks/gpu_check.sh
+# repository root; every output lands in $OUT (default /tmp/pacsim-gpu).
+#
+#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (about 10 minutes on one H100/H200)
+#     correctness of the GPU path, fit vs fit_many vs fit(compile=True) throughput, and
+#     the quick suite's stackable pairs with one cell a task against --batch-cells 64.
+#   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
+#     the whole full suite (315 cells) with the defaults on the GPU, 4 jobs, from the
+#     datasets in datasets/built/full (build them first with `pacsim datasets`, or bring
+#     them along: darcy2d's simulator is slow). A run cut off at the limit leaves the
+#     cells it finished in $OUT/full/results.jsonl (a rerun resumes).
 set -u
+MODE=${1:-quick}
 OUT=${OUT:-/tmp/pacsim-gpu}
 PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -17,10 +24,28 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
     echo "$name: exit $? in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
 }
-step smoke 120 $PY benchmarks/gpu_smoke.py --device cuda
-step throughput 180 $PY benchmarks/throughput.py --device cuda --threads 16 \
-    --ks 1 8 32 64 --repeats 2 --compile
-step quick 300 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
-    --work /tmp/pacsim-quick --ks 1 64 --device cuda --pairs friedman diode burgers1d \
-    --json "$OUT/quick_cuda.json"
+case "$MODE" in
+quick)
+    step smoke 120 $PY benchmarks/gpu_smoke.py --device cuda
+    step throughput 180 $PY benchmarks/throughput.py --device cuda --threads 16 \
+        --ks 1 8 32 64 --repeats 2 --compile
+    step quick 300 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
+        --work /tmp/pacsim-quick --ks 1 64 --device cuda --pairs friedman diode burgers1d \
+        --json "$OUT/quick_cuda.json"
+    ;;
+full)
+    if [ ! -f datasets/built/full/darcy2d_source.h5 ]; then
+        echo "datasets/built/full is missing: build it (pacsim datasets) or bring it along" \
+            | tee -a "$OUT/steps.txt"
+        exit 2
+    fi
+    step full 540 $PY -m pacsim bench benchmarks/suites/full.toml --out "$OUT/full" \
+        --jobs 4 --report
+    rm -rf "$OUT/full/cache" "$OUT/full/predictions" "$OUT/full/figures"
+    ;;
+*)
+    echo "usage: bash benchmarks/gpu_check.sh [quick|full]" >&2
+    exit 2
+    ;;
+esac
 tail -n 20 "$OUT"/*.txt
