@@ -6,7 +6,7 @@
 #     correctness of the GPU path, fit vs fit_many vs fit(compile=True) throughput, and
 #     the quick suite's stackable pairs with one cell a task against --batch-cells 64.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
-#     the whole full suite (315 cells) with the defaults on the GPU, 4 jobs, from the
+#     the whole full suite (315 cells) with the defaults on the GPU, 8 jobs, from the
 #     datasets in datasets/built/full (build them first with `pacsim datasets`, or bring
 #     them along: darcy2d's simulator is slow). A run cut off at the limit leaves the
 #     cells it finished in $OUT/full/results.jsonl (a rerun resumes).
@@ -40,7 +40,7 @@ full)
         exit 2
     fi
     step full 540 $PY -m pacsim bench benchmarks/suites/full.toml --out "$OUT/full" \
-        --jobs 4 --report
+        --jobs 8 --report
     rm -rf "$OUT/full/cache" "$OUT/full/predictions" "$OUT/full/figures"
     ;;
 *)

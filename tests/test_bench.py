@@ -104,6 +104,46 @@ def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
     assert "## Failed cells" in report and "l2sp diverged" in report
 
 
+def test_each_run_logs_its_wall_time_and_the_report_says_where_time_went(
+        tmp_path, monkeypatch):
+    """machine.json keeps one entry per run (a resumed suite sums them, an interrupted
+    run says so); the report's Compute section has per-pair cell seconds and the sum."""
+    from pacsim.bench import execute
+
+    out = tmp_path / "out"
+    run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "head")), out,
+              devices="cpu", log=lambda m: None)
+    real = execute.run_cells
+
+    def stop_after_one(suite, out_, todo, *, record, **kw):
+        def once(cell, rec):
+            record(cell, rec)
+            raise KeyboardInterrupt
+        real(suite, out_, todo, record=once, **kw)
+
+    monkeypatch.setattr(execute, "run_cells", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune", "head")), out,
+                  devices="cpu", batch_cells=1, log=lambda m: None)
+    monkeypatch.setattr(execute, "run_cells", real)
+    run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune", "head")), out,
+              devices="cpu", log=lambda m: None)
+    runs = json.loads((out / "machine.json").read_text())["runs"]
+    assert [(r["cells"], r["ok"], r["failed"], r["ended"]) for r in runs] == [
+        (4, 4, 0, "done"), (4, 1, 0, "interrupted"), (3, 3, 0, "done")]
+    assert all(r["seconds"] > 0 for r in runs)
+    report = write_report(out).read_text()
+    compute = report.split("## Compute")[1]
+    recs = read_results(out)
+    assert len(recs) == 8
+    row = next(line for line in compute.splitlines() if line.startswith("| fried |"))
+    cells = row.split("|")
+    assert cells[2].strip() == "8" and cells[3].strip() == "0", "fixed budgets: no CV stacks"
+    assert int(cells[5]) == round(sum(r["seconds"] for r in recs))
+    wall = sum(r["seconds"] for r in runs)
+    assert f"Wall time: {wall:.0f} s for 8 cells in 3 run(s), 1 of them interrupted" in compute
+
+
 def _children(pid: int) -> list[int]:
     """Live child processes of ``pid`` (Linux /proc)."""
     kids = []

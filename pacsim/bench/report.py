@@ -375,8 +375,9 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
     md += [f"{len(ok)} cells finished, {len(failed)} failed; device "
            f"`{first.get('device', '?')}`, versions `{first.get('versions', {})}`.", ""]
     machine = out / "machine.json"
+    machine_info: dict[str, Any] = {}
     if machine.exists():
-        info = json.loads(machine.read_text())
+        info = machine_info = json.loads(machine.read_text())
         md += [f"Run on {info.get('cpu', '?')} ({info.get('cpu_count', '?')} cores"
                + (f", GPU {info['gpu']}" if info.get("gpu") else "")
                + f"), suite `{info.get('suite', '?')}`, {info.get('jobs', '?')} job(s).", ""]
@@ -454,6 +455,7 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         md += ["## Chosen hyper-parameters", "",
                "Over the cells whose hyper-parameters were selected: per option the value "
                "chosen most often, and the median number of steps chosen.", ""] + chosen + [""]
+    md += compute_section(ok, machine_info)
     if failed:
         md += ["## Failed cells", ""]
         md += [f"- `{r['pair']}|{r['method']}|{r['n_target']}|{r['seed']}`: {r.get('error')}"
@@ -461,6 +463,33 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         md.append("")
     text = "\n".join(md)
     return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def compute_section(ok: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+    """Where the time went: per pair the cells, how they trained (stacked, batched) and
+    their seconds (a batched cell's is its equal share of the batch), and the runs' wall
+    time from ``machine.json`` (a resumed suite has several runs)."""
+    md = ["## Compute", "",
+          "| pair | cells | stacked | batched (cells a task, most) | cell seconds (sum) "
+          "| median per cell [s] |", "|---|---|---|---|---|---|"]
+    for pair in sorted({r["pair"] for r in ok}):
+        rs = [r for r in ok if r["pair"] == pair]
+        secs = [float(r.get("seconds") or 0.0) for r in rs]
+        sel = [r.get("selection") or {} for r in rs]
+        stacked = sum(bool(s.get("stacked")) for s in sel)
+        batch = max((int(s.get("batch") or 1) for s in sel), default=1)
+        md.append(f"| {pair} | {len(rs)} | {stacked} | {'-' if batch == 1 else batch} | "
+                  f"{sum(secs):.0f} | {float(np.median(secs)):.1f} |")
+    runs = [r for r in machine.get("runs", []) if isinstance(r, dict)]
+    if runs:
+        wall = sum(float(r.get("seconds", 0.0)) for r in runs)
+        cells = sum(int(r.get("ok", 0)) + int(r.get("failed", 0)) for r in runs)
+        cut = sum(r.get("ended") != "done" for r in runs)
+        md += ["", f"Wall time: {wall:.0f} s for {cells} cells in {len(runs)} run(s)"
+               + (f", {cut} of them interrupted" if cut else "")
+               + f", {machine.get('jobs', '?')} job(s) (from `machine.json`; data building "
+               "not included)."]
+    return md + [""]
 
 
 def _source_models(ok: list[dict[str, Any]], pairs: list[str]) -> list[str]:

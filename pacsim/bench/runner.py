@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import atomic_write
 from ..sims import recipes
 from . import execute, ray_executor
 from .results import RESULTS, append_record, read_results
@@ -266,8 +267,34 @@ def _write_machine(out: Path, suite: Suite, execution: dict[str, Any]) -> None:
     from ..sysinfo import describe
 
     devices = execution.get("devices") or ["cpu"]
-    info = {**describe(torch.device(devices[0])), "suite": str(suite.path), **execution}
-    (out / "machine.json").write_text(json.dumps(info, indent=2))
+    info = {**describe(torch.device(devices[0])), "suite": str(suite.path), **execution,
+            "runs": _machine(out).get("runs", [])}
+    _write_json(out / MACHINE, info)
+
+
+#: The driver's machine, how the cells were executed and every run's wall time.
+MACHINE = "machine.json"
+
+
+def _machine(out: Path) -> dict[str, Any]:
+    """``out/machine.json``, or {} where it is missing or unreadable."""
+    try:
+        info = json.loads((out / MACHINE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _write_json(path: Path, info: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+
+
+def _log_run(out: Path, run: dict[str, Any]) -> None:
+    """Append one run (cells, wall seconds, how it ended) to ``machine.json``'s runs: a
+    resumed suite's wall time is their sum."""
+    info = _machine(out)
+    info["runs"] = [*info.get("runs", []), run]
+    _write_json(out / MACHINE, info)
 
 
 def _execute(suite: Suite, out: Path, todo: list[Cell], run: Callable[..., None],
@@ -287,6 +314,14 @@ def _execute(suite: Suite, out: Path, todo: list[Cell], run: Callable[..., None]
         log(f"[{i}/{len(todo)}] {cell_key(*cell)} {status}; {len(todo) - i} left, "
             f"ETA {eta:.0f} s")
 
-    run(suite, out, todo, record=record)
-    log(f"done: {counts['ok']} ok, {counts['error']} failed in "
-        f"{time.perf_counter() - t0:.0f} s")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    ended = "interrupted"
+    try:
+        run(suite, out, todo, record=record)
+        ended = "done"
+    finally:
+        seconds = time.perf_counter() - t0
+        _log_run(out, {"started": started, "cells": len(todo), "ok": counts["ok"],
+                       "failed": counts["error"], "seconds": round(seconds, 1),
+                       "ended": ended})
+    log(f"done: {counts['ok']} ok, {counts['error']} failed in {seconds:.0f} s")
