@@ -313,7 +313,8 @@ class _Stack:
 
     def __init__(self, models: Sequence[nn.Module],
                  keeps: Sequence[dict[str, bool | torch.Tensor]],
-                 pulls: Sequence[L2Pull | None], loss_fn: Callable[..., torch.Tensor]) -> None:
+                 pulls: Sequence[L2Pull | None], loss_fn: Callable[..., torch.Tensor],
+                 same_shapes: bool = True) -> None:
         params = [dict(m.named_parameters()) for m in models]
         names = list(params[0])
         live = [n for n in names if any(keep[n] is not False for keep in keeps)]
@@ -333,6 +334,10 @@ class _Stack:
                      buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
                      ) -> torch.Tensor:
             pred = functional_call(base, (layout.unflatten(theta), fixed, buffers), (x,))
+            if same_shapes and pred.shape != y.shape:  # as fit: no silent broadcasting
+                raise ValueError(f"the model gives outputs of shape {tuple(pred.shape[1:])} "
+                                 f"per sample, the targets have {tuple(y.shape[1:])}: data "
+                                 "and model do not match")
             return loss_fn(pred.float(), y)
 
         self.base = base.train()
@@ -626,7 +631,7 @@ def fit_many(
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
 
-    stack = _Stack(models, keeps, pulls, loss_fn)
+    stack = _Stack(models, keeps, pulls, loss_fn, same_shapes=isinstance(loss, str))
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
     per_epoch = -(-n // batch_size)
     if budgets is not None:

@@ -86,6 +86,25 @@ def test_auto_batches_only_pairs_whose_cells_stack(tmp_path, stack, jobs, expect
     assert all(r["status"] == "error" for r in recs if r["pair"] == "bad")
 
 
+def test_batch_sizes_with_no_free_slot_yet(tmp_path):
+    """A Ray cluster waiting for its autoscaler reports 0 slots: batches are sized as
+    for one slot instead of dividing by zero."""
+    import dataclasses
+
+    from pacsim.bench.runner import _batch_sizes
+    from pacsim.bench.suite import load_suite
+
+    suite = dataclasses.replace(load_suite(_suite(
+        tmp_path, seeds=(0, 1), methods=("finetune", "head"), n_target=(5,), top=CV)),
+        stack="auto")
+    from pacsim.sims import recipes
+
+    recipes.build(suite.pairs["fried"].recipe, suite.data_dir, log=lambda m: None)
+    cells = suite.cells()
+    assert _batch_sizes(suite, "auto", 64, "cpu", cells, 0) == {"fried": 4}
+    assert _batch_sizes(suite, "auto", 64, "cpu", cells, 2) == {"fried": 2}
+
+
 def test_auto_batch_cells():
     assert auto_batch_cells("auto", cuda=True) == 64
     assert auto_batch_cells("auto", cuda=False) >= 1

@@ -287,3 +287,9 @@ def test_bad_inputs_give_clear_errors():
         fit_many(two, data, update_masks=[{}, None], epochs=1, **CPU)
     with pytest.raises(ValueError, match="unknown optimizer"):
         fit_many(two, data, epochs=1, optimizer="lbfgs", **CPU)
+    flat_y = [(x, y[:, 0]) for x, y in data]  # (N,) targets, (N, 2) outputs
+    with pytest.raises(ValueError, match=r"outputs of shape \(2,\) per sample, the "
+                       r"targets have \(\)"):
+        fit_many(two, flat_y, epochs=1, **CPU)
+    with pytest.raises(ValueError, match=r"outputs of shape \(2,\) per sample"):
+        fit(two[0], flat_y[0], epochs=1, **CPU)

@@ -256,7 +256,8 @@ def _batch_sizes(suite: Suite, value: int | str, k: int, device: str, todo: list
         except Exception:  # noqa: BLE001 - a pair that cannot even build fails in prepare
             stacks = False
         most = max((v for key, v in per_key.items() if key[0] == p), default=1)
-        sizes[p] = min(k, max(1, -(-most // slots))) if stacks else 1
+        # a cluster still waiting for its autoscaler may report no slots yet
+        sizes[p] = min(k, max(1, -(-most // max(1, slots)))) if stacks else 1
     return sizes
 
 
