@@ -93,6 +93,35 @@ def test_a_diverging_configuration_is_never_chosen_stacked_or_not(method):
                grid={"lr": [1e9]}, stack=False, **KW)
 
 
+def test_a_fold_whose_training_loss_overflows_rules_out_its_configuration():
+    """A stack keeps training a diverged model, whose validation loss may still look
+    finite: a non-finite training loss alone makes the fold's curve NaN from the end of
+    that epoch, as where fit stops (one by one), so the configuration is never chosen."""
+    import math
+    from types import SimpleNamespace
+
+    from pacsim.train import History
+    from pacsim.transfer.selection import _choose
+
+    def fold(train, val):
+        return History(train_loss=train, val_loss=val, val_steps=[4, 8, 12][: len(val)],
+                       steps=4 * len(train))
+
+    s = SimpleNamespace(configs=[{"lr": 1.0}, {"lr": 0.1}])
+    good = [fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5]), fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5])]
+    blown_stacked = [fold([1.0, math.inf, math.nan], [0.1, 0.2, 0.3]), good[0]]
+    blown_alone = [fold([1.0, math.inf], [0.1]), good[0]]  # what fit leaves behind
+    for blown in (blown_stacked, blown_alone):
+        config, step, loss, curves = _choose(s, [blown, good], max_steps=12)
+        assert config == {"lr": 0.1} and step == 12 and loss == pytest.approx(0.5)
+        early = [v for st, v in curves["lr=1.0"] if 4 <= st < 8]
+        assert early and all(v == pytest.approx(0.5) for v in early), "finite before"
+        assert all(math.isnan(v) for st, v in curves["lr=1.0"] if st >= 8)
+    assert _choose(s, [good, good], max_steps=12)[0] == {"lr": 1.0}
+    with pytest.raises(ValueError, match="no finite validation loss"):
+        _choose(s, [blown_stacked, blown_alone], max_steps=12)
+
+
 def _same_result(a, b):
     """Two transfers that ran the same trainings (up to float rounding)."""
     assert a.method == b.method and a.trainable == b.trainable

@@ -98,6 +98,18 @@ def _step_curve(val_steps: list[int], val_loss: list[float], grid: np.ndarray) -
     return np.where(idx >= 0, losses[np.clip(idx, 0, None)], np.inf)
 
 
+def _fold_curve(h: History, grid: np.ndarray) -> np.ndarray:
+    """:func:`_step_curve` of one fold, NaN from the end of the first epoch whose
+    training loss was not finite: a diverged fold, whether ``fit`` stopped there (one
+    by one) or the stack went on (where the validation loss may still look finite)."""
+    curve = _step_curve(h.val_steps, h.val_loss, grid)
+    bad = next((i for i, v in enumerate(h.train_loss) if not math.isfinite(v)), None)
+    if bad is None:
+        return curve
+    step = h.val_steps[bad] if bad < len(h.val_steps) else h.steps
+    return np.where(grid >= step, np.nan, curve)
+
+
 def _thin(steps: np.ndarray, loss: np.ndarray, points: int = CURVE_POINTS) -> list[list[float]]:
     keep = np.unique(np.linspace(0, len(steps) - 1, min(points, len(steps))).round().astype(int))
     return [[int(steps[i]), float(loss[i])] for i in keep]
@@ -274,10 +286,9 @@ Choice = tuple[dict[str, Any], int, float, dict[str, list[list[float]]]]
 def _choose(s: _Search, histories: list[list[History]], max_steps: int) -> Choice:
     """The configuration and step count with the lowest mean fold curve (first minimum
     wins: grid order, then fewest steps), its CV loss and the thinned curves. A
-    configuration where a fold diverged (its curve turns NaN) is never chosen."""
+    configuration where a fold diverged (a training loss not finite) is never chosen."""
     grid_steps = np.arange(1, max_steps + 1)
-    curves = {_config_key(c): np.mean([_step_curve(h.val_steps, h.val_loss, grid_steps)
-                                       for h in hs], axis=0)
+    curves = {_config_key(c): np.mean([_fold_curve(h, grid_steps) for h in hs], axis=0)
               for c, hs in zip(s.configs, histories)}
     best_key, best_config, best_step, best_loss = None, s.configs[0], 1, math.inf
     for config in s.configs:
@@ -341,11 +352,9 @@ def _runs_one_by_one(s: _Search, lr: float, max_steps: int, batch_size: int) -> 
                           batch_size=min(batch_size, len(train_idx)), seed=s.seed,
                           **s.kwargs).history
             except TrainingDiverged as err:
-                # as in a stack, where the diverged model's validation loss turns NaN:
-                # the configuration's curve is NaN from there on and it is never chosen
+                # as in a stack: the fold's curve is NaN from the diverged epoch on
+                # (_fold_curve) and its configuration is never chosen
                 h = err.history
-                h.val_steps.append(h.steps)
-                h.val_loss.append(math.nan)
             hs.append(h)
         out.append(hs)
     return out
@@ -406,8 +415,8 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool,
 
 def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[History]:
     """One ``fit_many`` call for ``group``; a stack the device has no memory for is
-    trained in halves (each model's training does not depend on its stack-mates, and
-    ``fit_many`` writes nothing back before it ends)."""
+    trained in halves (each model's training does not depend on its stack-mates, and a
+    stacked ``fit_many`` writes nothing back before it ends)."""
     try:
         return fit_many(
             [g.plan.model for g in group], [g.train for g in group],
@@ -418,7 +427,8 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
             **group[0].train_args)
     except torch.OutOfMemoryError:
-        if len(group) == 1:
+        # models fit_many trains one by one (its fallback) may be half written: no retry
+        if len(group) == 1 or not_vectorisable(group[0].plan.model) is not None:
             raise
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
