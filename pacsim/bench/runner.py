@@ -323,6 +323,6 @@ def _execute(suite: Suite, out: Path, todo: list[Cell], run: Callable[..., None]
     finally:
         seconds = time.perf_counter() - t0
         _log_run(out, {"started": started, "cells": len(todo), "ok": counts["ok"],
-                       "failed": counts["error"], "seconds": round(seconds, 1),
+                       "failed": counts["error"], "seconds": round(seconds, 3),
                        "ended": ended})
     log(f"done: {counts['ok']} ok, {counts['error']} failed in {seconds:.0f} s")
