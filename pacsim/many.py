@@ -404,6 +404,23 @@ def not_vectorisable(model: nn.Module) -> str | None:
     return None
 
 
+def _unused_parameters(model: nn.Module, x: torch.Tensor, names: list[str]) -> set[str]:
+    """The parameters among ``names`` that the forward pass on ``x`` does not use. In a
+    stack they would get a zero gradient (and weight decay); ``fit`` gets none for them,
+    and its optimiser leaves them alone."""
+    if not names:
+        return set()
+    params = dict(model.named_parameters())
+    probe = {n: params[n].detach().clone().requires_grad_() for n in names}
+    with torch.enable_grad():
+        out = functional_call(model, probe, (x,))
+        if not out.requires_grad:
+            return set(names)
+        grads = torch.autograd.grad(out.float().sum(), list(probe.values()),
+                                    allow_unused=True)
+    return {n for n, g in zip(probe, grads) if g is None}
+
+
 def _signature(model: nn.Module) -> list[tuple[str, str, tuple[int, ...], torch.dtype]]:
     sig = [("param", n, tuple(p.shape), p.dtype) for n, p in model.named_parameters()]
     sig += [("buffer", n, tuple(b.shape), b.dtype) for n, b in model.named_buffers()]
@@ -569,7 +586,8 @@ def fit_many(
     ``lr`` is one float or one per model; so is ``steps`` (each model stops after its
     own budget, its later updates discarded, as ``fit(steps=steps[k])``; needs a
     constant learning rate). ``History.seconds`` is each model's share of
-    the stack's wall time. The trained weights are written into ``models``.
+    the stack's wall time. The trained weights are written into ``models``. A parameter
+    the forward pass does not use is left alone, as ``fit``'s optimiser leaves it.
 
     Models with BatchNorm statistics, dropout, complex parameters (an FNO's spectral
     weights) or mixed dtypes cannot share a stack: they are trained one by one through
@@ -618,9 +636,14 @@ def fit_many(
              for k, v in enumerate(vals)]
     groups = _val_groups(val_b, dev)
     keeps = [_resolve_mask(m, s, dev) for m, s in zip(models, masks_in)]
-    pulls = [None if pen is None else L2Pull.build(
-                 m, pen, [p for name, p in m.named_parameters() if keep[name] is not False], dev)
-             for m, pen, keep in zip(models, pens, keeps)]
+
+    def build_pulls() -> list[L2Pull | None]:
+        return [None if pen is None else L2Pull.build(
+                    m, pen, [p for name, p in m.named_parameters() if keep[name] is not False],
+                    dev)
+                for m, pen, keep in zip(models, pens, keeps)]
+
+    pulls = build_pulls()
     histories = [History() for _ in models]
     if epochs == 0 or (budgets is not None and max(budgets) == 0):
         return histories
@@ -630,6 +653,18 @@ def fit_many(
         if all(e is False for e in keep.values()):
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
+    unused = _unused_parameters(models[0], x_all[0, :1], [
+        name for name in keeps[0] if any(keep[name] is not False for keep in keeps)])
+    if unused:
+        for k, (keep, pen) in enumerate(zip(keeps, pens)):
+            hit = sorted(name for name in unused if keep[name] is not False
+                         and pen is not None and pen.weight != 0 and name in pen.anchors)
+            if hit:  # fit's L2Pull refuses the same at its first step
+                raise RuntimeError(f"a penalised parameter received no gradient: {hit[0]!r} "
+                                   f"(models[{k}]) is not used by the forward pass")
+            for name in unused:  # fit's optimiser skips a parameter without a gradient
+                keep[name] = False
+        pulls = build_pulls()
 
     stack = _Stack(models, keeps, pulls, loss_fn, same_shapes=isinstance(loss, str))
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)

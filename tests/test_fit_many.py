@@ -254,6 +254,39 @@ def test_weights_written_back_and_budget_zero_is_a_no_op():
         assert not torch.equal(m.net[0].weight, b.net[0].weight)
 
 
+class _WithSpare(torch.nn.Module):
+    """An MLP plus a parameter the forward pass never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = MLP(4, 2, hidden=(16,))
+        self.spare = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("optimizer,wd", [("adamw", 0.1), ("adam", 0.05), ("sgd", 0.01)])
+def test_an_unused_parameter_is_left_alone_as_fit_leaves_it(optimizer, wd):
+    """fit's optimiser skips a parameter that gets no gradient (no weight decay either);
+    in a stack it would get a zero gradient and decay: fit_many leaves it alone too."""
+    torch.manual_seed(0)
+    models = [_WithSpare() for _ in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data("mlp", 0), _data("mlp", 1)]
+    kw = dict(epochs=3, lr=1e-2, batch_size=16, optimizer=optimizer, weight_decay=wd, **CPU)
+    fit_many(models, data, seeds=[1, 2], **kw)
+    for ref, m, d, seed in zip(refs, models, data, (1, 2)):
+        fit(ref, d, seed=seed, **kw)
+        assert torch.equal(m.spare, torch.ones(3)) and torch.equal(ref.spare, torch.ones(3))
+        _close(m, ref)
+    pen = L2Penalty(0.1, {"spare": None})
+    with pytest.raises(RuntimeError, match="penalised parameter received no gradient"):
+        fit(copy.deepcopy(refs[0]), data[0], penalty=pen, **kw)
+    with pytest.raises(RuntimeError, match="penalised parameter received no gradient"):
+        fit_many([copy.deepcopy(m) for m in refs], data, penalties=[None, pen], **kw)
+
+
 def test_bad_inputs_give_clear_errors():
     two = [_net("mlp", 0), _net("mlp", 1)]
     data = [_data("mlp", 0), _data("mlp", 1)]
