@@ -657,13 +657,18 @@ def fit_many(
         name for name in keeps[0] if any(keep[name] is not False for keep in keeps)])
     if unused:
         for k, (keep, pen) in enumerate(zip(keeps, pens)):
-            hit = sorted(name for name in unused if keep[name] is not False
-                         and pen is not None and pen.weight != 0 and name in pen.anchors)
-            if hit:  # fit's L2Pull refuses the same at its first step
-                raise RuntimeError(f"a penalised parameter received no gradient: {hit[0]!r} "
-                                   f"(models[{k}]) is not used by the forward pass")
+            trains = budgets is None or budgets[k] > 0  # fit(steps=0) refuses nothing
             for name in unused:  # fit's optimiser skips a parameter without a gradient
+                if (trains and keep[name] is not False and pen is not None
+                        and pen.weight != 0 and name in pen.anchors):
+                    # fit's L2Pull refuses this at its first step
+                    raise RuntimeError(f"a penalised parameter received no gradient: "
+                                       f"{name!r} (models[{k}]) is not used by the forward "
+                                       "pass")
                 keep[name] = False
+            if trains and all(e is False for e in keep.values()):
+                raise ValueError(f"nothing to train in models[{k}]: the forward pass uses "
+                                 "none of its trainable parameters")
         pulls = build_pulls()
 
     stack = _Stack(models, keeps, pulls, loss_fn, same_shapes=isinstance(loss, str))

@@ -144,6 +144,21 @@ def test_each_run_logs_its_wall_time_and_the_report_says_where_time_went(
     assert f"Wall time: {wall:.0f} s for 8 cells in 3 run(s), 1 of them interrupted" in compute
 
 
+def test_a_run_log_that_cannot_be_written_only_warns(tmp_path, monkeypatch):
+    from pacsim.bench import runner
+
+    def full_disk(out, run):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "_log_run", full_disk)
+    logged = []
+    run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,)),
+              tmp_path / "out", devices="cpu", log=logged.append)
+    assert len(read_results(tmp_path / "out")) == 1
+    assert any("could not log the run" in m and "No space left" in m for m in logged)
+    assert logged[-1].startswith("done: 1 ok")
+
+
 def _children(pid: int) -> list[int]:
     """Live child processes of ``pid`` (Linux /proc)."""
     kids = []

@@ -285,6 +285,21 @@ def test_an_unused_parameter_is_left_alone_as_fit_leaves_it(optimizer, wd):
         fit(copy.deepcopy(refs[0]), data[0], penalty=pen, **kw)
     with pytest.raises(RuntimeError, match="penalised parameter received no gradient"):
         fit_many([copy.deepcopy(m) for m in refs], data, penalties=[None, pen], **kw)
+    kw.pop("epochs")  # a model with no steps trains nothing, so it refuses nothing
+    fit_many([copy.deepcopy(m) for m in refs], data, penalties=[None, pen], steps=[3, 0],
+             **kw)
+
+
+class _Constant(_WithSpare):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 2)
+
+
+def test_a_model_whose_output_uses_no_trainable_parameter_is_refused():
+    data = [_data("mlp", 0), _data("mlp", 1)]
+    with pytest.raises(ValueError, match=r"nothing to train in models\[0\]: the forward "
+                       "pass uses none"):
+        fit_many([_Constant(), _Constant()], data, epochs=1, **CPU)
 
 
 def test_bad_inputs_give_clear_errors():

@@ -70,18 +70,22 @@ def test_stacked_cv_runs_the_same_trainings(method):
     _same_result(both, one)
 
 
-@pytest.mark.parametrize("method", ["finetune", "pac"])
-def test_a_diverging_configuration_is_never_chosen_stacked_or_not(method):
+@pytest.mark.parametrize("method,batch_size", [("finetune", 16), ("pac", 16),
+                                               ("finetune", 4)])
+def test_a_diverging_configuration_is_never_chosen_stacked_or_not(method, batch_size):
     """A learning rate that blows a fold up (loss inf, then NaN) leaves that
     configuration's curve NaN both ways and the other one is chosen; one by one, fit's
-    divergence error no longer fails the whole selection."""
+    divergence error no longer fails the whole selection. Batches of 16 take one step
+    an epoch (the loss overflows in the second), of 4 two (in the first, before any
+    validation)."""
     import math
 
     model, src, tgt = _problem(n=12)
     sel = SelectionConfig(folds=3, max_steps=12)
     grid = {"lr": [1e-3, 1e9]}
+    kw = {**KW, "batch_size": batch_size}
     runs = [select(method, model, tgt, selection=sel, steps=4, source=src, seed=0,
-                   grid=grid, stack=stack, **KW) for stack in (False, True)]
+                   grid=grid, stack=stack, **kw) for stack in (False, True)]
     for res in runs:
         assert res.selection["chosen"]["lr"] == 1e-3
         blown = res.selection["curves"]["lr=1000000000.0"]
@@ -90,7 +94,7 @@ def test_a_diverging_configuration_is_never_chosen_stacked_or_not(method):
     assert runs[0].selection["steps"] == runs[1].selection["steps"]
     with pytest.raises(ValueError, match="no finite validation loss"):
         select(method, model, tgt, selection=sel, steps=4, source=src, seed=0,
-               grid={"lr": [1e9]}, stack=False, **KW)
+               grid={"lr": [1e9]}, stack=False, **kw)
 
 
 def test_a_fold_whose_training_loss_overflows_rules_out_its_configuration():

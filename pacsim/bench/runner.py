@@ -322,7 +322,10 @@ def _execute(suite: Suite, out: Path, todo: list[Cell], run: Callable[..., None]
         ended = "done"
     finally:
         seconds = time.perf_counter() - t0
-        _log_run(out, {"started": started, "cells": len(todo), "ok": counts["ok"],
-                       "failed": counts["error"], "seconds": round(seconds, 3),
-                       "ended": ended})
+        try:
+            _log_run(out, {"started": started, "cells": len(todo), "ok": counts["ok"],
+                           "failed": counts["error"], "seconds": round(seconds, 3),
+                           "ended": ended})
+        except OSError as err:  # never hide the run's own outcome behind its log
+            log(f"warning: could not log the run in {out / MACHINE}: {err}")
     log(f"done: {counts['ok']} ok, {counts['error']} failed in {seconds:.0f} s")

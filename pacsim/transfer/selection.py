@@ -93,6 +93,8 @@ def _as_pair(target: Data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _step_curve(val_steps: list[int], val_loss: list[float], grid: np.ndarray) -> np.ndarray:
     """A fold's loss at each step of ``grid``: the last evaluation at or before it."""
+    if not val_steps:  # e.g. fit stopped by a diverged first epoch
+        return np.full(grid.shape, np.inf)
     idx = np.searchsorted(np.asarray(val_steps), grid, side="right") - 1
     losses = np.asarray(val_loss, dtype=np.float64)
     return np.where(idx >= 0, losses[np.clip(idx, 0, None)], np.inf)
@@ -413,6 +415,10 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool,
     return out
 
 
+#: torch.OutOfMemoryError (torch >= 2.5; before, only the CUDA one existed).
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[History]:
     """One ``fit_many`` call for ``group``; a stack the device has no memory for is
     trained in halves (each model's training does not depend on its stack-mates, and a
@@ -426,7 +432,7 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             lr=[g.lr for g in group], seeds=[g.seed for g in group],
             steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
             **group[0].train_args)
-    except torch.OutOfMemoryError:
+    except _OUT_OF_MEMORY:
         # models fit_many trains one by one (its fallback) may be half written: no retry
         if len(group) == 1 or not_vectorisable(group[0].plan.model) is not None:
             raise
