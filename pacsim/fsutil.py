@@ -47,7 +47,7 @@ def _temp_prefix(name: str) -> str:
 
 
 def stale_temps(path: str | os.PathLike[str]) -> None:
-    """Remove the hidden temporary files of ``path`` (``.NAME.PID-HOST-XXXXXXXX.tmp``)
+    """Remove the hidden temporary files of ``path`` (``.NAME.PID-HOST-<8 random>.tmp``)
     whose writer, on this machine, is dead; warn of the others (a live writer, or an older
     name without a process id)."""
     path = Path(path)

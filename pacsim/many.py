@@ -313,8 +313,7 @@ class _Stack:
 
     def __init__(self, models: Sequence[nn.Module],
                  keeps: Sequence[dict[str, bool | torch.Tensor]],
-                 pulls: Sequence[L2Pull | None], loss_fn: Callable[..., torch.Tensor],
-                 same_shapes: bool = True) -> None:
+                 pulls: Sequence[L2Pull | None], loss_fn: Callable[..., torch.Tensor]) -> None:
         params = [dict(m.named_parameters()) for m in models]
         names = list(params[0])
         live = [n for n in names if any(keep[n] is not False for keep in keeps)]
@@ -334,10 +333,6 @@ class _Stack:
                      buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
                      ) -> torch.Tensor:
             pred = functional_call(base, (layout.unflatten(theta), fixed, buffers), (x,))
-            if same_shapes and pred.shape != y.shape:  # as fit: no silent broadcasting
-                raise ValueError(f"the model gives outputs of shape {tuple(pred.shape[1:])} "
-                                 f"per sample, the targets have {tuple(y.shape[1:])}: data "
-                                 "and model do not match")
             return loss_fn(pred.float(), y)
 
         self.base = base.train()
@@ -404,20 +399,27 @@ def not_vectorisable(model: nn.Module) -> str | None:
     return None
 
 
-def _unused_parameters(model: nn.Module, x: torch.Tensor, names: list[str]) -> set[str]:
-    """The parameters among ``names`` that the forward pass on ``x`` does not use. In a
-    stack they would get a zero gradient (and weight decay); ``fit`` gets none for them,
-    and its optimiser leaves them alone."""
-    if not names:
-        return set()
+def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str],
+           same_shapes: bool) -> set[str]:
+    """One forward and backward of ``model`` on the sample ``(x, y)`` before a stack
+    trains: with ``same_shapes`` (a built-in loss), outputs and targets must have one
+    shape, as :func:`pacsim.train.fit` checks (no silent broadcasting); returns the
+    parameters among ``names`` the forward pass does not use. In a stack they would get
+    a zero gradient (and weight decay); ``fit`` gets none for them, and its optimiser
+    leaves them alone."""
     params = dict(model.named_parameters())
     probe = {n: params[n].detach().clone().requires_grad_() for n in names}
     with torch.enable_grad():
         out = functional_call(model, probe, (x,))
-        if not out.requires_grad:
-            return set(names)
-        grads = torch.autograd.grad(out.float().sum(), list(probe.values()),
-                                    allow_unused=True)
+    if same_shapes and out.shape != y.shape:
+        raise ValueError(f"the model gives outputs of shape {tuple(out.shape[1:])} per "
+                         f"sample, the targets have {tuple(y.shape[1:])}: data and model "
+                         "do not match")
+    if not names:
+        return set()
+    if not out.requires_grad:
+        return set(names)
+    grads = torch.autograd.grad(out.float().sum(), list(probe.values()), allow_unused=True)
     return {n for n, g in zip(probe, grads) if g is None}
 
 
@@ -653,8 +655,9 @@ def fit_many(
         if all(e is False for e in keep.values()):
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
-    unused = _unused_parameters(models[0], x_all[0, :1], [
-        name for name in keeps[0] if any(keep[name] is not False for keep in keeps)])
+    unused = _probe(models[0], x_all[0, :1], y_all[0, :1], [
+        name for name in keeps[0] if any(keep[name] is not False for keep in keeps)],
+        same_shapes=isinstance(loss, str))
     if unused:
         for k, (keep, pen) in enumerate(zip(keeps, pens)):
             trains = budgets is None or budgets[k] > 0  # fit(steps=0) refuses nothing
@@ -671,7 +674,7 @@ def fit_many(
                                  "none of its trainable parameters")
         pulls = build_pulls()
 
-    stack = _Stack(models, keeps, pulls, loss_fn, same_shapes=isinstance(loss, str))
+    stack = _Stack(models, keeps, pulls, loss_fn)
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
     per_epoch = -(-n // batch_size)
     if budgets is not None:

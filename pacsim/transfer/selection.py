@@ -490,8 +490,8 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
         s = searches[i]
         bad = [v for v in h.train_loss if not math.isfinite(v)]
         if bad:  # as fit() refuses a diverged training
-            raise ValueError(f"{s.method}: the final training diverged (loss {bad[0]}); "
-                             "lower lr")
+            raise TrainingDiverged(f"{s.method}: the final training diverged (loss "
+                                   f"{bad[0]}); lower lr", h)
         res = job.plan.result(h)
         res.method = s.method
         res.extra["options"] = opts.to_dict()
