@@ -84,3 +84,36 @@ def test_unreadable_or_missing_file(tmp_path):
     recipes.build(recipe, built, log=logs.append)
     assert recipes.check_file(recipe, "source", built) is None
     assert any("rebuilt" in m and "unreadable" in m for m in logs)
+
+
+def test_pairs_with_the_same_data_share_its_files(tmp_path):
+    """Two pairs of one recipe and sizes (a CNN and an FNO on one PDE, say) read one set of
+    files, simulated once; a pair with other sizes gets its own. Identity is unchanged."""
+    from test_bench import RECIPE, _suite
+
+    from pacsim.bench import load_suite
+    from pacsim.bench.runner import run_suite
+
+    extra = """
+[pair.fried2]
+recipe = "tiny.toml"
+model = { name = "mlp", hidden = [4] }
+[pair.bigger]
+recipe = "tiny.toml"
+model = { name = "mlp", hidden = [8] }
+n_source = 200
+"""
+    (tmp_path / "tiny.toml").write_text(RECIPE)
+    path = _suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,))
+    path.write_text(path.read_text() + extra)
+    suite = load_suite(path)
+    files = {p: spec.recipe.file(suite.data_dir, "source") for p, spec in suite.pairs.items()}
+    assert files["fried2"] == files["fried"] and files["bigger"] != files["fried"]
+    assert [r.name for r in suite.data_recipes()] == ["fried", "bigger"]
+    assert (suite.source_config("fried", 0)["data"] == suite.source_config("fried2", 0)["data"])
+    logs: list[str] = []
+    run_suite(path, tmp_path / "out", devices="cpu", log=logs.append)
+    built = sorted(p.name for p in (tmp_path / "data").glob("*.h5"))
+    assert built == ["bigger_source.h5", "bigger_target.h5", "fried_source.h5",
+                     "fried_target.h5"]
+    assert sum("samples of friedman" in m for m in logs) == 4, logs

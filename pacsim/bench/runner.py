@@ -105,12 +105,12 @@ def _summary(suite: Suite, plan: Plan, how: str, out: Path) -> str:
 
 
 def _dry_run(suite: Suite, plan: Plan, log: Callable[[str], Any]) -> None:
-    for spec in suite.pairs.values():
+    for recipe in suite.data_recipes():
         for side in recipes.SIDES:
-            reason = recipes.check_file(spec.recipe, side, suite.data_dir)
+            reason = recipes.check_file(recipe, side, suite.data_dir)
             if reason is not None:
                 verb = "built" if reason == "missing" else f"rebuilt ({reason})"
-                log(f"  data {spec.recipe.file(suite.data_dir, side)} would be {verb}")
+                log(f"  data {recipe.file(suite.data_dir, side)} would be {verb}")
     for cell, reason, detail in plan.todo:
         log(f"  {cell_key(*cell)} {reason}" + (f" ({detail})" if detail else ""))
 
@@ -183,8 +183,8 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
     with execute.folder_lock(out):
         execute.repair_tail(out / RESULTS)
         (out / "cache").mkdir(parents=True, exist_ok=True)
-        for spec in suite.pairs.values():
-            recipes.build(spec.recipe, suite.data_dir,
+        for recipe in suite.data_recipes():
+            recipes.build(recipe, suite.data_dir,
                           log=lambda m: None if m.endswith("skipped") else log(m))
         plan = plan_suite(suite, read_results(out), retry_failed)
         log(_summary(suite, plan, how, out))

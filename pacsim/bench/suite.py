@@ -187,6 +187,10 @@ class Suite:
     #: of any cell's identity; each record says so in ``selection["stacked"]``.
     stack: bool | str = False
 
+    def data_recipes(self) -> list[recipes.Recipe]:
+        """The datasets the suite reads, each once (pairs may share one)."""
+        return list({spec.recipe.name: spec.recipe for spec in self.pairs.values()}.values())
+
     def cells(self) -> list[Cell]:
         """Every (pair, method, n_target, seed), in run order."""
         return [Cell(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
@@ -287,9 +291,19 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
     pairs = {name: _pair(path, name, _table(spec, f"[pair.{name}]", path), train, n_target,
                          methods)
              for name, spec in _table(raw["pair"], "[pair]", path).items()}
+    _share_data(pairs)
     name = str(raw.get("name", path.stem))
     ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
     return Suite(name, path, seeds, n_target, methods, pairs, ddir, selection)
+
+
+def _share_data(pairs: dict[str, PairSpec]) -> None:
+    """Pairs whose recipes ask for the same data (simulator, seed, settings, sizes,
+    splits) read the same files, named after the first of them: a suite simulates and
+    stores each dataset once (the FNO and CNN pairs of one PDE, say)."""
+    first: dict[str, str] = {}
+    for spec in pairs.values():
+        spec.recipe.name = first.setdefault(config_hash(spec.recipe.physics()), spec.name)
 
 
 def _methods(path: Path, raw: dict[str, Any]) -> dict[str, MethodSpec]:
