@@ -7,16 +7,25 @@
 #     the quick suite's stackable pairs with one cell a task against --batch-cells 64.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
 #     the whole full suite (315 cells) with the defaults on the GPU, 8 jobs, from the
-#     datasets in datasets/built/full (build them first with `pacsim datasets`, or bring
-#     them along: darcy2d's simulator is slow); without neuraloperator, the suite less its
-#     two FNO pairs (245 cells). A run cut off at the limit leaves the cells it finished
-#     in $OUT/full/results.jsonl (a rerun resumes).
+#     datasets in datasets/built/full (bring them along, 14 MB: the diode simulator needs
+#     DEVSIM, which a stock PyTorch image lacks). The FNO pairs need neuraloperator: where
+#     it is missing, the wheels in .whl (made here by `bash benchmarks/gpu_wheels.sh`,
+#     brought along) are installed into /tmp/site; without either, the suite runs less
+#     its two FNO pairs (245 cells). A run cut off at the limit leaves the cells it
+#     finished in $OUT/full/results.jsonl (a rerun resumes).
 set -u
 MODE=${1:-quick}
 OUT=${OUT:-/tmp/pacsim-gpu}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! $PY -c "import neuralop" >/dev/null 2>&1 && ls .whl/*.whl >/dev/null 2>&1; then
+    # the carried wheels of benchmarks/gpu_wheels.sh, for the FNO pairs
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl >"$OUT/wheels.txt" 2>&1 &&
+        export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    echo "wheels from .whl: exit $?" | tee -a "$OUT/steps.txt"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt
     local name=$1 limit=$2
