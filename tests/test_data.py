@@ -76,6 +76,44 @@ def test_splits_are_fixed_by_the_seed(tmp_path):
     assert np.array_equal(idx[0], idx[1]) and not np.array_equal(idx[0], idx[2])
 
 
+def test_groups_stay_in_one_split(tmp_path):
+    """Samples of one group (trajectory) never sit in two splits; the fractions count
+    groups; the groups are stored, read back per split, and checked on reading."""
+    x, y = _arrays(n=60)
+    groups = np.repeat(np.arange(12), 5)
+    with DatasetWriter(tmp_path / "g.h5", input_shape=(3,), target_shape=(2,),
+                       split=(0.5, 0.25, 0.25), **META) as w:
+        for lo in range(0, 60, 7):  # blocks that cut groups apart
+            w.append(x[lo:lo + 7], y[lo:lo + 7], groups=groups[lo:lo + 7])
+    ds = H5Dataset(tmp_path / "g.h5", "val", normalize=False)
+    assert np.array_equal(ds.info.groups, groups)
+    split_groups = {s: set(groups[i].tolist()) for s, i in ds.info.splits.items()}
+    assert [len(split_groups[s]) for s in ("train", "val", "test")] == [6, 3, 3]
+    assert set.union(*split_groups.values()) == set(range(12))
+    assert sum(len(v) for v in split_groups.values()) == 12  # disjoint
+    assert np.array_equal(ds.groups, groups[ds.indices])
+    train = ds.info.splits["train"]
+    assert np.allclose(ds.info.normalizer.input_mean, x[train].mean(0), atol=1e-5)
+
+    with h5py.File(tmp_path / "g.h5", "a") as f:  # a group moved across a boundary
+        g = f["groups"][()]
+        g[ds.info.splits["test"][0]] = g[train[0]]
+        f["groups"][...] = g
+    with pytest.raises(DatasetError, match=r"g.h5: group \d+ has samples in both"):
+        H5Dataset(tmp_path / "g.h5", normalize=False)
+    with pytest.raises(DatasetError, match="groups with every block or with none"):
+        with DatasetWriter(tmp_path / "h.h5", input_shape=(3,), target_shape=(2,),
+                           **META) as w:
+            w.append(x[:5], y[:5], groups=groups[:5])
+            w.append(x[5:], y[5:])
+    with pytest.raises(DatasetError, match="groups must be 3 integers"):
+        write_dataset(tmp_path / "h.h5", x, y, **META)  # (no groups: fine)
+        with DatasetWriter(tmp_path / "i.h5", input_shape=(3,), target_shape=(2,),
+                           **META) as w:
+            w.append(x[:3], y[:3], groups=np.zeros(3) + 0.5)
+    assert not (tmp_path / "i.h5").exists() and H5Dataset(tmp_path / "h.h5").groups is None
+
+
 def test_streaming_equals_one_shot(tmp_path):
     x, y = _arrays(n=101, in_shape=(1, 16), out_shape=(1, 16))
     one = write_dataset(tmp_path / "one.h5", x, y, **META)

@@ -85,6 +85,14 @@ def test_convert_to_pacsim(single, tmp_path, mode):
     if mode == "final":
         assert np.array_equal(x, tensor[ds.indices, 0, None])
         assert np.array_equal(y, tensor[ds.indices, -1, None])
+    # every pair knows its trajectory, and no trajectory spans two splits
+    per = 1 if mode == "final" else 4
+    groups = ds.info.groups
+    assert np.array_equal(groups, np.arange(n) // per)
+    owner = {int(groups[i]): s for s, idx in ds.info.splits.items() for i in idx}
+    assert len(owner) == 6 and all(owner[int(g)] == s for s, idx in ds.info.splits.items()
+                                   for g in groups[idx])
+    assert [list(owner.values()).count(s) for s in ("train", "val", "test")] == [3, 2, 1]
 
 
 def test_darcy_style_input_field(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import check_source_view, make_data, make_model
@@ -312,6 +313,30 @@ def test_select_only_sees_the_target_samples_it_is_given(monkeypatch):
     assert torch.equal(seen[5][0], tgt[0]) and seen[5][1] is None
     held_out = torch.cat([v[0] for _, v in seen[:5]])
     assert {tuple(r.tolist()) for r in held_out} == rows, "each sample validated once"
+
+
+def test_cv_keeps_groups_whole():
+    """Samples of one trajectory (group) are validated together, never trained on in the
+    same fold; folds shrink to the number of groups; one group cannot be cross-validated."""
+    from pacsim.transfer.selection import cv_splits
+
+    groups = np.repeat([7, 3, 9, 1, 5, 2], [4, 1, 3, 2, 2, 3])
+    for seed in (0, 1):
+        splits = cv_splits(len(groups), 5, seed, groups)
+        assert len(splits) == 5
+        val = np.concatenate([v for _, v in splits])
+        assert sorted(val.tolist()) == list(range(len(groups)))
+        for train, v in splits:
+            assert not set(groups[train]) & set(groups[v])
+    assert len(cv_splits(6, 5, 0, [0, 0, 0, 1, 1, 1])) == 2
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        cv_splits(4, 5, 0, [3, 3, 3, 3])
+    with pytest.raises(ValueError, match="one id per target sample"):
+        cv_splits(4, 5, 0, [0, 1])
+    model, src, tgt = _problem(n=12)
+    res = select("finetune", model, tgt, selection=SelectionConfig(folds=5, max_steps=6),
+                 steps=2, seed=0, groups=np.arange(12) // 4, **KW)
+    assert res.selection["folds"] == 3
 
 
 def test_a_grid_may_be_a_list_of_tables():

@@ -155,6 +155,11 @@ def test_convert_reads_back(well, tmp_path, pairs):
     assert ("t_index" in attrs) == (pairs == "ic-to-T")
     assert np.allclose(ds.info.coords["t"], np.linspace(0, 1, 5))
     assert sum(int(v.size) for v in ds.info.splits.values()) == len(ex)
+    traj = np.repeat(np.arange(len(state)), len(ex) // len(state))  # trajectory-major pairs
+    assert np.array_equal(ds.info.groups, traj)
+    split_of = {s: set(traj[idx].tolist()) for s, idx in ds.info.splits.items()}
+    assert not (split_of["train"] & split_of["val"] or split_of["train"] & split_of["test"]
+                or split_of["val"] & split_of["test"])  # no trajectory on two sides
     with pytest.raises(FileExistsError):
         convert(path, out, pairs=pairs)
     assert convert(path, out, pairs=pairs, fields=["u"], overwrite=True) == out

@@ -5,7 +5,9 @@ Root attributes: ``format="pacsim-h5"``, ``format_version=1``, ``simulator``,
 Datasets: ``inputs`` and ``targets`` (float32, samples on axis 0), optional ``params``
 (N, P) with attribute ``names``, optional ``coords/<name>``, ``splits/{train,val,test}``
 (int64 sample indices, sorted), optional ``stats/{inputs,targets}_{mean,std}`` computed
-on the train split.
+on the train split, optional ``groups`` (int64, N): the trajectory (or other unit of
+correlated samples) each sample comes from; no group spans two splits, so pairs of states
+of one trajectory never sit on both sides of a train/test boundary.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class FileInfo:
     sample_param_names: list[str] | None = None
     input_names: list[str] | None = None
     coords: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The group (trajectory) of every sample, or None when samples are independent.
+    groups: np.ndarray | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -110,6 +114,25 @@ def _check_disjoint(splits: dict[str, np.ndarray], path: Path) -> None:
             if both.size:
                 raise DatasetError(f"{path}: 'splits/{a}' and 'splits/{b}' share sample "
                                    f"{int(both[0])} (rule: the splits are disjoint)")
+
+
+def _check_groups(f: h5py.File, n: int, splits: dict[str, np.ndarray],
+                  path: Path) -> np.ndarray:
+    """Rules: one integer group per sample; no group in two splits."""
+    ds = f["groups"]
+    if not isinstance(ds, h5py.Dataset) or ds.shape != (n,) \
+            or not np.issubdtype(ds.dtype, np.integer):
+        raise DatasetError(f"{path}: dataset 'groups' must be 1-D integers, one per sample "
+                           f"(N={n})")
+    groups = ds[()].astype(np.int64)
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            both = np.intersect1d(groups[splits[a]], groups[splits[b]])
+            if both.size:
+                raise DatasetError(f"{path}: group {int(both[0])} has samples in both "
+                                   f"'splits/{a}' and 'splits/{b}' (rule: a group, e.g. "
+                                   "one trajectory, lies in one split)")
+    return groups
 
 
 def _check_stats(norm: Normalizer, input_shape: tuple[int, ...],
@@ -179,6 +202,7 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
                                "sorted and unique)")
         splits[s] = idx.astype(np.int64)
     _check_disjoint(splits, path)
+    groups = _check_groups(f, n, splits, path) if "groups" in f else None
     sample_names = None
     if "params" in f:
         p = f["params"]
@@ -208,4 +232,4 @@ def validate(f: h5py.File, path: str | Path) -> FileInfo:
     input_names = ([attr_value(x) for x in f["inputs"].attrs["names"]]
                    if "names" in f["inputs"].attrs else None)
     return FileInfo(path, attrs, n, tuple(f["inputs"].shape[1:]), tuple(f["targets"].shape[1:]),
-                    splits, normalizer, sample_names, input_names, coords)
+                    splits, normalizer, sample_names, input_names, coords, groups)

@@ -218,8 +218,10 @@ class PDEBenchFile:
                            simulator="pdebench", setting=self.path.stem, params=params,
                            seed=seed, coords=coords, split=split, overwrite=overwrite,
                            attrs=attrs) as w:
+            per = 1 if mode == "final" else self.n_times - stride  # pairs per trajectory
             for x, y in self.pairs(mode, t_index=t_index, time=time, stride=stride):
-                w.append(x, y)
+                # each pair's trajectory: the splits keep trajectories whole
+                w.append(x, y, groups=(w.n + np.arange(len(x))) // per)
         return Path(out)
 
 

@@ -119,6 +119,8 @@ class H5Dataset(Dataset):
             normalize if isinstance(normalize, Normalizer)
             else self.info.normalizer if normalize else None)
         self.indices = self.info.splits[split]
+        #: Each sample's group (trajectory) where the file records them, else None.
+        self.groups = None if self.info.groups is None else self.info.groups[self.indices]
         sample_bytes = 4 * (int(np.prod(self.info.input_shape))
                             + int(np.prod(self.info.target_shape)))
         if in_memory == "auto":
@@ -218,13 +220,16 @@ class H5Dataset(Dataset):
         x, y = self.arrays()
         return torch.from_numpy(x), torch.from_numpy(y)
 
-    def subset(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` samples drawn without replacement (fixed by ``seed``) as tensors."""
+    def draw(self, n: int, seed: int = 0) -> np.ndarray:
+        """Sorted positions of ``n`` samples drawn without replacement (fixed by ``seed``)."""
         if not 0 < n <= len(self):
             raise ValueError(f"{self.path}: cannot draw {n} samples from the {len(self)} of "
                              f"split {self.split!r}")
-        pos = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        return self[pos]
+        return np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+
+    def subset(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples drawn without replacement (fixed by ``seed``) as tensors."""
+        return self[self.draw(n, seed)]
 
 
 def loader(dataset: Dataset, batch_size: int = 64, *, shuffle: bool = True,

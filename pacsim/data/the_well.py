@@ -320,9 +320,10 @@ class WellFile:
                            seed=seed, coords=self.coords, split=split, overwrite=overwrite,
                            attrs={**self.provenance(pairs, t_index, stride), **(attrs or {})}
                            ) as w:
-            w.append(*first)
-            for x, y in blocks:
-                w.append(x, y)
+            per = 1 if pairs == "ic-to-T" else self.n_steps - stride  # pairs per trajectory
+            for x, y in itertools.chain([first], blocks):
+                # each pair's trajectory: the splits keep trajectories whole
+                w.append(x, y, groups=(w.n + np.arange(len(x))) // per)
         return Path(out)
 
     def describe(self) -> dict[str, Any]:

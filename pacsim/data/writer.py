@@ -29,8 +29,16 @@ def _check_finite(block: np.ndarray, what: str, path: Path, offset: int) -> None
                            "nothing was written")
 
 
-def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
-    """Sorted train/val/test indices of ``n`` samples, fixed by ``seed``."""
+def split_indices(n: int, fractions: Sequence[float], seed: int,
+                  groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Sorted train/val/test indices of ``n`` samples, fixed by ``seed``. With ``groups``
+    (one id per sample, e.g. its trajectory) whole groups are split, the fractions
+    counting groups: samples of one group never land in two splits."""
+    if groups is not None:
+        ids, inverse = np.unique(groups, return_inverse=True)
+        by_group = split_indices(ids.size, fractions, seed)
+        return {k: np.flatnonzero(np.isin(inverse, v)).astype(np.int64)
+                for k, v in by_group.items()}
     perm = np.random.default_rng(seed).permutation(n)
     n_train = int(round(fractions[0] * n))
     n_val = min(int(round(fractions[1] * n)), n - n_train)
@@ -42,10 +50,12 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, np
 class DatasetWriter:
     """Stream samples into a new pacsim-h5 file.
 
-    ``append`` blocks of samples as they are produced; ``close`` (or leaving the
-    ``with`` block normally) writes the splits and the train-split statistics and renames
-    the temporary file onto ``path``. Leaving the block by an exception, or ``abort``,
-    removes the temporary file, so ``path`` never holds a partial dataset.
+    ``append`` blocks of samples as they are produced (with ``groups``, the trajectory of
+    each sample: then every block must give them, and the splits keep groups whole);
+    ``close`` (or leaving the ``with`` block normally) writes the splits and the
+    train-split statistics and renames the temporary file onto ``path``. Leaving the
+    block by an exception, or ``abort``, removes the temporary file, so ``path`` never
+    holds a partial dataset.
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class DatasetWriter:
                                f"got {seed!r}")
         self.seed = int(seed)
         self.n = 0
+        self._groups: list[np.ndarray] | None = None  # set by the first append
         self._n_params = None if sample_param_names is None else len(sample_param_names)
         self._target = AtomicFile(self.path, overwrite=overwrite, hint=_OVERWRITE_HINT)
         self._f: h5py.File | None = None
@@ -133,8 +144,10 @@ class DatasetWriter:
         else:
             self.abort()
 
-    def append(self, inputs: Any, targets: Any, sample_params: Any = None) -> None:
-        """Add a block of samples (axis 0), checked before anything is written."""
+    def append(self, inputs: Any, targets: Any, sample_params: Any = None,
+               groups: Any = None) -> None:
+        """Add a block of samples (axis 0), checked before anything is written;
+        ``groups``: each sample's group (trajectory) id."""
         if self._f is None:
             raise DatasetError(f"{self.path}: writer is closed")
         self._check_interrupt()
@@ -161,6 +174,7 @@ class DatasetWriter:
                                    f"({x.shape[0]}, {self._n_params})")
         elif sample_params is not None:
             raise DatasetError(f"{self.path}: sample_params given but no sample_param_names")
+        g = self._check_groups(groups, x.shape[0])
         lo, hi = self.n, self.n + x.shape[0]
         for name, block in (("inputs", x), ("targets", y), ("params", p)):
             if block is None:
@@ -168,7 +182,23 @@ class DatasetWriter:
             ds = self._f[name]
             ds.resize(hi, axis=0)
             ds[lo:hi] = block
+        if g is not None:
+            assert self._groups is not None
+            self._groups.append(g)
         self.n = hi
+
+    def _check_groups(self, groups: Any, rows: int) -> np.ndarray | None:
+        if self.n == 0 and self._groups is None:
+            self._groups = None if groups is None else []
+        if (groups is None) != (self._groups is None):
+            raise DatasetError(f"{self.path}: give groups with every block or with none")
+        if groups is None:
+            return None
+        g = np.asarray(groups)
+        if g.shape != (rows,) or not (np.issubdtype(g.dtype, np.integer) or g.size == 0):
+            raise DatasetError(f"{self.path}: groups must be {rows} integers, one per "
+                               f"sample, got shape {g.shape} of {g.dtype}")
+        return g.astype(np.int64)
 
     def close(self) -> Path:
         """Write splits and statistics, then rename into place; returns the path."""
@@ -179,7 +209,10 @@ class DatasetWriter:
                 raise DatasetError(f"{self.path}: no samples were written")
             self._target.check()
             f = self._f
-            splits = split_indices(self.n, self.split, self.seed)
+            groups = None if self._groups is None else np.concatenate(self._groups)
+            if groups is not None:
+                f.create_dataset("groups", data=groups)
+            splits = split_indices(self.n, self.split, self.seed, groups)
             for name in SPLITS:
                 f.create_dataset(f"splits/{name}", data=splits[name])
             if splits["train"].size:

@@ -1,7 +1,8 @@
 """Target-only hyper-parameter selection for every transfer method: :func:`select`,
 configured by :class:`SelectionConfig` (``"cv"`` or ``"fixed"``).
 
-K-fold cross-validation on the ``n`` target samples (scikit-learn's ``KFold``): for each
+K-fold cross-validation on the ``n`` target samples (scikit-learn's ``KFold``, or
+``GroupKFold`` where samples come in groups such as trajectories): for each
 configuration of the method's grid (scikit-learn's ``ParameterGrid``; the learning rate
 and the method's own options) every fold trains once for ``max_steps`` optimiser steps
 and records its validation loss after every epoch. The step count is read off the mean
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, ParameterGrid
+from sklearn.model_selection import GroupKFold, KFold, ParameterGrid
 from torch import nn
 
 from ..data.batches import as_tensor
@@ -134,13 +135,18 @@ class SelectRequest:
     grid: Mapping[str, list[Any]] | list[Mapping[str, list[Any]]] | None = None
     options: Mapping[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Each target sample's group (e.g. its trajectory), or None: the CV folds keep
+    #: groups whole (scikit-learn's ``GroupKFold``), so no fold validates on states of a
+    #: trajectory it trained on.
+    groups: Any = None
 
 
 def select(method: str, source_model: nn.Module, target: Data, *,
            selection: SelectionConfig | None = None, steps: int,
            grid: Mapping[str, list[Any]] | None = None,
            options: Mapping[str, Any] | None = None, lr: float = 1e-3, batch_size: int = 32,
-           seed: int = 0, stack: bool | str = False, **kwargs: Any) -> TransferResult:
+           seed: int = 0, stack: bool | str = False, groups: Any = None,
+           **kwargs: Any) -> TransferResult:
     """Choose ``method``'s hyper-parameters on ``target`` only, then transfer with them.
 
     ``selection``: :class:`SelectionConfig` (default: 5-fold CV). ``steps``: the fixed
@@ -150,6 +156,8 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     options, fixed. ``batch_size`` is capped at the training-set size. Other keywords go
     to :func:`adapt` (``source``, ``allocated``, ``device``, ``weight_decay``, ...).
     The result's ``selection`` says what was chosen, the CV loss and the mean curves.
+    ``groups`` (one id per target sample, e.g. its trajectory) keeps each group in one
+    fold, so correlated samples never sit on both sides of a fold's boundary.
 
     ``stack=True`` trains the folds x configurations of the cross-validation, and then
     the final model, as stacks of models (:func:`pacsim.train.fit_many`, one stack per
@@ -161,7 +169,8 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     2D CNNs ran 0.86x as fast on 2 CPU cores; MLPs 1.4-2.6x, 1D CNNs 1.5x as fast, whole
     benchmark cells). :func:`select_many` does the same for many transfers at once.
     """
-    request = SelectRequest(method, source_model, target, seed, grid, options, kwargs)
+    request = SelectRequest(method, source_model, target, seed, grid, options, kwargs,
+                            groups)
     return select_many([request], selection=selection, steps=steps, lr=lr,
                        batch_size=batch_size, stack=stack)[0]
 
@@ -271,15 +280,33 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
             **{k: v for k, v in kwargs.items() if k in ("device", "weight_decay",
                                                           "optimizer", "progress")})
         kwargs["allocated"] = (alloc_model, alloc_masks)
-    folds = min(selection.folds, n)
-    if folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 target samples, got {n}")
+    splits = cv_splits(n, selection.folds, req.seed, req.groups)
     space = check_grid(req.method, DEFAULT_GRIDS[req.method] if req.grid is None
                        else req.grid)
     configs = list(ParameterGrid(space)) if space else [{}]
-    splits = list(KFold(folds, shuffle=True, random_state=req.seed).split(np.arange(n)))
     return _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, configs,
                    splits, will_stack(req.source_model, stack, kwargs))
+
+
+def cv_splits(n: int, folds: int, seed: int, groups: Any = None
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) positions of ``n`` samples for ``folds``-fold CV, shuffled by
+    ``seed`` (fewer folds when there are fewer samples, or groups). With ``groups`` (one id
+    per sample) every group lies in one validation fold (``GroupKFold``)."""
+    if groups is None:
+        k = min(folds, n)
+        if k < 2:
+            raise ValueError(f"cross-validation needs at least 2 target samples, got {n}")
+        return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must hold one id per target sample ({n}), got shape "
+                         f"{g.shape}")
+    k = min(folds, np.unique(g).size)
+    if k < 2:
+        raise ValueError("cross-validation needs target samples from at least 2 groups "
+                         "(trajectories), got 1")
+    return list(GroupKFold(k, shuffle=True, random_state=seed).split(np.arange(n), groups=g))
 
 
 Choice = tuple[dict[str, Any], int, float, dict[str, list[list[float]]]]

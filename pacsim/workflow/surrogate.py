@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -253,7 +254,9 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     n = n_avail if n is None else n
     if not 0 < n <= n_avail:
         raise ValueError(f"--n {n}: {target} has {n_avail} samples in its train split")
-    x, y = pool.subset(n, seed=seed) if n < n_avail else pool.tensors()
+    pos = pool.draw(n, seed=seed) if n < n_avail else np.arange(n_avail)
+    x, y = pool[pos] if n < n_avail else pool.tensors()
+    groups = None if pool.groups is None else pool.groups[pos]  # CV keeps trajectories whole
     kwargs: dict[str, Any] = {}
     src_path: Path | None = None
     src_record: dict[str, Any] = {}
@@ -283,7 +286,8 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     res = select(method, model, (x, y), selection=cfg, steps=steps, grid=grid, options=opts,
                  lr=lr, batch_size=batch_size, seed=seed, device=dev,
                  weight_decay=weight_decay, progress=progress if is_main() else False,
-                 stack="auto" if not launched() else False, **kwargs)
+                 stack="auto" if not launched() else False,
+                 groups=groups, **kwargs)
     after = physical_metrics(res.model, normalizer, target, "val", device=dev)
     record: dict[str, Any] = {
         "kind": "target",
