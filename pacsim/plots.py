@@ -43,6 +43,18 @@ def methods_in(records: Iterable[dict[str, Any]]) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
+def paired(records: Iterable[dict[str, Any]], pair: str, n: int) -> list[dict[str, Any]]:
+    """The finished cells of ``pair`` at ``n`` on the seeds where every method present
+    there finished: means over them compare methods on the same seeds (a method that
+    failed on a hard seed is not averaged over the easy ones only)."""
+    rs = [r for r in ok_records(records) if r["pair"] == pair and r["n_target"] == n]
+    by_method: dict[str, set[Any]] = {}
+    for r in rs:
+        by_method.setdefault(r["method"], set()).add(r["seed"])
+    common = set.intersection(*by_method.values()) if by_method else set()
+    return [r for r in rs if r["seed"] in common]
+
+
 def forgetting_ratio(record: dict[str, Any], metric: str = "rmse") -> float:
     """Source error after transfer / the unpruned source model's (nan if undefined)."""
     before = record["source_before"][metric]
@@ -52,8 +64,8 @@ def forgetting_ratio(record: dict[str, Any], metric: str = "rmse") -> float:
 def tradeoff_points(records: Iterable[dict[str, Any]], pair: str, n: int,
                     metric: str = "rmse") -> dict[str, tuple[float, float]]:
     """method -> (forgetting, target error) of ``pair`` at ``n`` target samples, each the
-    mean over seeds (finished cells only), in the canonical method order."""
-    rs = [r for r in ok_records(records) if r["pair"] == pair and r["n_target"] == n]
+    mean over the seeds every method finished (:func:`paired`), canonical method order."""
+    rs = paired(records, pair, n)
     out = {}
     for m in methods_in(rs):
         mine = [r for r in rs if r["method"] == m]

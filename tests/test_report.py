@@ -170,6 +170,31 @@ def _cv(rec, mode="cv"):
             "cv_loss": 0.1}
 
 
+def test_verdicts_compare_methods_on_the_same_seeds():
+    """A baseline that fails on a hard seed is not averaged over the easy ones: ratios,
+    verdicts and trade-off points use the seeds where every method finished, and say so."""
+    from pacsim.bench.report import comparisons, summary_lines
+
+    def rec(method, seed, rmse, status="ok"):
+        return {"pair": "p", "method": method, "n_target": 10, "seed": seed,
+                "status": status, "target": {"rmse": rmse},
+                "source_before": {"rmse": 1.0}, "source_after": {"rmse": 1.0}}
+
+    records = [rec("pac", 0, 1.0), rec("pac", 1, 1.0), rec("pac", 2, 5.0),
+               rec("finetune", 0, 1.2), rec("finetune", 1, 1.2),
+               rec("finetune", 2, float("nan"), status="error")]
+    row, = comparisons(records)
+    assert row["pac"] == pytest.approx(1.0 / 1.2) and (row["seeds"], row["of"]) == (2, 3)
+    text = "\n".join(summary_lines(records))
+    assert "PAC wins (0.83x the best baseline, finetune; on the 2 of 3 seeds where every " \
+        "method finished)" in text, text
+    assert tradeoff_table(records)[0]["points"]["pac"][1] == pytest.approx(1.0)
+    records[-1] = rec("finetune", 2, 6.0)  # all finished: no caveat, all three seeds
+    row, = comparisons(records)
+    assert row["pac"] == pytest.approx((7.0 / 3) / (8.4 / 3)) and row["seeds"] == 3
+    assert "of 3 seeds" not in "\n".join(summary_lines(records))
+
+
 def test_selection_wording():
     assert selection_header(_records()) == \
         "Hyper-parameters: fixed budget, no selection, for every method."

@@ -29,6 +29,7 @@ from ..plots import (
     methods_in,
     non_dominated,
     ok_records,
+    paired,
     tradeoff_points,
 )
 from .results import RESULTS, latest, read_results
@@ -73,27 +74,27 @@ def verdict(ratio: float) -> str:
     return "wins" if ratio < WIN else "loses" if ratio > LOSE else "ties"
 
 
-def _means(g: Grid, pair: str, n: int) -> dict[str, float]:
-    """method -> mean target error over seeds at (pair, n), canonical order."""
-    present = [m for (p, m, k), v in g.items() if p == pair and k == n and v]
-    return {m: float(np.mean(list(g[(pair, m, n)].values())))
-            for m in methods_in({"method": m} for m in present)}
-
-
 def comparisons(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (pair, n) with a baseline: ``pair``, ``n``, ``best`` (the best
-    baseline), ``base`` (its mean target error) and, per PAC method present, its ratio to
-    the best baseline under the method's name."""
+    baseline), ``base`` (its mean target error), ``seeds`` (how many the means are over:
+    those where every method finished, :func:`~pacsim.plots.paired`) and ``of`` (seeds
+    with any finished cell) and, per PAC method present, its ratio to the best baseline
+    under the method's name."""
     records = list(records)
-    g = grid(records)
+    ok = ok_records(records)
     rows = []
-    for pair, n in sorted({(r["pair"], r["n_target"]) for r in ok_records(records)}):
-        means = _means(g, pair, n)
+    for pair, n in sorted({(r["pair"], r["n_target"]) for r in ok}):
+        rs = paired(ok, pair, n)
+        means = {m: float(np.mean([r["target"]["rmse"] for r in rs if r["method"] == m]))
+                 for m in methods_in(rs)}
         base = {m: v for m, v in means.items() if m in BASELINES}
         if not base:
             continue
         best = min(base, key=base.get)
-        row: dict[str, Any] = {"pair": pair, "n": n, "best": best, "base": base[best]}
+        row: dict[str, Any] = {
+            "pair": pair, "n": n, "best": best, "base": base[best],
+            "seeds": len({r["seed"] for r in rs}),
+            "of": len({r["seed"] for r in ok if r["pair"] == pair and r["n_target"] == n})}
         for m in PAC_METHODS:
             if m in means and base[best] > 0:
                 row[m] = means[m] / base[best]
@@ -123,17 +124,18 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
         lines.append(f"- **{who}: wins at {count['wins']}, ties at {count['ties']} and loses "
                      f"at {count['loses']} of the {len(mine)} (pair, n) combinations against "
                      f"the best baseline (the lowest mean target RMSE of "
-                     f"{', '.join(BASELINES)}).")
+                     f"{', '.join(BASELINES)}, over the seeds where every method finished).")
     for pair in sorted({r["pair"] for r in rows}):
         mine = [r for r in rows if r["pair"] == pair]
         parts = [f"n={r['n']}: PAC {verdict(r['pac'])} ({r['pac']:.2f}x the best baseline, "
-                 f"{r['best']})" for r in mine if "pac" in r]
+                 f"{r['best']}{_partial(r)})" for r in mine if "pac" in r]
         text = "; ".join(parts)
         paper = [r for r in mine if "pac-paper" in r]
         if paper:
             groups: dict[str, list[str]] = defaultdict(list)
             for r in paper:
-                groups[verdict(r["pac-paper"])].append(f"{r['n']} ({r['pac-paper']:.2f}x)")
+                groups[verdict(r["pac-paper"])].append(
+                    f"{r['n']} ({r['pac-paper']:.2f}x{_partial(r)})")
             said = "; ".join(f"{v} at n={', '.join(groups[v])}" for v in ("wins", "ties", "loses")
                              if groups[v])
             text += (". " if text else "") + f"pac-paper {said}"
@@ -163,6 +165,12 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
                      "reproduces the allocated source model exactly; its ratio reflects only "
                      "the prune-and-retrain step.")
     return lines
+
+
+def _partial(row: dict[str, Any]) -> str:
+    """What a comparison row leaves out: the seeds where some method failed."""
+    return "" if row["seeds"] == row["of"] else \
+        f"; on the {row['seeds']} of {row['of']} seeds where every method finished"
 
 
 def verdict_table(records: Iterable[dict[str, Any]]) -> list[str]:
