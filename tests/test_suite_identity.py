@@ -126,3 +126,22 @@ def test_dry_run_lists_what_would_run_and_why(tmp_path, monkeypatch):
     assert "0 to run" in plan[0] and "1 failed" in plan[0]
     plan = _run(path, out, dry_run=True, retry_failed=True)
     assert "1 to run" in plan[0] and any("fried|l2sp|5|0 failed" in m for m in plan)
+
+
+def test_an_option_changed_back_runs_the_cell_again(tmp_path):
+    """The report shows each cell's newest record; the runner counts a cell done only when
+    that record is of the current configuration, so the two never disagree."""
+    from pacsim.bench.results import latest
+
+    out = tmp_path / "out"
+    for steps in (4, 6, 4):
+        path = _suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,),
+                      steps=steps)
+        logs = _run(path, out)
+        assert any("1 cells, 0 already done, 1 to run" in m for m in logs), logs
+        shown, = latest(read_results(out))
+        assert shown["steps"] == steps
+        assert shown["cell_id"] == load_suite(path).cell_id(("fried", "finetune", 5, 0))
+    assert any("1 already done" in m for m in _run(path, out))
+    assert len(read_results(out)) == 3
+

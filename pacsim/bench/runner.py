@@ -72,23 +72,27 @@ def config_diff(old: dict[str, Any] | None, new: dict[str, Any], limit: int = 3)
 
 def plan_suite(suite: Suite, records: Sequence[dict[str, Any]], retry_failed: bool = False
                ) -> Plan:
-    """Which cells of ``suite`` to run given the ``records`` already written."""
-    ok = {r.get("cell_id") for r in records if r.get("status") == "ok"}
-    failed = {r.get("cell_id"): r for r in records if r.get("status") != "ok"}
+    """Which cells of ``suite`` to run given the ``records`` already written.
+
+    A cell is done when its newest record (the one the report shows,
+    :func:`~pacsim.bench.results.latest`) is
+    a success of the suite's configuration: after an option is changed and changed back,
+    the cell runs again rather than leave the other configuration's numbers in the
+    report."""
     last = {cell_key(r["pair"], r["method"], r["n_target"], r["seed"]): r for r in records
             if {"pair", "method", "n_target", "seed"} <= set(r)}
     plan = Plan(len(suite.cells()))
     for cell in suite.cells():
-        cid = suite.cell_id(cell)
-        if cid in ok:
-            plan.done += 1
-        elif cid in failed:
-            if retry_failed:
-                plan.todo.append((cell, "failed", str(failed[cid].get("error", ""))[:100]))
+        rec = last.get(cell_key(*cell))
+        if rec is not None and rec.get("cell_id") == suite.cell_id(cell):
+            if rec.get("status") == "ok":
+                plan.done += 1
+            elif retry_failed:
+                plan.todo.append((cell, "failed", str(rec.get("error", ""))[:100]))
             else:
                 plan.kept_failed += 1
-        elif cell_key(*cell) in last:
-            old = last[cell_key(*cell)].get("config")
+        elif rec is not None:
+            old = rec.get("config")
             plan.todo.append((cell, "changed", config_diff(old, suite.cell_config(cell))))
         else:
             plan.todo.append((cell, "new", ""))
