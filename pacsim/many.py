@@ -28,6 +28,7 @@ factors are precomputed once an epoch; losses are read once an epoch, as ``fit``
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from .data.batches import _TensorBatches, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
-from .train import History, _make_loss, check_fit_options, fit
+from .train import History, TrainingDiverged, _make_loss, check_fit_options, fit
 
 Pair = tuple[Any, Any]
 _BETAS = (0.9, 0.999)
@@ -575,6 +576,7 @@ def fit_many(
     restore_best: bool = True,
     lr_schedule: str | None = None,
     device: str | torch.device = "auto",
+    on_divergence: str = "raise",
 ) -> list[History]:
     """Train K models of one architecture at once; one :class:`History` per model.
 
@@ -595,7 +597,15 @@ def fit_many(
     weights) or mixed dtypes cannot share a stack: they are trained one by one through
     ``fit``, with a warning saying why. A callable ``loss`` must work under
     ``torch.func.vmap``.
+
+    A model whose epoch training loss is not finite diverged. ``on_divergence="raise"``
+    (as ``fit``): :class:`~pacsim.train.TrainingDiverged` naming it, with its history,
+    and no model is changed. ``"keep"``: every model trains on; a diverged model's
+    history shows its non-finite losses and its weights are not finite (cross-validation
+    rules such a configuration out).
     """
+    if on_divergence not in ("raise", "keep"):
+        raise ValueError(f"on_divergence must be 'raise' or 'keep', got {on_divergence!r}")
     models = list(models)
     k_models = len(models)
     if k_models == 0:
@@ -620,13 +630,27 @@ def fit_many(
     if why is not None:
         warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
                       f"{why}", stacklevel=2)
-        return [fit(m, d, val=v, epochs=epochs, steps=st, lr=r, batch_size=batch_size,
-                    weight_decay=weight_decay, optimizer=optimizer, loss=loss,
-                    update_mask=um, penalty=pen, device=dev, seed=s, progress=False,
-                    restore_best=restore_best, lr_schedule=lr_schedule)
-                for m, d, v, r, um, pen, s, st in zip(models, datasets, vals, lrs, masks_in,
-                                                       pens, seeds_in,
-                                                       budgets or [None] * k_models)]
+        saved = [copy.deepcopy(m.state_dict()) for m in models] \
+            if on_divergence == "raise" else []
+        out = []
+        for k, (m, d, v, r, um, pen, s, st) in enumerate(zip(
+                models, datasets, vals, lrs, masks_in, pens, seeds_in,
+                budgets or [None] * k_models)):
+            try:
+                out.append(fit(m, d, val=v, epochs=epochs, steps=st, lr=r,
+                               batch_size=batch_size, weight_decay=weight_decay,
+                               optimizer=optimizer, loss=loss, update_mask=um, penalty=pen,
+                               device=dev, seed=s, progress=False, restore_best=restore_best,
+                               lr_schedule=lr_schedule))
+            except TrainingDiverged as exc:
+                if on_divergence == "keep":
+                    out.append(exc.history)
+                    continue
+                for model, state in zip(models, saved):
+                    model.load_state_dict(state)
+                raise TrainingDiverged(f"models[{k}]: {exc}; no model was changed",
+                                       exc.history) from None
+        return out
 
     for m in models:
         m.to(dev)
@@ -726,6 +750,12 @@ def fit_many(
         improved = _record_epoch(histories, members, epoch,
                                  [min(done, s) for s in budgets], running.tolist(), seen,
                                  stack.val_losses(groups, batch_size, trained, members))
+        bad = [k for k in members if not math.isfinite(histories[k].train_loss[-1])]
+        if bad and on_divergence == "raise":
+            raise TrainingDiverged(
+                f"training diverged: the loss of models[{bad[0]}] is not finite in epoch "
+                f"{epoch + 1}; no model was changed; check the data for NaN/inf and lower "
+                "lr", histories[bad[0]])
         if best_flat is not None and improved:
             rows = torch.tensor(improved, device=dev)
             best_flat.index_copy_(0, rows, trained.index_select(0, rows))

@@ -103,7 +103,7 @@ def test_a_stopped_model_is_held_still_while_the_others_train():
     data = [_data("mlp", s) for s in range(3)]
     kw = dict(batch_size=16, lr=1e6, optimizer="sgd", **CPU)
     hist = fit_many(models, data, seeds=[0, 1, 2], steps=[1, 3, 0],
-                    update_masks=[None, None, {}], **kw)
+                    update_masks=[None, None, {}], on_divergence="keep", **kw)
     ref = fit(refs[0], data[0], seed=0, steps=1, **kw)
     assert hist[0].train_loss == pytest.approx(ref.train_loss, rel=1e-5)
     _close(models[0], refs[0])
@@ -341,3 +341,42 @@ def test_bad_inputs_give_clear_errors():
         fit_many(two, flat_y, epochs=1, **CPU)
     with pytest.raises(ValueError, match=r"outputs of shape \(2,\) per sample"):
         fit(two[0], flat_y[0], epochs=1, **CPU)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "batchnorm"])
+def test_a_diverging_model_raises_as_fit_does_or_trains_on_when_kept(kind):
+    """on_divergence="raise" (default): TrainingDiverged names the model and no model is
+    changed, stacked or one by one; "keep": the others train as if alone."""
+    from pacsim.train import TrainingDiverged
+
+    def nets():
+        if kind == "mlp":
+            return [_net("mlp", s) for s in range(3)]
+        return [make_model("cnn1d", s) for s in range(3)]  # BatchNorm: one by one
+
+    data = [_data("mlp" if kind == "mlp" else "cnn1d", s) for s in range(3)]
+    data[1] = (data[1][0], data[1][1] * 1e20)  # its squared error overflows float32
+    models = nets()
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    with pytest.warns(UserWarning) if kind == "batchnorm" else _no_warning(), \
+            pytest.raises(TrainingDiverged, match=r"models\[1\].*no model was changed"):
+        fit_many(models, data, epochs=2, lr=1e-2, seeds=[0, 1, 2], **CPU)
+    for m, state in zip(models, before):
+        assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+
+    models = nets()
+    with pytest.warns(UserWarning) if kind == "batchnorm" else _no_warning():
+        hs = fit_many(models, data, epochs=2, lr=1e-2, seeds=[0, 1, 2],
+                      on_divergence="keep", **CPU)
+    assert not torch.isfinite(torch.tensor(hs[1].train_loss)).all()
+    alone = nets()[2]
+    fit(alone, data[2], epochs=2, lr=1e-2, seed=2, **CPU)
+    _close(models[2], alone)
+    with pytest.raises(ValueError, match="on_divergence"):
+        fit_many(nets(), data, epochs=1, on_divergence="ignore", **CPU)
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -458,7 +458,7 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             val=[g.val for g in group] if any(g.val is not None for g in group) else None,
             lr=[g.lr for g in group], seeds=[g.seed for g in group],
             steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
-            **group[0].train_args)
+            on_divergence="keep", **group[0].train_args)
     except _OUT_OF_MEMORY:
         # models fit_many trains one by one (its fallback) may be half written: no retry
         if len(group) == 1 or not_vectorisable(group[0].plan.model) is not None:
