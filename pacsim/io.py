@@ -69,7 +69,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, Masks | None, dict[str, Any]]:
-    """Load ``(model, masks, meta)`` from a file written by :func:`save_checkpoint`."""
+    """Load ``(model, masks, meta)`` from a file written by :func:`save_checkpoint`; the
+    model and masks on ``map_location``, the model in the dtype it was saved in."""
     why = not_a_file(path)
     path = Path(path)
     if why is not None:
@@ -94,6 +95,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         model = build(json.loads(payload["config"]))
         _load_state(model, payload["state_dict"])
+        if isinstance(map_location, (str, torch.device)):
+            model.to(map_location)  # with the masks, which torch.load put there
         masks = None if payload["masks"] is None else Masks.from_state_dict(payload["masks"])
         if masks is not None:
             masks.check_model(model)
@@ -123,6 +126,11 @@ def _load_state(model: nn.Module, state: Any) -> None:
                                 ("wrong shape", shapes)) if keys]
     if parts:
         raise ValueError(f"weights do not fit the {type(model).__name__}: " + "; ".join(parts))
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        saved = state.get(name)  # a float64 model comes back float64, bit for bit
+        if isinstance(saved, torch.Tensor) and saved.dtype != t.dtype \
+                and (saved.is_floating_point() or saved.is_complex()):
+            t.data = t.data.to(saved.dtype)
     model.load_state_dict(state)
 
 

@@ -42,7 +42,14 @@ from torch.func import functional_call, grad_and_value, vmap
 from .data.batches import _TensorBatches, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
-from .train import History, TrainingDiverged, _make_loss, check_fit_options, fit
+from .train import (
+    History,
+    TrainingDiverged,
+    _make_loss,
+    check_fit_options,
+    check_float32,
+    fit,
+)
 
 Pair = tuple[Any, Any]
 _BETAS = (0.9, 0.999)
@@ -623,6 +630,8 @@ def fit_many(
     check_fit_options(epochs, None if budgets is None else max(budgets, default=0), lrs,
                       weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
+    for m in models:
+        check_float32(m)
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)
 
@@ -660,6 +669,12 @@ def fit_many(
     n = x_all.shape[1]
     val_b = [None if v is None else _pair(v, k, batch_size, dev, "val")
              for k, v in enumerate(vals)]
+    for k, b in enumerate(val_b):
+        if b is not None and (b.x.shape[1:], b.y.shape[1:]) != (x_all.shape[2:],
+                                                                 y_all.shape[2:]):
+            raise ValueError(f"val[{k}] samples are {tuple(b.x.shape[1:])} -> "
+                             f"{tuple(b.y.shape[1:])}, the training samples "
+                             f"{tuple(x_all.shape[2:])} -> {tuple(y_all.shape[2:])}")
     groups = _val_groups(val_b, dev)
     keeps = [_resolve_mask(m, s, dev) for m, s in zip(models, masks_in)]
 

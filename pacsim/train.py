@@ -103,10 +103,21 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator 
     if seed is None:
         yield torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
         return
-    devices = [device.index or 0] if device.type == "cuda" else []
+    # torch.manual_seed reseeds every GPU: save and restore them all
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield torch.Generator().manual_seed(seed)
+
+
+def check_float32(model: nn.Module) -> None:
+    """The trainers feed float32 batches (complex64 for spectral weights): refuse a model
+    of another precision with a clear message rather than a dtype error mid-step."""
+    other = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                    if p.dtype not in (torch.float32, torch.complex64)})
+    if other:
+        raise ValueError(f"pacsim trains float32 models; this one has {', '.join(other)} "
+                         "parameters (convert it with model.float())")
 
 
 def check_fit_options(epochs: int | None, steps: int | None, lrs: Sequence[float],
@@ -255,6 +266,7 @@ def fit(
     same ``batch_size``.
     """
     check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule, clip_grad)
+    check_float32(model)
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     dev = resolve_device(device)
@@ -369,7 +381,7 @@ def fit(
                 if val_b is not None:
                     # the eager model: eval mode under no_grad would be further graphs
                     # (and CUDA graph memory) for one pass an epoch
-                    v = _mean_loss(model, val_b, loss_fn, autocast)
+                    v = _mean_loss(model, val_b, loss_fn, autocast, isinstance(loss, str))
                     history.val_loss.append(v)
                     history.val_steps.append(history.steps)
                     if history.best_val is None or v < history.best_val:
@@ -405,14 +417,19 @@ def fit(
 
 
 @torch.no_grad()
-def _mean_loss(model: nn.Module, data: Batches,
-               loss_fn: Callable[..., torch.Tensor], autocast: Any) -> float:
+def _mean_loss(model: nn.Module, data: Batches, loss_fn: Callable[..., torch.Tensor],
+               autocast: Any, same_shapes: bool = True) -> float:
+    """Mean loss over ``data``; ``same_shapes``: outputs and targets must match (the
+    built-in losses), as in training."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=data.device)
     count = 0
     for x, y in data.epoch(None):
         with autocast:
             pred = model(x)
+        if same_shapes and pred.shape != y.shape:  # a broadcast loss: a wrong number
+            raise ValueError(f"the model gives outputs of shape {tuple(pred.shape[1:])} per "
+                             f"sample, the validation targets have {tuple(y.shape[1:])}")
         if x.shape[0]:
             total += loss_fn(pred.float(), y).double() * x.shape[0]
             count += x.shape[0]

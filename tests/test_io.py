@@ -35,6 +35,17 @@ def test_round_trip_is_bit_exact(tmp_path, kind):
     assert list(tmp_path.iterdir()) == [path], "no temporary files left behind"
 
 
+def test_a_float64_model_comes_back_float64(tmp_path):
+    from pacsim.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(3, 1, hidden=(4,)).double()
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    loaded, _, _ = load_checkpoint(path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == torch.float64 and torch.equal(a, b), name
+
+
 class _Payload:
     def __reduce__(self):
         return (exec, ("open(__import__('os').environ['PACSIM_PWNED'], 'w').write('x')",))

@@ -253,3 +253,29 @@ def test_outputs_and_targets_of_different_shapes_are_refused():
         adapt("finetune", make_model("mlp"), (x, torch.rand(8, 3)), epochs=1, device="cpu")
     with pytest.raises(ValueError, match="data and model do not match"):
         fit(make_model("mlp"), (x, torch.rand(8, 1)), epochs=1, device="cpu")
+
+
+def test_validation_targets_of_another_shape_are_refused():
+    """A (N,) validation target against (N, 1) outputs would broadcast to an (N, N) loss:
+    a wrong number for early stopping and CV curves, so it is an error, as in training."""
+    from pacsim.models import MLP
+    from pacsim.train import fit_many
+
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3), torch.randn(20, 1)
+    with pytest.raises(ValueError, match=r"outputs of shape \(1,\).*validation targets"):
+        fit(MLP(3, 1, hidden=(4,)), (x, y), val=(x[:5], y[:5, 0]), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match=r"val\[0\] samples are \(3,\) -> \(\)"):
+        fit_many([MLP(3, 1, hidden=(4,))], [(x, y)], val=[(x[:5], y[:5, 0])], epochs=1,
+                 device="cpu")
+
+
+def test_a_float64_model_is_refused_with_a_clear_message():
+    from pacsim.models import MLP
+    from pacsim.train import fit_many
+
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with pytest.raises(ValueError, match="float32 models; this one has float64"):
+        fit(MLP(3, 1, hidden=(4,)).double(), (x, y), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="float32 models; this one has float64"):
+        fit_many([MLP(3, 1, hidden=(4,)).double()], [(x, y)], epochs=1, device="cpu")
