@@ -307,3 +307,32 @@ def test_lazy_reads_match_h5py_for_every_layout(tmp_path, compression, shape):
     xb, yb = ds[order]
     assert np.array_equal(xb.numpy(), x[ds.indices[order]])
     assert np.array_equal(yb.numpy(), y[ds.indices[order]])
+
+
+def test_small_unit_features_are_normalised_and_constant_ones_are_not(tmp_path):
+    """A feature around 1e-13 (SI units) with a 10 % spread is scaled to unit spread; a
+    constant feature, at any scale, keeps std 1 so nothing divides by zero."""
+    rng = np.random.default_rng(0)
+    x = np.stack([1e-13 * (1 + 0.1 * rng.normal(size=200)), np.full(200, 3e-13),
+                  np.full(200, 7.0), rng.normal(size=200)], axis=1)
+    y = x[:, :1] * 1e13
+    path = write_dataset(tmp_path / "si.h5", x, y, **META)
+    ds = H5Dataset(path, "train")
+    std = ds.normalizer.input_std
+    assert 0.5e-14 < std[0] < 2e-14 and std[1] == 1.0 and std[2] == 1.0
+    xn = ds.arrays()[0]
+    assert 0.8 < xn[:, 0].std() < 1.2 and np.allclose(xn[:, 1:3], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_scalar_samples_index_one_at_a_time(tmp_path, in_memory):
+    """Data of shape (N,) (one number per sample) reads per sample, per batch and through
+    a plain DataLoader."""
+    x = np.arange(40, dtype=np.float32)
+    path = write_dataset(tmp_path / "s.h5", x, 2 * x, **META)
+    ds = H5Dataset(path, "train", normalize=False, in_memory=in_memory)
+    xi, yi = ds[0]
+    assert xi.shape == () and float(yi) == 2 * float(xi)
+    assert ds[[0, 1]][0].shape == (2,)
+    xb, yb = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert xb.shape == (4,) and torch.equal(yb, 2 * xb)

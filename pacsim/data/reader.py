@@ -209,7 +209,8 @@ class H5Dataset(Dataset):
             x, y = self._read(self.indices[pos.reshape(-1)])
             if pos.ndim == 0:
                 x, y = x[0], y[0]
-        return torch.from_numpy(x), torch.from_numpy(y)
+        # np.asarray: one sample of scalar data, shape (N,), is a NumPy scalar
+        return torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole split as arrays (normalised if asked)."""

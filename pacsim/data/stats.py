@@ -56,9 +56,12 @@ class RunningMoments:
                                                        n_b, mean_b, m2_b)
 
     def std(self) -> np.ndarray:
-        """Population standard deviation; constant features get 1 so nothing divides by 0."""
+        """Population standard deviation; constant features get 1 so nothing divides by 0.
+        Constant means a spread below float rounding of the mean (relative, so a feature
+        in small SI units, 1e-13 with a 10 % spread, still counts as varying)."""
         std = np.sqrt(self.m2 / max(self.count, 1))
-        return np.where(std > _TINY * np.maximum(np.abs(self.mean), 1.0), std, 1.0)
+        floor = np.maximum(_TINY * np.abs(self.mean), np.finfo(np.float32).tiny)
+        return np.where(std > floor, std, 1.0)
 
 
 @dataclass
