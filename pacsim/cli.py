@@ -210,7 +210,8 @@ def _settings(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         v = value.strip()
-        word = v.replace("-", "_").isidentifier() and v not in ("true", "false", "null")
+        word = (v[:1].isalpha() and v.replace("-", "_").isidentifier()  # not "-1"
+                and v not in ("true", "false", "null"))
         out[key.strip()] = v if word else parse_value(v)
     return out
 

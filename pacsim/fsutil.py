@@ -132,6 +132,18 @@ def check_target(path: str | os.PathLike[str], overwrite: bool, hint: str) -> No
         raise FileExistsError(f"{path}: exists; {hint}")
 
 
+def check_not_input(out: str | os.PathLike[str], *inputs: str | os.PathLike[str] | None
+                    ) -> None:
+    """Refuse an output path that is one of the command's inputs (``--overwrite`` would
+    destroy the input before it was read through)."""
+    for inp in inputs:
+        if inp is None or not os.path.exists(out) or not os.path.exists(inp):
+            continue
+        if os.path.samefile(out, inp):
+            raise ValueError(f"{out}: is also an input of this command ({inp}); write the "
+                             "output elsewhere")
+
+
 def _umask() -> int:
     """The process's umask (read by setting it and restoring it at once)."""
     mask = os.umask(0o022)

@@ -765,12 +765,13 @@ def fit_many(
         improved = _record_epoch(histories, members, epoch,
                                  [min(done, s) for s in budgets], running.tolist(), seen,
                                  stack.val_losses(groups, batch_size, trained, members))
-        bad = [k for k in members if not math.isfinite(histories[k].train_loss[-1])]
+        bad = [k for k in members if not math.isfinite(histories[k].train_loss[-1])
+               or (k in with_val and not math.isfinite(histories[k].val_loss[-1]))]
         if bad and on_divergence == "raise":
             raise TrainingDiverged(
-                f"training diverged: the loss of models[{bad[0]}] is not finite in epoch "
-                f"{epoch + 1}; no model was changed; check the data for NaN/inf and lower "
-                "lr", histories[bad[0]])
+                f"training diverged: the training or validation loss of models[{bad[0]}] is "
+                f"not finite in epoch {epoch + 1}; no model was changed; check the data for "
+                "NaN/inf and lower lr", histories[bad[0]])
         if best_flat is not None and improved:
             rows = torch.tensor(improved, device=dev)
             best_flat.index_copy_(0, rows, trained.index_select(0, rows))

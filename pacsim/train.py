@@ -371,12 +371,9 @@ def fit(
                     count = int(total)
                 history.train_loss.append(float(running) / count)
                 if not math.isfinite(history.train_loss[-1]):
-                    left = "its best epoch" if best_state is not None else "that epoch's start"
-                    model.load_state_dict(best_state if best_state is not None else epoch_start)
-                    raise TrainingDiverged(
-                        f"training diverged: the loss is not finite in epoch {epoch + 1} "
-                        f"(steps {first_step}-{history.steps}); the model is left at {left}; "
-                        "check the data for NaN/inf and lower lr", history)
+                    raise _diverged(model, best_state, epoch_start, history,
+                                    f"the loss is not finite in epoch {epoch + 1} (steps "
+                                    f"{first_step}-{history.steps})")
                 history.epochs_run = epoch + 1
                 if val_b is not None:
                     # the eager model: eval mode under no_grad would be further graphs
@@ -384,6 +381,10 @@ def fit(
                     v = _mean_loss(model, val_b, loss_fn, autocast, isinstance(loss, str))
                     history.val_loss.append(v)
                     history.val_steps.append(history.steps)
+                    if not math.isfinite(v):  # the epoch's last steps broke the weights
+                        raise _diverged(model, best_state, epoch_start, history,
+                                        f"the validation loss is not finite after epoch "
+                                        f"{epoch + 1}")
                     if history.best_val is None or v < history.best_val:
                         history.best_val, history.best_epoch = v, epoch
                         bad_epochs = 0
@@ -414,6 +415,15 @@ def fit(
             bar.close()
     history.seconds = time.perf_counter() - t0
     return history
+
+
+def _diverged(model: nn.Module, best_state: dict[str, Any] | None,
+              epoch_start: dict[str, Any], history: History, what: str) -> TrainingDiverged:
+    """Put ``model`` back at its best epoch (or the epoch's start) and say why it stopped."""
+    left = "its best epoch" if best_state is not None else "that epoch's start"
+    model.load_state_dict(best_state if best_state is not None else epoch_start)
+    return TrainingDiverged(f"training diverged: {what}; the model is left at {left}; check "
+                            "the data for NaN/inf and lower lr", history)
 
 
 @torch.no_grad()

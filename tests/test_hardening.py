@@ -329,3 +329,30 @@ def test_prune_takes_numpy_and_tensor_ratios():
                 np.float32(1.5)):
         with pytest.raises(ValueError, match="ratio"):
             pac.prune(make_model("mlp"), ratio=bad)
+
+
+def test_terminal_workflow_refuses_bad_values_and_its_own_inputs(tmp_path, cli):
+    """An output that is an input, negative or zero sizes and budgets, a setting named
+    like the source, a negative --set number: one line each, and no input is harmed."""
+    data = _small_file(tmp_path / "d.h5", n=40)
+    before = data.read_bytes()
+    ckpt = tmp_path / "m.pt"
+    assert cli("train", data, "--out", ckpt, "--epochs", "1", "--set", "hidden=4")[0] == 2
+    _one_line(*cli("train", data, "--out", ckpt, "--epochs", "1", "--set",
+                   "hidden=4,-1")[::2], "hidden must be a list of layer widths >= 1")
+    _one_line(*cli("train", data, "--out", ckpt, "--epochs", "0")[::2], "--epochs must be >= 1")
+    _one_line(*cli("train", data, "--out", data, "--overwrite", "--epochs", "1")[::2],
+              "is also an input of this command")
+    assert cli("train", data, "--out", ckpt, "--epochs", "1", "--set", "hidden=4,4")[0] == 0
+    _one_line(*cli("predict", ckpt, data, "--out", data, "--overwrite")[::2],
+              "is also an input")
+    tr = ("transfer", ckpt, data, "--n", "8", "--select", "fixed", "--steps", "2")
+    _one_line(*cli(*tr, "--setting", "source", "--out", tmp_path / "t.pt")[::2],
+              "other than 'source'")
+    _one_line(*cli(*tr, "--allocate-epochs", "0", "--out", tmp_path / "t.pt")[::2],
+              "--allocate-epochs must be >= 1")
+    _one_line(*cli(*tr, "--method", "l2sp", "--set", "alpha=-1", "--out",
+                   tmp_path / "t.pt")[::2], "alpha must be a finite number >= 0, got -1.0")
+    _one_line(*cli(*tr, "--out", ckpt, "--overwrite")[::2], "is also an input")
+    assert data.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "m.pt"]

@@ -238,7 +238,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_model_sane():
     # diverging later with a validation set: left at the best epoch, which is finite
     model = make_model("mlp")
     with pytest.raises(ValueError, match="training diverged.*its best epoch"):
-        fit(model, (x * 1e3, y), val=(x, y), epochs=50, lr=1e5, optimizer="sgd", device="cpu",
+        fit(model, (x * 1e3, y), val=(x, y), epochs=50, lr=30, optimizer="sgd", device="cpu",
             seed=0)
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     with pytest.raises(ValueError, match="lr must be a finite positive number, got inf"):
@@ -279,3 +279,15 @@ def test_a_float64_model_is_refused_with_a_clear_message():
         fit(MLP(3, 1, hidden=(4,)).double(), (x, y), epochs=1, device="cpu")
     with pytest.raises(ValueError, match="float32 models; this one has float64"):
         fit_many([MLP(3, 1, hidden=(4,)).double()], [(x, y)], epochs=1, device="cpu")
+
+
+def test_a_validation_loss_that_is_not_finite_stops_training():
+    """The last steps of an epoch can break the weights after its training loss was
+    summed: a non-finite validation loss is a divergence too, never a 'best' epoch."""
+    x, y = _data(32)
+    model = make_model("mlp")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="validation loss is not finite after epoch 1"):
+        fit(model, (x * 1e3, y), val=(x, y), epochs=5, lr=1e4, optimizer="sgd",
+            device="cpu", seed=0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

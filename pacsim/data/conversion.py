@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..fsutil import check_not_input
 from .errors import DatasetError
 from .format import FORMAT, attr_value, open_h5
 from .pdebench import PDEBenchFile
@@ -66,6 +67,7 @@ def convert(path: str | os.PathLike[str], out: str | os.PathLike[str], *, pairs:
     if pairs == "ic-to-T" and stride != 1:
         raise ValueError("stride applies to pairs='next' only")
     path, names = Path(path), _field_list(fields)
+    check_not_input(out, path)
     if detect_format(path) == "the_well":
         with WellFile(path, fields=names) as wf:
             return wf.to_pacsim(out, pairs=pairs, t_index=t_index, stride=stride, seed=seed,

@@ -57,6 +57,9 @@ class MLP(Configurable, nn.Module):
         super().__init__()
         if in_dim < 1 or out_dim < 1:
             raise ValueError(f"in_dim and out_dim must be positive, got {in_dim}, {out_dim}")
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise ValueError(f"hidden must be a list of layer widths >= 1, got {hidden!r}")
         if out_shape is not None and _prod(out_shape) != out_dim:
             raise ValueError(f"out_shape {tuple(out_shape)} does not hold out_dim={out_dim} values")
         self._set_config(

@@ -103,14 +103,14 @@ def _step_curve(val_steps: list[int], val_loss: list[float], grid: np.ndarray) -
 
 def _fold_curve(h: History, grid: np.ndarray) -> np.ndarray:
     """:func:`_step_curve` of one fold, NaN from the end of the first epoch whose
-    training loss was not finite: a diverged fold, whether ``fit`` stopped there (one
-    by one) or the stack went on (where the validation loss may still look finite)."""
+    training or validation loss was not finite: a diverged fold, whether ``fit`` stopped
+    there (one by one) or the stack went on (where the validation loss may still look
+    finite)."""
     curve = _step_curve(h.val_steps, h.val_loss, grid)
     bad = next((i for i, v in enumerate(h.train_loss) if not math.isfinite(v)), None)
-    if bad is None:
-        return curve
-    step = h.val_steps[bad] if bad < len(h.val_steps) else h.steps
-    return np.where(grid >= step, np.nan, curve)
+    steps = [] if bad is None else [h.val_steps[bad] if bad < len(h.val_steps) else h.steps]
+    steps += [s for s, v in zip(h.val_steps, h.val_loss) if not math.isfinite(v)][:1]
+    return np.where(grid >= min(steps), np.nan, curve) if steps else curve
 
 
 def _thin(steps: np.ndarray, loss: np.ndarray, points: int = CURVE_POINTS) -> list[list[float]]:

@@ -97,7 +97,7 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
     setting = _setting(source_view, setting)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    check_out(out, overwrite)
+    check_out(out, overwrite, checkpoint, inputs)
     info = file_info(inputs)
     rows = (np.arange(info.n) if split == "all" else np.sort(info.splits[split]))
     if rows.size == 0:

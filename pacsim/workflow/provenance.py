@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.format import FileInfo, open_h5, validate
 from ..data.inspect import describe_isolated
-from ..fsutil import check_target
+from ..fsutil import check_not_input, check_target
 
 _OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace it"
 
@@ -52,9 +52,12 @@ def data_record(path: str | os.PathLike[str], info: FileInfo) -> dict[str, Any]:
     }
 
 
-def check_out(path: str | os.PathLike[str] | None, overwrite: bool) -> None:
-    """Refuse an existing ``--out`` before any work is done (the write checks again)."""
+def check_out(path: str | os.PathLike[str] | None, overwrite: bool,
+              *inputs: str | os.PathLike[str] | None) -> None:
+    """Refuse an existing ``--out`` before any work is done (the write checks again), and
+    one that is any of the command's ``inputs``, overwrite or not."""
     if path is not None:
+        check_not_input(path, *inputs)
         check_target(Path(path), overwrite, _OVERWRITE_HINT)
 
 

@@ -89,7 +89,9 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
     how, and its val metrics).
     """
     say = _log(log)
-    check_out(out, overwrite)
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    check_out(out, overwrite, data)
     info = file_info(data)
     name = default_model(info.input_shape) if model == "auto" else model
     torch.manual_seed(seed)
@@ -221,8 +223,10 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     opts = dict(options or {})
     method_options(method, opts)  # a bad option fails before anything is read
+    if allocate_epochs is not None and allocate_epochs < 1:
+        raise ValueError(f"--allocate-epochs must be >= 1, got {allocate_epochs}")
     cfg = SelectionConfig(mode=selection, folds=folds)
-    check_out(out, overwrite)
+    check_out(out, overwrite, checkpoint, target, source)
     model, masks, meta = load_checkpoint(checkpoint)
     if "normalizer" not in meta:
         raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
@@ -232,6 +236,9 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     if setting is not None and not is_pac:
         raise ValueError(f"--setting names a setting of a PAC network; {method!r} makes one "
                          "network per setting")
+    if setting is not None and not extending and (not setting.strip() or setting == "source"):
+        raise ValueError(f"--setting {setting!r}: the new setting needs a non-empty name other "
+                         "than 'source' (the source model's setting)")
     if extending and setting is None:
         assert masks is not None
         raise ValueError(f"{checkpoint} is already a PAC network serving "
@@ -274,7 +281,8 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
             raise ValueError(f"{src_path}: the train split is empty")
         src_val = _split(src_path, "val", normalize=normalizer)
         tr = meta.get("train") or {}
-        alloc_epochs = allocate_epochs or max(1, int(tr.get("epochs", 30)) // 3)
+        alloc_epochs = (max(1, int(tr.get("epochs", 30)) // 3) if allocate_epochs is None
+                        else allocate_epochs)
         kwargs.update(source=_trainable(src_train), source_val=_trainable(src_val),
                       allocate_kwargs={"epochs": alloc_epochs,
                                        "batch_size": int(tr.get("batch_size", 64))})
