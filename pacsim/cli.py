@@ -330,9 +330,25 @@ def _bench(args: argparse.Namespace) -> int:
     except RunnerError as exc:
         print(f"pacsim bench: error: {exc}", file=sys.stderr)
         return 1
-    if args.report and not args.dry_run:
-        return _report(argparse.Namespace(dir=args.out))
-    return 0
+    if args.dry_run:
+        return 0
+    failed = _failed_cells(args.suite, args.out)
+    code = _report(argparse.Namespace(dir=args.out)) if args.report else 0
+    if failed:
+        print(f"pacsim bench: {failed} cell(s) of the suite failed (errors in "
+              f"{os.path.join(args.out, 'results.jsonl')}; --retry-failed runs them again)",
+              file=sys.stderr)
+        return 1
+    return code
+
+
+def _failed_cells(suite: str, out: str) -> int:
+    """How many of the suite's cells end in a failure (their newest record)."""
+    from .bench import load_suite
+    from .bench.results import read_results
+    from .bench.runner import plan_suite
+
+    return plan_suite(load_suite(suite), read_results(out)).kept_failed
 
 
 def _report(args: argparse.Namespace) -> int:

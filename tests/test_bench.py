@@ -102,6 +102,11 @@ def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
     assert bad[0]["error"] == "FloatingPointError: l2sp diverged" and bad[0]["cell_id"]
     report = write_report(out).read_text()
     assert "## Failed cells" in report and "l2sp diverged" in report
+    # from the terminal: the report is written, and the exit status says cells failed
+    from pacsim.cli import main
+
+    assert main(["bench", str(path), "--out", str(out), "--report"]) == 1
+    assert main(["bench", str(path), "--out", str(out), "--dry-run"]) == 0
 
 
 def test_each_run_logs_its_wall_time_and_the_report_says_where_time_went(
@@ -343,3 +348,26 @@ def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch)
     assert set(a["l2sp"]["selection"]["chosen"]) == {"alpha", "lr"}
     assert set(a["pac"]["selection"]["chosen"]) == {"subspace", "lr"}
     assert a["pac"]["memory_bytes"] < a["head"]["memory_bytes"]
+
+
+def test_report_survives_a_torn_prediction_file_and_mistyped_records(tmp_path):
+    """A prediction file cut short (written atomically now, but a folder may come from
+    elsewhere) only loses its figure; a record with a mistyped metric is skipped with a
+    warning, as a torn line is."""
+    out = tmp_path / "out"
+    run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,)), out,
+              devices="cpu", log=lambda m: None)
+    preds = sorted((out / "predictions").glob("*.npz"))
+    assert [p.name for p in preds] == ["fried_finetune_n5_s0.npz", "fried_pac_n5_s0.npz"]
+    assert not [p for p in (out / "predictions").iterdir() if p.suffix != ".npz"]
+    pac = out / "predictions" / "fried_pac_n5_s0.npz"
+    pac.write_bytes(pac.read_bytes()[:100])
+    lines = (out / "results.jsonl").read_text().splitlines()
+    bad = json.loads(lines[0])
+    bad["target"]["rmse"] = "abc"
+    (out / "results.jsonl").write_text("\n".join([*lines, json.dumps(bad)]) + "\n")
+    warnings: list[str] = []
+    write_report(out, warn=warnings.append)
+    assert any("line 3 skipped" in w and "target.rmse" in w for w in warnings), warnings
+    assert any("fried_pac_n5_s0.npz: unreadable predictions" in w for w in warnings), warnings
+    assert (out / "report.md").exists() and not (out / "figures" / "fried_scatter.png").exists()

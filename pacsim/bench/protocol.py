@@ -30,6 +30,7 @@ from torch import nn
 from .. import __version__
 from ..data import H5Dataset, Normalizer
 from ..device import resolve_device
+from ..fsutil import atomic_write
 from ..io import load_checkpoint, save_checkpoint
 from ..metrics import Accumulator
 from ..models.sizing import for_data
@@ -358,8 +359,14 @@ def _save_predictions(ctx: Context, cell: Cell, data: PairData, pred: torch.Tens
     folder.mkdir(parents=True, exist_ok=True)
     k = min(PRED_SAMPLES, pred.shape[0])
     inputs = data.normalizer.inverse_inputs(data.target_test[0][:k].numpy())
-    np.savez_compressed(folder / f"{pair}_{method}_n{n}_s{seed}.npz", pred=pred[:k].numpy(),
-                        truth=data.target_test_y[:k].numpy(), inputs=inputs)
+    arrays = {"pred": pred[:k].numpy(), "truth": data.target_test_y[:k].numpy(),
+              "inputs": inputs}
+    # atomically: a re-run cell replaces its file, and a kill must not leave half of it
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to a name
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(folder / f"{pair}_{method}_n{n}_s{seed}.npz", write, overwrite=True)
 
 
 def error_record(suite: Suite, cell: Cell, error: str, trace: str | None = None

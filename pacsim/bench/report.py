@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -373,8 +374,10 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
     figdir.mkdir(parents=True, exist_ok=True)
 
     def save(fig: Any, name: str) -> str:
-        fig.savefig(figdir / name, dpi=110)
-        plt.close(fig)
+        try:  # atomically, as report.md: a kill never leaves half a PNG
+            atomic_write(figdir / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        finally:
+            plt.close(fig)
         return f"figures/{name}"
 
     pairs = sorted({r["pair"] for r in ok})
@@ -434,7 +437,7 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         fig_path = save(plots.error_vs_n(rs, pair), f"{pair}_error_vs_n.png")
         md += ["", f"![target error against n_target]({fig_path})", ""]
         md += _tradeoff_section(rs, pair, save)
-        md += _prediction_figures(out, pair, rs, save)
+        md += _prediction_figures(out, pair, rs, save, warn)
         pac_rows = [r for m in PAC_METHODS[::-1] for r in rs
                     if r["method"] == m and (r.get("pac") or {}).get("summary")]
         if pac_rows:
@@ -545,15 +548,24 @@ def _tradeoff_section(rs: Records, pair: str, save: Any) -> list[str]:
     return md + memory_table(rs, pair) + [""]
 
 
-def _prediction_figures(out: Path, pair: str, rs: Records, save: Any) -> list[str]:
-    md = []
-    folder = out / "predictions"
-    files = sorted(folder.glob(f"{pair}_pac_n*_s*.npz")) if folder.is_dir() else []
-    if not files:
+def _prediction_figures(out: Path, pair: str, rs: Records, save: Any,
+                        warn: Callable[[str], None]) -> list[str]:
+    """Predicted against true for the PAC cell of ``pair`` in the records (the largest
+    n, the first seed), from its saved test predictions; an unreadable file is skipped."""
+    md: list[str] = []
+    cells = sorted((r for r in rs if r["method"] in PAC_METHODS),
+                   key=lambda r: (r["method"] != "pac", -r["n_target"], r["seed"]))
+    path = next((p for r in cells if (p := out / "predictions" / f"{pair}_{r['method']}_n"
+                                      f"{r['n_target']}_s{r['seed']}.npz").is_file()), None)
+    if path is None:
         return md
-    with np.load(files[0]) as z:
-        pred, truth = z["pred"], z["truth"]
-    tag = files[0].stem.removeprefix(f"{pair}_")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            pred, truth = z["pred"], z["truth"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        warn(f"{path}: unreadable predictions, figure skipped ({str(exc)[:120]})")
+        return md
+    tag = path.stem.removeprefix(f"{pair}_")
     fig = plots.scatter(pred, truth, f"{pair}: PAC ({tag})")
     md += [f"![predicted vs true]({save(fig, f'{pair}_scatter.png')})", ""]
     if truth.ndim in (3, 4):

@@ -28,7 +28,24 @@ def record_problem(rec: Any, complete: bool = False) -> str | None:
     if complete and rec.get("status") == "ok":
         missing += [k for k in OK_METRICS
                     if not isinstance(rec.get(k), dict) or "rmse" not in rec[k]]
-    return f"lacks {', '.join(repr(k) for k in missing)}" if missing else None
+    if missing:
+        return f"lacks {', '.join(repr(k) for k in missing)}"
+    wrong = [k for k in ("n_target", "seed") if not _is_int(rec[k])]
+    if complete and rec.get("status") == "ok":
+        wrong += [f"{k}.rmse" for k in OK_METRICS if not _is_number(rec[k]["rmse"])]
+        pac = rec.get("pac")
+        if pac is not None and not (isinstance(pac, dict) and isinstance(
+                pac.get("summary", []), list)):
+            wrong.append("pac.summary")
+    return f"has a wrong type in {', '.join(repr(k) for k in wrong)}" if wrong else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def read_results(out: str | os.PathLike[str], warn: Callable[[str], None] | None = None,
