@@ -41,6 +41,7 @@ class _State:
     pending = False
     depth = 0  # depth of handled() blocks
     saved: dict[int, Any] = {}
+    hook: Any = sys.__unraisablehook__
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -82,6 +83,7 @@ def handled() -> Iterator[None]:
             if _ours_to_take(sig, current):
                 _State.saved[sig] = current
                 signal.signal(sig, _handler)
+        _State.hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     _State.depth += main
     try:
         yield
@@ -92,6 +94,15 @@ def handled() -> Iterator[None]:
                 if signal.getsignal(sig) is _handler:
                     signal.signal(sig, old)
             _State.saved = {}
+            if sys.unraisablehook is _unraisable:
+                sys.unraisablehook = _State.hook
+
+
+def _unraisable(info: Any) -> None:
+    """A stop signal that lands in a finaliser cannot propagate: say nothing (no
+    traceback); :func:`check` raises it at the next check, as the count says."""
+    if not isinstance(info.exc_value, Interrupted):
+        _State.hook(info)
 
 
 class Handled:

@@ -257,6 +257,8 @@ n = {n}
     (lambda t: t + "sett = {noise = 0}\n", "[target] unknown key(s) ['sett']"),
     (lambda t: t + "set = {nosuch = 1}\n", "nosuch"),
     (lambda t: t.replace("n = 20", "n = 50.7"), "[source] n must be a whole number"),
+    (lambda t: t + "split = [0.4, 0.1, 0.6]\n", "[target] split needs three fractions in "
+                                                "[0, 1] summing to 1, got [0.4, 0.1, 0.6]"),
 ])
 def test_datasets_checks_every_recipe_before_simulating(tmp_path, cli, edit, needle):
     good, bad = tmp_path / "a.toml", tmp_path / "b.toml"
@@ -356,3 +358,27 @@ def test_terminal_workflow_refuses_bad_values_and_its_own_inputs(tmp_path, cli):
     _one_line(*cli(*tr, "--out", ckpt, "--overwrite")[::2], "is also an input")
     assert data.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "m.pt"]
+
+
+def test_a_checkpoint_with_mistyped_metadata_is_one_line(tmp_path, cli):
+    """Metadata is the checkpoint's free-form JSON: a hand-edited one is refused with one
+    line, not a TypeError."""
+    from pacsim.io import load_checkpoint, save_checkpoint
+
+    data = _small_file(tmp_path / "d.h5", n=40)
+    from pacsim.data.stats import Normalizer
+
+    good = tmp_path / "m.pt"
+    assert cli("train", data, "--out", good, "--epochs", "1", "--set", "hidden=4,4")[0] == 0
+    model, _, meta = load_checkpoint(good)
+
+    norm = Normalizer.from_dict(meta.pop("normalizer"))
+    tr = ("transfer", "--n", "8", "--select", "fixed", "--steps", "2", "--out",
+          tmp_path / "t.pt")
+    for edit, needle in ((lambda m: m["data"].update(file=5), "records no source data file"),
+                         (lambda m: m["train"].update(epochs="abc"), "damaged metadata")):
+        bad = {**meta, "data": dict(meta["data"]), "train": dict(meta["train"])}
+        edit(bad)
+        path = save_checkpoint(tmp_path / "bad.pt", model, meta=bad, normalizer=norm,
+                               overwrite=True)
+        _one_line(*cli(tr[0], path, data, *tr[1:])[::2], needle)

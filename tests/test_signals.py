@@ -320,3 +320,36 @@ def test_inspect_survives_a_crash_inside_hdf5(tmp_path, cli, monkeypatch):
     assert code == 2 and out == ""
     assert err == (f"pacsim inspect: error: {f}: HDF5 crashed reading it (SIGSEGV); the file "
                    "is damaged or not HDF5\n")
+
+
+def test_a_stop_signal_inside_a_finaliser_prints_no_traceback(capsys):
+    """Python cannot raise from a finaliser, so it prints the exception ("Exception
+    ignored in ..."); a stop signal landing there stays quiet and is raised by the next
+    check, while other unraisable errors are still printed."""
+    import gc
+    import signal
+    import sys
+
+    from pacsim import procutil
+
+    class Finalised:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    heard: list[BaseException] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda info: heard.append(info.exc_value)
+    try:
+        with procutil.handled():
+            Finalised(procutil.Interrupted(signal.SIGTERM))
+            gc.collect()
+            Finalised(RuntimeError("other"))
+            gc.collect()
+        assert [type(e) for e in heard] == [RuntimeError]
+        assert sys.unraisablehook is not procutil._unraisable  # restored
+        assert capsys.readouterr().err == ""
+    finally:
+        sys.unraisablehook = before

@@ -97,8 +97,10 @@ def load(path: str | os.PathLike[str]) -> Recipe:
                 raise SimulationError(f"{path}: [{side}] must be a table")
             _known(sec, PART_KEYS, path, f"[{side}] ")
             split = tuple(float(v) for v in sec.get("split", (0.8, 0.1, 0.1)))
-            if len(split) != 3:
-                raise SimulationError(f"{path}: [{side}] split needs three fractions")
+            if len(split) != 3 or not all(0 <= v <= 1 for v in split) \
+                    or abs(sum(split) - 1) > 1e-9:
+                raise SimulationError(f"{path}: [{side}] split needs three fractions in "
+                                      f"[0, 1] summing to 1, got {list(split)}")
             n = _integer(sec["n"], f"[{side}] n", path)
             if n < 1:
                 raise SimulationError(f"{path}: [{side}] n must be positive, got {n}")

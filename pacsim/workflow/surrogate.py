@@ -158,7 +158,7 @@ def _source_data(ckpt: str | os.PathLike[str], meta: dict[str, Any],
     else:
         recorded = (meta.get("source_data") if meta.get("kind") == "target"
                     else meta.get("data")) or {}
-        if "file" not in recorded:
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("file"), str):
             raise ValueError(f"{ckpt} records no source data file; pass --source SOURCE.h5")
         path = Path(recorded["file"])
         if not path.is_file():
@@ -281,6 +281,11 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
             raise ValueError(f"{src_path}: the train split is empty")
         src_val = _split(src_path, "val", normalize=normalizer)
         tr = meta.get("train") or {}
+        if not isinstance(tr, dict) or not all(
+                isinstance(tr.get(k, 1), int) and tr.get(k, 1) >= 1
+                for k in ("epochs", "batch_size")):
+            raise ValueError(f"{checkpoint}: damaged metadata (train epochs and batch_size "
+                             "must be whole numbers >= 1)")
         alloc_epochs = (max(1, int(tr.get("epochs", 30)) // 3) if allocate_epochs is None
                         else allocate_epochs)
         kwargs.update(source=_trainable(src_train), source_val=_trainable(src_val),
