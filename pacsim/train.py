@@ -477,6 +477,20 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1024,
 
 
 @torch.no_grad()
+def mean_loss(model: nn.Module, data: Data, *, loss: str | Callable[..., torch.Tensor] = "mse",
+              batch_size: int = 1024, device: str | torch.device | None = None) -> float:
+    """The mean of ``loss`` over ``data`` (eval mode), as :func:`fit` measures its
+    validation loss: a yardstick for ``fit``'s validation losses."""
+    dev = _model_device(model) if device is None else resolve_device(device)
+    model.to(dev)
+    was_training = model.training
+    try:
+        return _mean_loss(model, batches(data, batch_size, dev, shuffle=False, name="data"),
+                          _make_loss(loss), contextlib.nullcontext(), isinstance(loss, str))
+    finally:
+        model.train(was_training)
+
+
 def evaluate(model: nn.Module, data: Data, *, batch_size: int = 1024,
              device: str | torch.device | None = None, per_channel: bool = False
              ) -> dict[str, Any]:

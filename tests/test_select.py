@@ -416,6 +416,14 @@ def test_source_matched_allocate_stops_once_the_source_error_is_back():
     fixed = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, ratio=0.5,
                   allocate="fixed", allocate_kwargs={"epochs": 3}, epochs=1, **KW)
     assert fixed.extra["allocate_history"].epochs_run == 3
+    # the yardstick is in the trainer's loss, so it compares with allocate's val losses
+    from pacsim.train import mean_loss
+
+    l1 = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, source_val=val,
+               ratio=0.5, allocate_kwargs={"epochs": 2}, epochs=1, loss="l1", **KW)
+    assert l1.extra["allocate"]["unpruned_loss"] == pytest.approx(
+        mean_loss(model, val, loss="l1"), rel=1e-6)
+    assert info["unpruned_loss"] == pytest.approx(mean_loss(model, val), rel=1e-6)
 
 
 @pytest.mark.parametrize("subspace", ["all", "last", "biases"])

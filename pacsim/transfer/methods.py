@@ -36,7 +36,7 @@ from ..device import resolve_device
 from ..exact import L2Penalty, MaskSpec
 from ..method_names import METHODS as _NAMES
 from ..models.registry import build, declared_head
-from ..train import Data, History, evaluate, fit
+from ..train import Data, History, fit, mean_loss
 from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
 
 
@@ -198,9 +198,11 @@ def _plain(method: str, model: nn.Module, target: Data, opts: Options, **fit_kwa
                            penalty=plan.penalty, **fit_kwargs))
 
 
-def source_loss(model: nn.Module, data: Data) -> float:
-    """Mean squared error of ``model`` on ``data`` (the trainer's default loss)."""
-    return evaluate(model, data)["rmse"] ** 2
+def source_loss(model: nn.Module, data: Data, loss: Any = "mse",
+                batch_size: int = 1024) -> float:
+    """Mean ``loss`` of ``model`` on ``data``, measured as ``fit`` measures validation
+    losses (so it compares with them)."""
+    return mean_loss(model, data, loss=loss, batch_size=batch_size)
 
 
 def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
@@ -220,7 +222,9 @@ def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
     if opts.allocate == "source":
         dev = fit_kwargs.get("device", "auto")
         model.to(resolve_device(dev))
-        info["unpruned_loss"] = reference = source_loss(model, yardstick)
+        # the loss allocate's validation uses (fit's), so the two compare
+        info["unpruned_loss"] = reference = source_loss(
+            model, yardstick, fit_kwargs.get("loss", "mse"), fit_kwargs.get("batch_size", 64))
     masks = pac.prune(model, ratio=opts.ratio, scope=opts.scope)
     if opts.allocate == "source":
         budget = dict(fit_kwargs)
