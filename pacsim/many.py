@@ -49,6 +49,7 @@ from .train import (
     check_fit_options,
     check_float32,
     fit,
+    schedule_horizon,
 )
 
 Pair = tuple[Any, Any]
@@ -561,7 +562,8 @@ def _budgets(steps: int | Sequence[int] | None, k_models: int, lr_schedule: str 
             raise ValueError(f"steps[{k}] must be an integer >= 0, got {s!r}")
     if lr_schedule is not None and len(set(budgets)) > 1:
         raise ValueError("per-model step budgets need a constant learning rate "
-                         f"(lr_schedule=None): {lr_schedule!r} anneals over one budget")
+                         f"(lr_schedule=None) or one schedule_steps: {lr_schedule!r} "
+                         "anneals over one budget")
     return budgets
 
 
@@ -582,6 +584,7 @@ def fit_many(
     val: Sequence[Pair | None] | None = None,
     restore_best: bool = True,
     lr_schedule: str | None = None,
+    schedule_steps: int | None = None,
     device: str | torch.device = "auto",
     on_divergence: str = "raise",
 ) -> list[History]:
@@ -595,8 +598,8 @@ def fit_many(
     the best validation epoch. ``datasets`` are in-memory pairs ``(X, Y)`` with the same
     number of samples and shapes (vectorised batches); ``val`` sets may differ in size.
     ``lr`` is one float or one per model; so is ``steps`` (each model stops after its
-    own budget, its later updates discarded, as ``fit(steps=steps[k])``; needs a
-    constant learning rate). ``History.seconds`` is each model's share of
+    own budget, its later updates discarded, as ``fit(steps=steps[k])``; with a
+    schedule, all anneal over ``schedule_steps``). ``History.seconds`` is each model's share of
     the stack's wall time. The trained weights are written into ``models``. A parameter
     the forward pass does not use is left alone, as ``fit``'s optimiser leaves it.
 
@@ -626,7 +629,7 @@ def fit_many(
     vals = _per_model(val, k_models, "val")
     lrs = ([float(lr)] * k_models if isinstance(lr, (int, float))
            else [float(v) for v in _per_model(lr, k_models, "lr")])
-    budgets = _budgets(steps, k_models, lr_schedule)
+    budgets = _budgets(steps, k_models, lr_schedule if schedule_steps is None else None)
     check_fit_options(epochs, None if budgets is None else max(budgets, default=0), lrs,
                       weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
@@ -650,7 +653,7 @@ def fit_many(
                                batch_size=batch_size, weight_decay=weight_decay,
                                optimizer=optimizer, loss=loss, update_mask=um, penalty=pen,
                                device=dev, seed=s, progress=False, restore_best=restore_best,
-                               lr_schedule=lr_schedule))
+                               lr_schedule=lr_schedule, schedule_steps=schedule_steps))
             except TrainingDiverged as exc:
                 if on_divergence == "keep":
                     out.append(exc.history)
@@ -724,7 +727,7 @@ def fit_many(
         total_steps = epochs * per_epoch
         budgets = [total_steps] * k_models
     early = _EarlyStops(budgets, total_steps, stack.flat)
-    lr_rows = _lr_table(lrs, total_steps, lr_schedule)
+    lr_rows = _lr_table(lrs, schedule_horizon(schedule_steps, total_steps), lr_schedule)
     gens = []
     for s in seeds_in:
         if s is None:

@@ -110,6 +110,18 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator 
         yield torch.Generator().manual_seed(seed)
 
 
+def schedule_horizon(schedule_steps: int | None, budget: int) -> int:
+    """The steps a learning-rate schedule anneals over: ``schedule_steps``, else the
+    budget (never fewer: past its horizon a cosine schedule would rise again)."""
+    if schedule_steps is None:
+        return budget
+    if isinstance(schedule_steps, bool) or not isinstance(schedule_steps, int) \
+            or schedule_steps < budget:
+        raise ValueError(f"schedule_steps must be an integer >= the budget ({budget} steps), "
+                         f"got {schedule_steps!r}")
+    return schedule_steps
+
+
 def check_float32(model: nn.Module) -> None:
     """The trainers feed float32 batches (complex64 for spectral weights): refuse a model
     of another precision with a clear message rather than a dtype error mid-step."""
@@ -224,6 +236,7 @@ def fit(
     patience: int | None = None,
     restore_best: bool = True,
     lr_schedule: str | None = None,
+    schedule_steps: int | None = None,
     clip_grad: float | None = None,
     amp: bool = False,
     freeze_bn_stats: bool = False,
@@ -241,7 +254,9 @@ def fit(
     ``penalty`` adds an L2 pull (see :class:`L2Penalty`) at almost no cost. With ``val``, the epoch
     with the lowest validation loss is selected (``restore_best``) and ``patience``
     stops after that many epochs without improvement. ``lr_schedule="cosine"`` anneals
-    the learning rate to zero. ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
+    the learning rate to zero over the budget, or over ``schedule_steps`` (>= the budget:
+    training stops part-way along that path, as a cross-validation fold that ran longer
+    saw it). ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
     ``freeze_bn_stats`` keeps BatchNorm running statistics fixed while training.
     The budget is ``epochs`` passes or exactly ``steps`` optimiser steps (the last pass
     may stop part-way); give one of them. ``stop_when(history)`` is asked after every
@@ -298,8 +313,9 @@ def fit(
     else:
         assert epochs is not None
         total_steps = epochs * len(train_b)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-             if lr_schedule == "cosine" else None)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=schedule_horizon(schedule_steps, total_steps))
+        if lr_schedule == "cosine" else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if amp and dev.type == "cuda" else contextlib.nullcontext())
     bn = _bn_modules(model) if freeze_bn_stats else []

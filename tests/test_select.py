@@ -179,9 +179,37 @@ def test_select_many_stacks_cells_across_methods_and_seeds():
         assert m[1].stage == "allocated", "the shared allocated masks are never changed"
 
 
-def test_select_many_with_a_schedule_stacks_finals_of_one_budget_together():
-    """A cosine schedule anneals over one budget: final retrains of different chosen
-    step counts go to different stacks, and each result is its own select()'s."""
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypatch, stack):
+    """With a cosine schedule the folds anneal over max_steps; the chosen step count is a
+    point on that path, so the final retrain anneals over max_steps too and stops there
+    (annealing over the chosen count instead would train a path nobody validated)."""
+    import pacsim.many
+    import pacsim.train
+
+    horizons: list[tuple[int | None, int]] = []
+    real = pacsim.train.schedule_horizon
+
+    def spy(schedule_steps, budget):
+        horizons.append((schedule_steps, budget))
+        return real(schedule_steps, budget)
+
+    monkeypatch.setattr(pacsim.train, "schedule_horizon", spy)
+    monkeypatch.setattr(pacsim.many, "schedule_horizon", spy)
+    model, _, tgt = _problem()
+    res = select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12),
+                 steps=4, seed=0, lr_schedule="cosine", stack=stack, **KW)
+    assert res.selection["steps"] < 12, "the case needs a final shorter than max_steps"
+    assert horizons and all(real(s, b) == 12 for s, b in horizons), horizons
+    assert (12, res.selection["steps"]) in horizons
+    with pytest.raises(ValueError, match="schedule_steps must be an integer >= the budget"):
+        fit(copy.deepcopy(model), tgt, steps=5, schedule_steps=4, lr_schedule="cosine",
+            device="cpu")
+
+
+def test_select_many_with_a_schedule_stacks_finals_together():
+    """With a cosine schedule, final retrains of different chosen step counts share the
+    folds' horizon and so a stack, and each result is its own select()'s."""
     model, _, _ = _problem()
     reqs = [SelectRequest("finetune", model, make_data("mlp", n=12, seed=30 + s, shift=0.5),
                           seed=s) for s in range(4)]

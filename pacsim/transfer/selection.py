@@ -244,13 +244,14 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     choices = {i: _choose(s, histories[id(s)], max_steps) for i, s in searches.items()}
     finals = {i: _resolve(choices[i][0], s.base, lr) for i, s in searches.items()}
     done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size,
-                           max_stack)
+                           max_stack, max_steps)
     for i, s in searches.items():
         config, best_step, best_loss, curves = choices[i]
         res = done.get(i)
         if res is None:
             res = adapt(s.method, s.source_model, (s.x, s.y), **finals[i], steps=best_step,
-                        batch_size=min(batch_size, len(s.x)), seed=s.seed, **s.kwargs)
+                        batch_size=min(batch_size, len(s.x)), seed=s.seed,
+                        **_final_schedule(s.kwargs, max_steps), **s.kwargs)
         res.selection = {
             "mode": "cv", "folds": len(s.splits), "max_steps": max_steps,
             "stacked": s.stacked, "chosen": dict(config), "steps": best_step,
@@ -410,8 +411,9 @@ def _stack_key(job: _Job, batch_size: int) -> tuple[Any, ...]:
     shapes = tuple((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters())
     data = tuple((tuple(t.shape[1:]), t.dtype) for t in job.train)
     args = tuple(sorted((k, repr(v)) for k, v in job.train_args.items()))
-    # a schedule anneals over one budget: fit_many takes per-model budgets only without
-    budget = job.steps if job.train_args.get("lr_schedule") is not None else None
+    # a schedule anneals over one horizon: per-model budgets share a stack only with one
+    budget = job.steps if job.train_args.get("lr_schedule") is not None \
+        and "schedule_steps" not in job.train_args else None
     return (arch, shapes, data, len(job.train[0]), min(batch_size, len(job.train[0])),
             args, budget)
 
@@ -497,9 +499,15 @@ def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch
     return out
 
 
+def _final_schedule(train_args: Mapping[str, Any], max_steps: int) -> dict[str, Any]:
+    """A final retrain with a learning-rate schedule follows the folds' path (annealed
+    over ``max_steps``) and stops at the chosen step: the path the choice was made on."""
+    return {"schedule_steps": max_steps} if train_args.get("lr_schedule") else {}
+
+
 def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, Any]],
-                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None
-                    ) -> dict[int, TransferResult]:
+                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None,
+                    max_steps: int) -> dict[int, TransferResult]:
     """The final retrains of stacked searches (all n samples, the chosen configuration
     and step count), stacked; the same trainings :func:`adapt` would run."""
     jobs, order = [], []
@@ -509,7 +517,7 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
                              allocated=s.kwargs.get("allocated"), final=True,
                              device=s.kwargs.get("device", "auto"))
         jobs.append(_Job(plan, (s.x, s.y), None, finals[i]["lr"], s.seed, choices[i][1],
-                         s.train_args()))
+                         {**s.train_args(), **_final_schedule(s.kwargs, max_steps)}))
         order.append((i, opts))
     out = {}
     for (i, opts), job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True,
