@@ -145,3 +145,25 @@ def test_an_option_changed_back_runs_the_cell_again(tmp_path):
     assert any("1 already done" in m for m in _run(path, out))
     assert len(read_results(out)) == 3
 
+
+
+#: The simulators' resolved settings (every parameter of every setting) per protocol.
+PHYSICS_BY_PROTOCOL = {2: "a8aae5da631d8612"}
+
+
+def test_changed_simulator_physics_come_with_a_new_protocol():
+    """A cell's identity holds its recipe's overrides, not every parameter they leave at
+    the simulator's defaults: a changed default must bump PROTOCOL (every cell and cache
+    then re-runs) rather than let finished cells stand for other physics."""
+    import hashlib
+    import json
+
+    from pacsim.bench.suite import PROTOCOL
+    from pacsim.sims.base import get, names
+
+    physics = {n: {s: get(n).resolve(s, {}) for s in sorted(get(n).settings)}
+               for n in names()}
+    digest = hashlib.sha256(json.dumps(physics, sort_keys=True, default=str).encode())
+    assert PHYSICS_BY_PROTOCOL.get(PROTOCOL) == digest.hexdigest()[:16], (
+        "a simulator's settings changed: bump PROTOCOL in pacsim/bench/suite.py and "
+        f"record {digest.hexdigest()[:16]} for it here")
