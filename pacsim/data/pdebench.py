@@ -70,6 +70,12 @@ class PDEBenchFile:
         self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
         self.input_field = input_field
         if self.layout == "single":
+            if not fields and "tensor" not in f:  # e.g. CFD: density, pressure, Vx, ...
+                fields = [k for k, v in f.items() if isinstance(v, h5py.Dataset)
+                          and v.ndim in (3, 4) and not k.endswith("-coordinate")]
+                if not fields:
+                    raise DatasetError(f"{self.path}: no 'tensor' dataset and no field of "
+                                       "shape (N, Nt, Nx[, Ny])")
             self.fields = tuple(fields or ("tensor",))
             for name in self.fields + ((input_field,) if input_field else ()):
                 if not isinstance(f.get(name), h5py.Dataset):
