@@ -76,6 +76,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if why is not None:
         why = "no such checkpoint file" if why == "no such file" else why
         raise CheckpointError(f"{path}: {why}")
+    with open(path, "rb") as f:
+        if f.read(8) == b"\x89HDF\r\n\x1a\n":  # the HDF5 signature
+            raise CheckpointError(f"{path}: an HDF5 data file, not a pacsim checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint we trust"

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.format import FileInfo, open_h5, validate
 from ..data.inspect import describe_isolated
-from ..fsutil import check_not_input, check_target
+from ..fsutil import check_not_input, check_target, not_a_file
 
 _OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace it"
 
@@ -32,8 +32,10 @@ def file_info(path: str | os.PathLike[str]) -> FileInfo:
     The first read of a user's file happens in a forked child (:func:`describe_isolated`),
     so a file that crashes HDF5 itself ends in one :class:`DatasetError` line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
+    why = not_a_file(path)
+    if why is not None:
+        raise FileNotFoundError(f"{path}: " + ("no such data file" if why == "no such file"
+                                               else why))
     describe_isolated(path)
     with open_h5(path) as f:
         return validate(f, path)
