@@ -371,3 +371,25 @@ def test_report_survives_a_torn_prediction_file_and_mistyped_records(tmp_path):
     assert any("line 3 skipped" in w and "target.rmse" in w for w in warnings), warnings
     assert any("fried_pac_n5_s0.npz: unreadable predictions" in w for w in warnings), warnings
     assert (out / "report.md").exists() and not (out / "figures" / "fried_scatter.png").exists()
+
+
+def test_a_damaged_cache_is_trained_again(tmp_path):
+    """Caches are written atomically; one damaged on disk is rebuilt (the same model: it
+    is deterministic), not a reason for every cell that needs it to fail."""
+    out = tmp_path / "out"
+    run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,)), out,
+              devices="cpu", log=lambda m: None)
+    caches = sorted((out / "cache").glob("*.pt"))
+    assert [p.name.split("_")[0] for p in caches] == ["alloc", "source"]
+    first = {p: p.read_bytes() for p in caches}
+    for p in caches:
+        p.write_bytes(first[p][:50])
+    with pytest.warns(UserWarning, match="training it again"):
+        run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,),
+                         steps=5), out, devices="cpu", log=lambda m: None)
+    recs = read_results(out)
+    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
+    first_run, second_run = recs[:2], recs[2:]
+    assert [r["source_before"] for r in first_run] == [r["source_before"] for r in second_run]
+    for p in caches:
+        assert p.stat().st_size == len(first[p])

@@ -18,6 +18,7 @@ import hashlib
 import platform
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from .. import __version__
 from ..data import H5Dataset, Normalizer
 from ..device import resolve_device
 from ..fsutil import atomic_write
-from ..io import load_checkpoint, save_checkpoint
+from ..io import CheckpointError, load_checkpoint, save_checkpoint
 from ..metrics import Accumulator
 from ..models.sizing import for_data
 from ..pac import Masks
@@ -210,9 +211,22 @@ def prepare(ctx: Context, pair: str, seed: int, methods: list[str] | None = None
     return failures
 
 
+def _cached(ctx: Context, path: Path) -> bool:
+    """Whether a usable cached model is at ``path``; a damaged one (caches are written
+    atomically, so only the disk or a hand can damage one) is trained again."""
+    if not path.exists():
+        return False
+    try:
+        ctx.load(path)
+    except CheckpointError as exc:
+        warnings.warn(f"{exc}; training it again", stacklevel=2)
+        return False
+    return True
+
+
 def _prepare_source(ctx: Context, pair: str, seed: int) -> None:
     path = ctx.source_cache(pair, seed)
-    if path.exists():
+    if _cached(ctx, path):
         return
     spec = ctx.suite.pairs[pair]
     data = ctx.data(pair)
@@ -231,7 +245,7 @@ def _prepare_source(ctx: Context, pair: str, seed: int) -> None:
 
 
 def _prepare_allocated(ctx: Context, pair: str, seed: int, method: str, path: Path) -> None:
-    if path.exists():
+    if _cached(ctx, path):
         return
     spec = ctx.suite.pairs[pair]
     data = ctx.data(pair)
