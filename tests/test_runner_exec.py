@@ -87,7 +87,8 @@ def test_source_model_failure_one_line_per_cell(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",
                           str(tmp_path / "out"), "--devices", "cpu"],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "Traceback" not in run.stderr + run.stdout, run.stderr
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
+    assert "2 cell(s) of the suite failed" in run.stderr
     failed = [line for line in run.stdout.splitlines() if "FAILED" in line]
     assert len(failed) == 2 and all("source model: ValueError" in f for f in failed)
     recs = read_results(tmp_path / "out")
