@@ -94,6 +94,7 @@ def test_groups_stay_in_one_split(tmp_path):
     assert np.array_equal(ds.groups, groups[ds.indices])
     train = ds.info.splits["train"]
     assert np.allclose(ds.info.normalizer.input_mean, x[train].mean(0), atol=1e-5)
+    assert describe(tmp_path / "g.h5")["groups"] == {"train": 6, "val": 3, "test": 3}
 
     with h5py.File(tmp_path / "g.h5", "a") as f:  # a group moved across a boundary
         g = f["groups"][()]

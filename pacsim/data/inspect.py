@@ -117,6 +117,9 @@ def _describe(path: str | os.PathLike[str], check: bool) -> dict[str, Any]:
                                 if n in f},
                    "splits": {k: int(v.size) for k, v in info.splits.items()},
                    "coords": {k: _summary(v) for k, v in info.coords.items()}}
+            if info.groups is not None:  # trajectories per split
+                out["groups"] = {k: int(np.unique(info.groups[v]).size)
+                                 for k, v in info.splits.items()}
             if info.input_names is not None:
                 out["input_names"] = info.input_names
             if info.sample_param_names is not None:
@@ -184,6 +187,9 @@ def render(d: dict[str, Any]) -> str:
             lines.append(f"{name:<11} {tuple(ds['shape'])} {ds['dtype']}  chunks "
                          f"{None if ds['chunks'] is None else tuple(ds['chunks'])}  "
                          f"compression {ds['compression']}")
+        if "groups" in d:
+            lines.append("groups      " + ", ".join(f"{k} {v}" for k, v in d["groups"].items())
+                         + " (trajectories; no split shares one)")
         if "input_names" in d:
             lines.append(f"input names {d['input_names']}")
         if "sample_param_names" in d:
