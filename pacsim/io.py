@@ -50,6 +50,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
             f"{type(model).__name__} has no config(); register it with "
             "@pacsim.models.register(name) and subclass pacsim.models.Configurable"
         )
+    from .train import check_float32
+
+    check_float32(model)  # loads rebuild float32 models: another precision would not survive
     try:
         meta_json = json.dumps(meta or {})
     except TypeError as exc:
@@ -70,7 +73,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, Masks | None, dict[str, Any]]:
     """Load ``(model, masks, meta)`` from a file written by :func:`save_checkpoint`; the
-    model and masks on ``map_location``, the model in the dtype it was saved in."""
+    model and masks on ``map_location``."""
     why = not_a_file(path)
     path = Path(path)
     if why is not None:
@@ -129,11 +132,6 @@ def _load_state(model: nn.Module, state: Any) -> None:
                                 ("wrong shape", shapes)) if keys]
     if parts:
         raise ValueError(f"weights do not fit the {type(model).__name__}: " + "; ".join(parts))
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        saved = state.get(name)  # a float64 model comes back float64, bit for bit
-        if isinstance(saved, torch.Tensor) and saved.dtype != t.dtype \
-                and (saved.is_floating_point() or saved.is_complex()):
-            t.data = t.data.to(saved.dtype)
     model.load_state_dict(state)
 
 

@@ -543,8 +543,8 @@ def _record_epoch(histories: Sequence[History], members: Sequence[int], epoch: i
             v = val_loss[k]
             h.val_loss.append(v)
             h.val_steps.append(steps[k])
-            if h.best_val is None or v < h.best_val:
-                h.best_val, h.best_epoch = v, epoch
+            if math.isfinite(v) and (h.best_val is None or v < h.best_val):
+                h.best_val, h.best_epoch = v, epoch  # a diverged epoch is never the best
                 improved.append(k)
         else:
             h.best_epoch = epoch
@@ -611,8 +611,9 @@ def fit_many(
     A model whose epoch training loss is not finite diverged. ``on_divergence="raise"``
     (as ``fit``): :class:`~pacsim.train.TrainingDiverged` naming it, with its history,
     and no model is changed. ``"keep"``: every model trains on; a diverged model's
-    history shows its non-finite losses and its weights are not finite (cross-validation
-    rules such a configuration out).
+    history shows its non-finite losses (cross-validation rules such a configuration
+    out); its weights are not finite, or with ``val`` and ``restore_best`` those of its
+    best finite validation epoch (its starting weights if none was finite).
     """
     if on_divergence not in ("raise", "keep"):
         raise ValueError(f"on_divergence must be 'raise' or 'keep', got {on_divergence!r}")

@@ -313,9 +313,9 @@ def fit(
     else:
         assert epochs is not None
         total_steps = epochs * len(train_b)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=schedule_horizon(schedule_steps, total_steps))
-        if lr_schedule == "cosine" else None)
+    horizon = schedule_horizon(schedule_steps, total_steps)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=horizon)
+             if lr_schedule == "cosine" else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if amp and dev.type == "cuda" else contextlib.nullcontext())
     bn = _bn_modules(model) if freeze_bn_stats else []
@@ -492,7 +492,6 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1024,
     return torch.cat(outs).cpu()
 
 
-@torch.no_grad()
 def mean_loss(model: nn.Module, data: Data, *, loss: str | Callable[..., torch.Tensor] = "mse",
               batch_size: int = 1024, device: str | torch.device | None = None) -> float:
     """The mean of ``loss`` over ``data`` (eval mode), as :func:`fit` measures its
@@ -507,6 +506,7 @@ def mean_loss(model: nn.Module, data: Data, *, loss: str | Callable[..., torch.T
         model.train(was_training)
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, data: Data, *, batch_size: int = 1024,
              device: str | torch.device | None = None, per_channel: bool = False
              ) -> dict[str, Any]:

@@ -95,6 +95,14 @@ def test_groups_stay_in_one_split(tmp_path):
     train = ds.info.splits["train"]
     assert np.allclose(ds.info.normalizer.input_mean, x[train].mean(0), atol=1e-5)
     assert describe(tmp_path / "g.h5")["groups"] == {"train": 6, "val": 3, "test": 3}
+    # few trajectories: every split gets one while there are enough, else a warning
+    from pacsim.data.writer import split_indices
+
+    three = split_indices(30, (0.8, 0.1, 0.1), 0, np.repeat(np.arange(3), 10))
+    assert [three[k].size for k in ("train", "val", "test")] == [10, 10, 10]
+    with pytest.warns(UserWarning, match=r"only 1 group\(s\).*val, test get none"):
+        one = split_indices(10, (0.8, 0.1, 0.1), 0, np.zeros(10, dtype=int))
+    assert one["train"].size == 10
 
     with h5py.File(tmp_path / "g.h5", "a") as f:  # a group moved across a boundary
         g = f["groups"][()]

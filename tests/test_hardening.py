@@ -356,6 +356,11 @@ def test_terminal_workflow_refuses_bad_values_and_its_own_inputs(tmp_path, cli):
     _one_line(*cli(*tr, "--method", "l2sp", "--set", "alpha=-1", "--out",
                    tmp_path / "t.pt")[::2], "alpha must be a finite number >= 0, got -1.0")
     _one_line(*cli(*tr, "--out", ckpt, "--overwrite")[::2], "is also an input")
+    # the source data the checkpoint recorded (PAC reads it back) is an input too
+    other = _small_file(tmp_path / "other.h5", n=40)
+    _one_line(*cli("transfer", ckpt, other, "--n", "8", "--select", "fixed", "--steps", "2",
+                   "--out", data, "--overwrite")[::2], "d.h5: is also an input")
+    other.unlink()
     _one_line(*cli("evaluate", data, data)[::2], "an HDF5 data file, not a pacsim checkpoint")
     _one_line(*cli("train", tmp_path, "--out", tmp_path / "x.pt")[::2],
               "is a folder, not a file")

@@ -189,6 +189,10 @@ def test_verdicts_compare_methods_on_the_same_seeds():
     assert "PAC wins (0.83x the best baseline, finetune; on the 2 of 3 seeds where every " \
         "method finished)" in text, text
     assert tradeoff_table(records)[0]["points"]["pac"][1] == pytest.approx(1.0)
+    apart = [rec("pac", 0, 1.0), rec("finetune", 1, 1.2)]  # no seed both finished
+    assert comparisons(apart) == []
+    assert "- **Not compared** (no seed where every method finished): p n=10." in \
+        summary_lines(apart)
     records[-1] = rec("finetune", 2, 6.0)  # all finished: no caveat, all three seeds
     row, = comparisons(records)
     assert row["pac"] == pytest.approx((7.0 / 3) / (8.4 / 3)) and row["seeds"] == 3

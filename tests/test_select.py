@@ -194,9 +194,9 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
         horizons.append((schedule_steps, budget))
         return real(schedule_steps, budget)
 
+    model, _, tgt = _problem()
     monkeypatch.setattr(pacsim.train, "schedule_horizon", spy)
     monkeypatch.setattr(pacsim.many, "schedule_horizon", spy)
-    model, _, tgt = _problem()
     res = select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12),
                  steps=4, seed=0, lr_schedule="cosine", stack=stack, **KW)
     assert res.selection["steps"] < 12, "the case needs a final shorter than max_steps"
@@ -205,6 +205,9 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
     with pytest.raises(ValueError, match="schedule_steps must be an integer >= the budget"):
         fit(copy.deepcopy(model), tgt, steps=5, schedule_steps=4, lr_schedule="cosine",
             device="cpu")
+    with pytest.raises(ValueError, match="schedule_steps is not a selection argument"):
+        select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12),
+               steps=4, lr_schedule="cosine", schedule_steps=20, **KW)
 
 
 def test_select_many_with_a_schedule_stacks_finals_together():

@@ -291,3 +291,17 @@ def test_a_validation_loss_that_is_not_finite_stops_training():
         fit(model, (x * 1e3, y), val=(x, y), epochs=5, lr=1e4, optimizer="sgd",
             device="cpu", seed=0)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_inference_builds_no_autograd_graph():
+    """predict, evaluate and mean_loss run without gradients (memory: a graph per batch)."""
+    from pacsim.train import mean_loss
+
+    model = make_model("mlp")
+    seen: list[bool] = []
+    model.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    x, y = make_data("mlp", n=8)
+    predict(model, x)
+    evaluate(model, (x, y))
+    mean_loss(model, (x, y))
+    assert seen == [False, False, False]

@@ -115,6 +115,11 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     ok = ok_records(records)
     rows = comparisons(records)
     lines = []
+    apart = sorted({(r["pair"], r["n_target"]) for r in ok
+                    if not paired(ok, r["pair"], r["n_target"])})
+    if apart:
+        lines.append("- **Not compared** (no seed where every method finished): "
+                     + ", ".join(f"{p} n={n}" for p, n in apart) + ".")
     for m in PAC_METHODS[::-1]:
         mine = [r for r in rows if m in r]
         if not mine:

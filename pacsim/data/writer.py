@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def split_indices(n: int, fractions: Sequence[float], seed: int,
     counting groups: samples of one group never land in two splits."""
     if groups is not None:
         ids, inverse = np.unique(groups, return_inverse=True)
-        by_group = split_indices(ids.size, fractions, seed)
+        by_group = _group_split(ids.size, fractions, seed)
         return {k: np.flatnonzero(np.isin(inverse, v)).astype(np.int64)
                 for k, v in by_group.items()}
     perm = np.random.default_rng(seed).permutation(n)
@@ -45,6 +46,29 @@ def split_indices(n: int, fractions: Sequence[float], seed: int,
     cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
             "test": perm[n_train + n_val:]}
     return {k: np.sort(v).astype(np.int64) for k, v in cuts.items()}
+
+
+def _group_split(k: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """:func:`split_indices` of ``k`` groups, except that every split with a positive
+    fraction gets a group while there are enough (3 trajectories at 80/10/10 would
+    otherwise round to 2/0/1); a split left without one is warned about."""
+    out = split_indices(k, fractions, seed)
+    sizes = {name: idx.size for name, idx in out.items()}
+    for name, frac in zip(SPLITS, fractions):
+        donor = max(sizes, key=lambda s: sizes[s])
+        if frac > 0 and sizes[name] == 0 and sizes[donor] > 1:
+            sizes[donor] -= 1
+            sizes[name] += 1
+    if sizes != {name: idx.size for name, idx in out.items()}:
+        perm = np.random.default_rng(seed).permutation(k)
+        cuts = np.cumsum([0] + [sizes[s] for s in SPLITS])
+        out = {s: np.sort(perm[cuts[i]:cuts[i + 1]]).astype(np.int64)
+               for i, s in enumerate(SPLITS)}
+    empty = [s for s, f in zip(SPLITS, fractions) if f > 0 and out[s].size == 0]
+    if empty:
+        warnings.warn(f"only {k} group(s) (trajectories): split(s) {', '.join(empty)} get "
+                      "none", stacklevel=4)
+    return out
 
 
 class DatasetWriter:

@@ -23,6 +23,7 @@ from .. import pac
 from ..data import H5Dataset, Normalizer
 from ..data.format import FileInfo
 from ..distributed import init_from_env, is_main, launched
+from ..fsutil import check_not_input
 from ..io import load_checkpoint, save_checkpoint
 from ..models.physical import PhysicalModel
 from ..models.sizing import default_model, for_data
@@ -147,6 +148,14 @@ def _grid_without(method: str, fixed: set[str]) -> Any:
     return kept if len(kept) > 1 else kept[0]
 
 
+def _recorded_files(meta: dict[str, Any]) -> list[str]:
+    """The data files a checkpoint's metadata names (its source, its settings' data)."""
+    setting_data = meta.get("setting_data")
+    records = [meta.get("data"), meta.get("source_data"),
+               *(setting_data.values() if isinstance(setting_data, dict) else [])]
+    return [r["file"] for r in records if isinstance(r, dict) and isinstance(r.get("file"), str)]
+
+
 def _source_data(ckpt: str | os.PathLike[str], meta: dict[str, Any],
                  source: str | os.PathLike[str] | None
                  ) -> tuple[Path, FileInfo, dict[str, Any]]:
@@ -228,6 +237,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     cfg = SelectionConfig(mode=selection, folds=folds)
     check_out(out, overwrite, checkpoint, target, source)
     model, masks, meta = load_checkpoint(checkpoint)
+    check_not_input(out, *_recorded_files(meta))  # data the checkpoint may read back
     if "normalizer" not in meta:
         raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
                          "pacsim train)")
