@@ -390,3 +390,43 @@ def test_a_checkpoint_with_mistyped_metadata_is_one_line(tmp_path, cli):
         path = save_checkpoint(tmp_path / "bad.pt", model, meta=bad, normalizer=norm,
                                overwrite=True)
         _one_line(*cli(tr[0], path, data, *tr[1:])[::2], needle)
+
+
+def test_overflow_and_non_finite_predictions_name_the_real_cause(tmp_path, cli):
+    """Finite data that overflows float32 once normalised says so; a model whose
+    predictions are not finite is named, not the output file; a one-step PDEBench file
+    cannot make next-state pairs."""
+    import h5py
+
+    from pacsim.data import DatasetError, H5Dataset, write_dataset
+    from pacsim.data.pdebench import PDEBenchFile
+    from pacsim.data.writer import split_indices
+    from pacsim.io import load_checkpoint, save_checkpoint
+
+    x = np.random.default_rng(0).random((40, 3), dtype=np.float32)
+    x[split_indices(40, (0.8, 0.1, 0.1), 0)["test"][0], 0] = 3e38  # train stats are ~1
+    path = write_dataset(tmp_path / "huge.h5", x, x[:, :2], simulator="t", setting="s",
+                         params={}, seed=0)
+    with pytest.raises(DatasetError, match="inputs overflow float32 once normalised"):
+        H5Dataset(path, "test").arrays()
+
+    data = _small_file(tmp_path / "d.h5", n=40)
+    ckpt = tmp_path / "m.pt"
+    assert cli("train", data, "--out", ckpt, "--epochs", "1", "--set", "hidden=4,4")[0] == 0
+    model, _, meta = load_checkpoint(ckpt)
+    from pacsim.data.stats import Normalizer
+
+    norm = Normalizer.from_dict(meta.pop("normalizer"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3e38)
+    huge = save_checkpoint(tmp_path / "huge.pt", model, meta=meta, normalizer=norm)
+    _one_line(*cli("predict", huge, data, "--out", tmp_path / "p.h5")[::2],
+              "huge.pt: its prediction for sample", "is not finite; nothing was written")
+    assert not (tmp_path / "p.h5").exists()
+
+    one = tmp_path / "one.hdf5"
+    with h5py.File(one, "w") as f:
+        f["tensor"] = np.zeros((3, 1, 8), np.float32)
+    with PDEBenchFile(one) as pb, pytest.raises(DatasetError, match="at least 2 stored"):
+        list(pb.pairs("step"))

@@ -186,6 +186,9 @@ class PDEBenchFile:
                 raise DatasetError(f"{self.path}: t_index {ti} outside the {self.n_times} "
                                    "stored time steps")
             ti %= self.n_times
+        elif self.n_times < 2:
+            raise DatasetError(f"{self.path}: state -> next state pairs need at least 2 "
+                               f"stored time steps, the file has {self.n_times}")
         elif not 0 < stride < self.n_times:
             raise DatasetError(f"{self.path}: stride must lie in [1, {self.n_times - 1}], "
                                f"got {stride}")

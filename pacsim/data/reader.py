@@ -180,13 +180,17 @@ class H5Dataset(Dataset):
             f = self._h5()
             x = read_rows(f["inputs"], uniq)[inverse]
             y = read_rows(f["targets"], uniq)[inverse]
+        raw = {"inputs": x, "targets": y}
         if self.normalizer is not None:
-            x = self.normalizer.inputs(x)
-            y = self.normalizer.targets(y)
+            with np.errstate(over="ignore", invalid="ignore"):  # said below, in one line
+                x = self.normalizer.inputs(x)
+                y = self.normalizer.targets(y)
         for arr, what in ((x, "inputs"), (y, "targets")):
             if not np.isfinite(arr).all():
                 finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-                raise DatasetError(f"{self.path}: {what} contain NaN or inf "
+                why = ("contain NaN or inf" if not np.isfinite(raw[what]).all() else
+                       "overflow float32 once normalised (values too large for the stats)")
+                raise DatasetError(f"{self.path}: {what} {why} "
                                    f"(sample {int(rows[np.argmin(finite)])})")
         return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
 

@@ -117,6 +117,11 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
                 x = read_rows(f["inputs"], rows[lo:lo + batch_size])
                 pred = phys(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev))
                 pred = pred.float().cpu().numpy()
+                if not np.isfinite(pred).all():  # the model's fault, not the output file's
+                    bad = int(np.flatnonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(1))[0])
+                    raise ValueError(f"{checkpoint}: its prediction for sample "
+                                     f"{int(rows[lo + bad])} of {inputs} is not finite; "
+                                     "nothing was written")
                 if writer is None:
                     writer = DatasetWriter(
                         out, input_shape=info.input_shape, target_shape=pred.shape[1:],
