@@ -44,6 +44,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
 
     ``normalizer``: the data statistics the model was trained with; they come back as
     ``meta["normalizer"]`` and :func:`load_predictor` uses them to predict in physical units.
+    Models are float32 (complex64 spectral weights), as pacsim trains them; another
+    precision is refused, since loading rebuilds float32 models.
     """
     if not hasattr(model, "config"):
         raise ValueError(

@@ -380,3 +380,19 @@ def _no_warning():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_a_validation_loss_that_is_not_finite_is_never_the_best_epoch():
+    """Kept on (as cross-validation keeps it), a model whose validation loss is inf or NaN
+    from the first epoch has no best epoch, and restore_best leaves it at its start."""
+    models = [_net("mlp", s) for s in range(2)]
+    start = copy.deepcopy(models[1].state_dict())
+    data = [_data("mlp", s) for s in range(2)]
+    bad_val = (data[1][0] * 1e30, data[1][1] * 1e30)  # squared error overflows
+    hs = fit_many(models, data, val=[data[0], bad_val], epochs=3, lr=1e-2, seeds=[0, 1],
+                  on_divergence="keep", **CPU)
+    assert all(not torch.isfinite(torch.tensor(v)) for v in hs[1].val_loss)
+    assert hs[1].best_epoch is None and hs[1].best_val is None
+    assert all(torch.equal(v, models[1].state_dict()[k]) for k, v in start.items())
+    assert hs[0].best_epoch is not None
+

@@ -422,8 +422,21 @@ def test_overflow_and_non_finite_predictions_name_the_real_cause(tmp_path, cli):
             p.fill_(3e38)
     huge = save_checkpoint(tmp_path / "huge.pt", model, meta=meta, normalizer=norm)
     _one_line(*cli("predict", huge, data, "--out", tmp_path / "p.h5")[::2],
-              "huge.pt: its prediction for sample", "is not finite; nothing was written")
+              "huge.pt: its prediction for sample", "nothing was written")
+    nan_in = _small_file(tmp_path / "nan.h5", n=40)
+    import h5py as _h5
+
+    with _h5.File(nan_in, "a") as f:
+        f["inputs"][29, 1] = np.nan
+    _one_line(*cli("predict", ckpt, nan_in, "--out", tmp_path / "p.h5", "--split", "all")[::2],
+              "nan.h5: inputs contain NaN or inf (sample 29)")
     assert not (tmp_path / "p.h5").exists()
+    test = split_indices(40, (0.8, 0.1, 0.1), 0)["test"]
+    with _h5.File(path, "a") as f:  # both faults in one batch: each sample's own cause
+        f["inputs"][test[1], 1] = np.nan
+    with pytest.raises(DatasetError, match=rf"overflow float32 once normalised.*\(sample "
+                                           rf"{test[0]}\)"):
+        H5Dataset(path, "test").arrays()
 
     one = tmp_path / "one.hdf5"
     with h5py.File(one, "w") as f:

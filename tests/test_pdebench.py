@@ -129,10 +129,10 @@ def test_inspect_and_errors(single, seeds, tmp_path):
 
 def test_single_file_with_named_fields_and_no_tensor(tmp_path):
     """A single-file layout of several variables (CFD: density, pressure, Vx) reads all
-    of them as channels, in name order (HDF5's), when no 'tensor' dataset is there."""
+    of them as channels, sorted by name, when no 'tensor' dataset is there."""
     rng = np.random.default_rng(2)
     path = tmp_path / "1D_CFD.hdf5"
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w", track_order=True) as f:  # listed in creation order
         for name in ("pressure", "density", "Vx"):
             f[name] = rng.normal(size=(4, 3, 8)).astype(np.float32)
         f["x-coordinate"] = np.linspace(0, 1, 8)

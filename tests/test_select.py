@@ -208,6 +208,9 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
     with pytest.raises(ValueError, match="schedule_steps is not a selection argument"):
         select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12),
                steps=4, lr_schedule="cosine", schedule_steps=20, **KW)
+    fixed = select("finetune", model, tgt, selection=SelectionConfig(mode="fixed"), steps=4,
+                   lr_schedule="cosine", schedule_steps=20, **KW)  # no CV: fit's argument
+    assert fixed.history.steps == 4
 
 
 def test_select_many_with_a_schedule_stacks_finals_together():

@@ -115,8 +115,7 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     ok = ok_records(records)
     rows = comparisons(records)
     lines = []
-    apart = sorted({(r["pair"], r["n_target"]) for r in ok
-                    if not paired(ok, r["pair"], r["n_target"])})
+    apart = sorted(k for k in {(r["pair"], r["n_target"]) for r in ok} if not paired(ok, *k))
     if apart:
         lines.append("- **Not compared** (no seed where every method finished): "
                      + ", ".join(f"{p} n={n}" for p, n in apart) + ".")

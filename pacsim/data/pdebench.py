@@ -70,9 +70,9 @@ class PDEBenchFile:
         self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
         self.input_field = input_field
         if self.layout == "single":
-            if not fields and "tensor" not in f:  # e.g. CFD: every field, in name order
-                fields = [k for k, v in f.items() if isinstance(v, h5py.Dataset)
-                          and v.ndim in (3, 4) and not k.endswith("-coordinate")]
+            if not fields and "tensor" not in f:  # e.g. CFD: every field, sorted by name
+                fields = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset)
+                                and v.ndim in (3, 4) and not k.endswith("-coordinate"))
                 if not fields:
                     raise DatasetError(f"{self.path}: no 'tensor' dataset and no field of "
                                        "shape (N, Nt, Nx[, Ny])")

@@ -187,11 +187,10 @@ class H5Dataset(Dataset):
                 y = self.normalizer.targets(y)
         for arr, what in ((x, "inputs"), (y, "targets")):
             if not np.isfinite(arr).all():
-                finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-                why = ("contain NaN or inf" if not np.isfinite(raw[what]).all() else
+                bad = int(np.argmin(np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)))
+                why = ("contain NaN or inf" if not np.isfinite(raw[what][bad]).all() else
                        "overflow float32 once normalised (values too large for the stats)")
-                raise DatasetError(f"{self.path}: {what} {why} "
-                                   f"(sample {int(rows[np.argmin(finite)])})")
+                raise DatasetError(f"{self.path}: {what} {why} (sample {int(rows[bad])})")
         return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
 
     # ------------------------------------------------------------------ Dataset API

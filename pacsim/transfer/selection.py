@@ -214,7 +214,8 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     selection = selection or SelectionConfig()
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if any("schedule_steps" in r.extra for r in requests) or "schedule_steps" in kwargs:
+    if selection.mode != "fixed" and ("schedule_steps" in kwargs
+                                      or any("schedule_steps" in r.extra for r in requests)):
         raise ValueError("schedule_steps is not a selection argument: cross-validation "
                          "anneals a schedule over max_steps and retrains along that path")
     if stack not in (True, False, "auto"):
