@@ -48,6 +48,7 @@ from .train import (
     _make_loss,
     check_fit_options,
     check_float32,
+    check_output_shape,
     fit,
     schedule_horizon,
 )
@@ -420,10 +421,8 @@ def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str],
     probe = {n: params[n].detach().clone().requires_grad_() for n in names}
     with torch.enable_grad():
         out = functional_call(model, probe, (x,))
-    if same_shapes and out.shape != y.shape:
-        raise ValueError(f"the model gives outputs of shape {tuple(out.shape[1:])} per "
-                         f"sample, the targets have {tuple(y.shape[1:])}: data and model "
-                         "do not match")
+    if same_shapes:
+        check_output_shape(out, y)
     if not names:
         return set()
     if not out.requires_grad:
@@ -634,8 +633,7 @@ def fit_many(
     check_fit_options(epochs, None if budgets is None else max(budgets, default=0), lrs,
                       weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
-    for m in models:
-        check_float32(m)
+    check_float32(models[0])  # one architecture, dtypes included
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)
 

@@ -58,8 +58,8 @@ class History:
 
 
 class TrainingDiverged(ValueError):
-    """:func:`fit` stopped because an epoch's training loss was not finite; ``history``
-    is what ran up to and including that epoch."""
+    """:func:`fit` stopped because an epoch's training or validation loss was not
+    finite; ``history`` is what ran up to and including that epoch."""
 
     def __init__(self, message: str, history: History) -> None:
         super().__init__(message)
@@ -120,6 +120,16 @@ def schedule_horizon(schedule_steps: int | None, budget: int) -> int:
         raise ValueError(f"schedule_steps must be an integer >= the budget ({budget} steps), "
                          f"got {schedule_steps!r}")
     return schedule_steps
+
+
+def check_output_shape(pred: torch.Tensor, y: torch.Tensor, what: str = "the targets"
+                       ) -> None:
+    """Outputs and targets of one shape, as a built-in loss needs: a broadcast loss would
+    give a wrong number, not an error."""
+    if pred.shape != y.shape:
+        raise ValueError(f"the model gives outputs of shape {tuple(pred.shape[1:])} per "
+                         f"sample, {what} have {tuple(y.shape[1:])}: data and model do not "
+                         "match")
 
 
 def check_float32(model: nn.Module) -> None:
@@ -355,12 +365,8 @@ def fit(
                         torch.compiler.cudagraph_mark_step_begin()
                     with autocast:
                         pred = net(x)
-                        if history.steps == 0 and isinstance(loss, str) \
-                                and pred.shape != y.shape:
-                            raise ValueError(
-                                f"the model gives outputs of shape {tuple(pred.shape[1:])} "
-                                f"per sample, the targets have {tuple(y.shape[1:])}: data "
-                                "and model do not match")
+                        if history.steps == 0 and isinstance(loss, str):
+                            check_output_shape(pred, y)
                         if x.shape[0]:
                             batch_loss = loss_fn(pred.float(), y)
                         else:  # a rank with no share of a tiny batch still joins the sync
@@ -453,9 +459,8 @@ def _mean_loss(model: nn.Module, data: Batches, loss_fn: Callable[..., torch.Ten
     for x, y in data.epoch(None):
         with autocast:
             pred = model(x)
-        if same_shapes and pred.shape != y.shape:  # a broadcast loss: a wrong number
-            raise ValueError(f"the model gives outputs of shape {tuple(pred.shape[1:])} per "
-                             f"sample, the validation targets have {tuple(y.shape[1:])}")
+        if same_shapes:
+            check_output_shape(pred, y, "the validation targets")
         if x.shape[0]:
             total += loss_fn(pred.float(), y).double() * x.shape[0]
             count += x.shape[0]

@@ -44,6 +44,12 @@ def chunk_rows(sample_shape: tuple[int, ...], itemsize: int = 4,
     return max(1, target_bytes // max(sample_bytes, 1))
 
 
+def first_non_finite(block: np.ndarray) -> int | None:
+    """The position (axis 0) of the first sample of ``block`` holding NaN or inf, or None."""
+    finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+    return None if finite.all() else int(np.argmin(finite))
+
+
 def open_h5(path: str | Path, mode: str = "r", **kwargs: Any) -> h5py.File:
     """``h5py.File`` with one-line :class:`DatasetError` messages for unreadable files."""
     if mode == "r" and os.fspath(path) == "":
@@ -106,14 +112,22 @@ class FileInfo:
         return json.loads(self.attrs["params"])
 
 
-def _check_disjoint(splits: dict[str, np.ndarray], path: Path) -> None:
-    """Rule: no sample is in two splits."""
+def _shared(values: dict[str, np.ndarray]) -> tuple[str, str, int] | None:
+    """The first value two splits share, as (split, split, value); None if none."""
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1:]:
-            both = np.intersect1d(splits[a], splits[b])
+            both = np.intersect1d(values[a], values[b])
             if both.size:
-                raise DatasetError(f"{path}: 'splits/{a}' and 'splits/{b}' share sample "
-                                   f"{int(both[0])} (rule: the splits are disjoint)")
+                return a, b, int(both[0])
+    return None
+
+
+def _check_disjoint(splits: dict[str, np.ndarray], path: Path) -> None:
+    """Rule: no sample is in two splits."""
+    if (shared := _shared(splits)) is not None:
+        a, b, sample = shared
+        raise DatasetError(f"{path}: 'splits/{a}' and 'splits/{b}' share sample {sample} "
+                           "(rule: the splits are disjoint)")
 
 
 def _check_groups(f: h5py.File, n: int, splits: dict[str, np.ndarray],
@@ -125,13 +139,11 @@ def _check_groups(f: h5py.File, n: int, splits: dict[str, np.ndarray],
         raise DatasetError(f"{path}: dataset 'groups' must be 1-D integers, one per sample "
                            f"(N={n})")
     groups = ds[()].astype(np.int64)
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
-            both = np.intersect1d(groups[splits[a]], groups[splits[b]])
-            if both.size:
-                raise DatasetError(f"{path}: group {int(both[0])} has samples in both "
-                                   f"'splits/{a}' and 'splits/{b}' (rule: a group, e.g. "
-                                   "one trajectory, lies in one split)")
+    if (shared := _shared({s: groups[idx] for s, idx in splits.items()})) is not None:
+        a, b, group = shared
+        raise DatasetError(f"{path}: group {group} has samples in both 'splits/{a}' and "
+                           f"'splits/{b}' (rule: a group, e.g. one trajectory, lies in one "
+                           "split)")
     return groups
 
 

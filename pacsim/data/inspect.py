@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from .errors import DatasetError
-from .format import FORMAT, open_h5, unreadable, validate
+from .format import FORMAT, first_non_finite, open_h5, unreadable, validate
 from .pdebench import PDEBenchFile, detect
 from .the_well import WellFile, is_the_well
 
@@ -42,11 +42,9 @@ def check_values(f: h5py.File, path: Path, names: tuple[str, ...] = ("inputs", "
         ds = f[name]
         step = max(1, block_bytes // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
         for lo in range(0, ds.shape[0], step):
-            block = ds[lo:lo + step]
-            finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
-            if not finite.all():
-                raise DatasetError(f"{path}: {name} contain NaN or inf "
-                                   f"(sample {lo + int(np.argmin(finite))})")
+            bad = first_non_finite(ds[lo:lo + step])
+            if bad is not None:
+                raise DatasetError(f"{path}: {name} contain NaN or inf (sample {lo + bad})")
 
 
 def describe(path: str | os.PathLike[str], check: bool = False) -> dict[str, Any]:

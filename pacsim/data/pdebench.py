@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from .errors import DatasetError
-from .format import attr_value, open_h5
+from .format import attr_value, first_non_finite, open_h5
 from .writer import DatasetWriter
 
 MODES = ("final", "step")
@@ -159,9 +159,9 @@ class PDEBenchFile:
             out = np.stack([np.moveaxis(np.asarray(self._f[f"{g}/data"][times],
                                                    dtype=np.float32), -1, 1)
                             for g in self.groups[lo:hi]])
-        if not np.isfinite(out).all():
-            bad = lo + int(np.argmin(np.isfinite(out.reshape(len(out), -1)).all(axis=1)))
-            raise DatasetError(f"{self.path}: trajectory {bad} contains NaN or inf")
+        bad = first_non_finite(out)
+        if bad is not None:
+            raise DatasetError(f"{self.path}: trajectory {lo + bad} contains NaN or inf")
         return out
 
     def time_index(self, time: float) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .errors import DatasetError
-from .format import SPLITS, FileInfo, open_h5, validate
+from .format import SPLITS, FileInfo, first_non_finite, open_h5, validate
 from .stats import Normalizer
 
 IN_MEMORY_AUTO_BYTES = 512 * 2**20
@@ -186,8 +186,8 @@ class H5Dataset(Dataset):
                 x = self.normalizer.inputs(x)
                 y = self.normalizer.targets(y)
         for arr, what in ((x, "inputs"), (y, "targets")):
-            if not np.isfinite(arr).all():
-                bad = int(np.argmin(np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)))
+            bad = first_non_finite(arr)
+            if bad is not None:
                 why = ("contain NaN or inf" if not np.isfinite(raw[what][bad]).all() else
                        "overflow float32 once normalised (values too large for the stats)")
                 raise DatasetError(f"{self.path}: {what} {why} (sample {int(rows[bad])})")

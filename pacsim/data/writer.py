@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__, procutil
 from ..fsutil import AtomicFile
 from .errors import DatasetError
-from .format import FORMAT, FORMAT_VERSION, SPLITS, chunk_rows
+from .format import FORMAT, FORMAT_VERSION, SPLITS, chunk_rows, first_non_finite
 from .stats import RunningMoments
 
 STATS_BLOCK_BYTES = 64 * 2**20
@@ -24,8 +24,8 @@ _OVERWRITE_HINT = "pass overwrite=True (--overwrite) to replace it"
 
 
 def _check_finite(block: np.ndarray, what: str, path: Path, offset: int) -> None:
-    if not np.isfinite(block).all():
-        bad = int(np.argwhere(~np.isfinite(block.reshape(block.shape[0], -1)))[0, 0])
+    bad = first_non_finite(block)
+    if bad is not None:
         raise DatasetError(f"{path}: {what} contain NaN or inf (sample {offset + bad}); "
                            "nothing was written")
 
@@ -35,40 +35,44 @@ def split_indices(n: int, fractions: Sequence[float], seed: int,
     """Sorted train/val/test indices of ``n`` samples, fixed by ``seed``. With ``groups``
     (one id per sample, e.g. its trajectory) whole groups are split, the fractions
     counting groups: samples of one group never land in two splits."""
-    if groups is not None:
-        ids, inverse = np.unique(groups, return_inverse=True)
-        by_group = _group_split(ids.size, fractions, seed)
-        return {k: np.flatnonzero(np.isin(inverse, v)).astype(np.int64)
-                for k, v in by_group.items()}
-    perm = np.random.default_rng(seed).permutation(n)
+    if groups is None:
+        return _cut(n, _sizes(n, fractions), seed)
+    ids, inverse = np.unique(groups, return_inverse=True)
+    by_group = _cut(ids.size, _group_sizes(ids.size, fractions), seed)
+    return {k: np.flatnonzero(np.isin(inverse, v)).astype(np.int64)
+            for k, v in by_group.items()}
+
+
+def _sizes(n: int, fractions: Sequence[float]) -> list[int]:
+    """How many of ``n`` items each split takes (train, val, test)."""
     n_train = int(round(fractions[0] * n))
     n_val = min(int(round(fractions[1] * n)), n - n_train)
-    cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
-            "test": perm[n_train + n_val:]}
-    return {k: np.sort(v).astype(np.int64) for k, v in cuts.items()}
+    return [n_train, n_val, n - n_train - n_val]
 
 
-def _group_split(k: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
-    """:func:`split_indices` of ``k`` groups, except that every split with a positive
-    fraction gets a group while there are enough (3 trajectories at 80/10/10 would
-    otherwise round to 2/0/1); a split left without one is warned about."""
-    out = split_indices(k, fractions, seed)
-    sizes = {name: idx.size for name, idx in out.items()}
-    for name, frac in zip(SPLITS, fractions):
-        donor = max(sizes, key=lambda s: sizes[s])
-        if frac > 0 and sizes[name] == 0 and sizes[donor] > 1:
+def _group_sizes(k: int, fractions: Sequence[float]) -> list[int]:
+    """:func:`_sizes` of ``k`` groups, except that every split with a positive fraction
+    gets a group while there are enough (3 trajectories at 80/10/10 would otherwise round
+    to 2/0/1); a split left without one is warned about."""
+    sizes = _sizes(k, fractions)
+    for i, frac in enumerate(fractions):
+        donor = int(np.argmax(sizes))
+        if frac > 0 and sizes[i] == 0 and sizes[donor] > 1:
             sizes[donor] -= 1
-            sizes[name] += 1
-    if sizes != {name: idx.size for name, idx in out.items()}:
-        perm = np.random.default_rng(seed).permutation(k)
-        cuts = np.cumsum([0] + [sizes[s] for s in SPLITS])
-        out = {s: np.sort(perm[cuts[i]:cuts[i + 1]]).astype(np.int64)
-               for i, s in enumerate(SPLITS)}
-    empty = [s for s, f in zip(SPLITS, fractions) if f > 0 and out[s].size == 0]
+            sizes[i] += 1
+    empty = [s for s, f, size in zip(SPLITS, fractions, sizes) if f > 0 and size == 0]
     if empty:
         warnings.warn(f"only {k} group(s) (trajectories): split(s) {', '.join(empty)} get "
                       "none", stacklevel=4)
-    return out
+    return sizes
+
+
+def _cut(n: int, sizes: Sequence[int], seed: int) -> dict[str, np.ndarray]:
+    """A permutation of ``n`` items fixed by ``seed``, cut into splits of ``sizes``."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([0, *sizes])
+    return {s: np.sort(perm[cuts[i]:cuts[i + 1]]).astype(np.int64)
+            for i, s in enumerate(SPLITS)}
 
 
 class DatasetWriter:

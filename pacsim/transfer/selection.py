@@ -107,10 +107,15 @@ def _fold_curve(h: History, grid: np.ndarray) -> np.ndarray:
     there (one by one) or the stack went on (where the validation loss may still look
     finite)."""
     curve = _step_curve(h.val_steps, h.val_loss, grid)
-    bad = next((i for i, v in enumerate(h.train_loss) if not math.isfinite(v)), None)
-    steps = [] if bad is None else [h.val_steps[bad] if bad < len(h.val_steps) else h.steps]
-    steps += [s for s, v in zip(h.val_steps, h.val_loss) if not math.isfinite(v)][:1]
-    return np.where(grid >= min(steps), np.nan, curve) if steps else curve
+    def finite(e: int) -> bool:  # epoch e's losses (a diverged fit recorded no val)
+        return math.isfinite(h.train_loss[e]) and (
+            e >= len(h.val_loss) or math.isfinite(h.val_loss[e]))
+
+    bad = next((e for e in range(len(h.train_loss)) if not finite(e)), None)
+    if bad is None:
+        return curve
+    return np.where(grid >= (h.val_steps[bad] if bad < len(h.val_steps) else h.steps),
+                    np.nan, curve)
 
 
 def _thin(steps: np.ndarray, loss: np.ndarray, points: int = CURVE_POINTS) -> list[list[float]]:

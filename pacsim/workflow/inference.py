@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import pac
 from ..data.errors import DatasetError
-from ..data.format import SPLITS, open_h5
+from ..data.format import SPLITS, first_non_finite, open_h5
 from ..data.reader import H5Dataset, read_rows
 from ..data.stats import Normalizer
 from ..data.writer import DatasetWriter
@@ -116,14 +116,12 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
         try:
             for lo in range(0, rows.size, batch_size):
                 x = read_rows(f["inputs"], rows[lo:lo + batch_size])
-                if not np.isfinite(x).all():
-                    bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
+                if (bad := first_non_finite(x)) is not None:
                     raise DatasetError(f"{inputs}: inputs contain NaN or inf (sample "
                                        f"{int(rows[lo + bad])}); nothing was written")
                 pred = phys(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev))
                 pred = pred.float().cpu().numpy()
-                if not np.isfinite(pred).all():  # the model's fault, not the output file's
-                    bad = int(np.flatnonzero(~np.isfinite(pred.reshape(len(pred), -1)).all(1))[0])
+                if (bad := first_non_finite(pred)) is not None:  # the model's fault
                     raise ValueError(f"{checkpoint}: its prediction for sample "
                                      f"{int(rows[lo + bad])} of {inputs} is not finite (a "
                                      "diverged model, or inputs far outside its training "

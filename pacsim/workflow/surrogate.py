@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -271,8 +270,8 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     n = n_avail if n is None else n
     if not 0 < n <= n_avail:
         raise ValueError(f"--n {n}: {target} has {n_avail} samples in its train split")
-    pos = pool.draw(n, seed=seed) if n < n_avail else np.arange(n_avail)
-    x, y = pool[pos] if n < n_avail else pool.tensors()
+    pos = pool.draw(n, seed=seed) if n < n_avail else slice(None)
+    x, y = pool.tensors() if n == n_avail else pool[pos]
     groups = None if pool.groups is None else pool.groups[pos]  # CV keeps trajectories whole
     kwargs: dict[str, Any] = {}
     src_path: Path | None = None
