@@ -68,10 +68,20 @@ class _Slot:
     shape: torch.Size
     offset: int
     size: int
+    complex: bool  # stored as (real, imaginary) pairs, 2 columns an entry
+
+
+def _real_entries(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the flat real columns of its slot: a complex tensor as its (real,
+    imaginary) pairs."""
+    return torch.view_as_real(t).reshape(-1) if t.is_complex() else t.reshape(-1)
 
 
 class _Layout:
-    """Where each parameter that any model trains lives in the flat ``(K, P)`` tensor."""
+    """Where each parameter that any model trains lives in the flat real ``(K, P)``
+    tensor. A complex parameter (an FNO's spectral weights) takes two columns an entry,
+    its real and imaginary parts: ``torch.optim`` updates complex parameters through the
+    same real view, so the stacked optimiser's arithmetic is unchanged."""
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         params = dict(model.named_parameters())
@@ -79,11 +89,9 @@ class _Layout:
         offset = 0
         for name in names:
             p = params[name]
-            if p.is_complex():
-                raise ValueError(f"a stack of models holds real parameters only; {name!r} is "
-                                 f"{p.dtype} (train such models with fit)")
-            self.slots.append(_Slot(name, p.shape, offset, p.numel()))
-            offset += p.numel()
+            size = p.numel() * (2 if p.is_complex() else 1)
+            self.slots.append(_Slot(name, p.shape, offset, size, p.is_complex()))
+            offset += size
         self.width = offset
         self.sizes = [s.size for s in self.slots]
 
@@ -92,14 +100,23 @@ class _Layout:
         rows = []
         for m in models:
             params = dict(m.named_parameters())
-            rows.append(torch.cat([params[s.name].detach().reshape(-1) for s in self.slots]))
+            rows.append(torch.cat([_real_entries(params[s.name].detach())
+                                   for s in self.slots]))
         return torch.stack(rows)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of one model's flat vector (last axis), by parameter name."""
+        """One model's parameters from its flat vector (last axis), by name: views, and
+        for a complex parameter a complex tensor built from its column pairs."""
         lead = flat.shape[:-1]
         chunks = flat.split(self.sizes, dim=-1)
-        return {s.name: c.view(*lead, *s.shape) for s, c in zip(self.slots, chunks)}
+        out = {}
+        for s, c in zip(self.slots, chunks):
+            if s.complex:
+                pairs = c.view(*lead, *s.shape, 2)
+                out[s.name] = torch.complex(pairs[..., 0], pairs[..., 1])
+            else:
+                out[s.name] = c.view(*lead, *s.shape)
+        return out
 
     def write_back(self, models: Sequence[nn.Module], flat: torch.Tensor) -> None:
         """Copy each model's row of ``flat`` into its parameters."""
@@ -149,7 +166,10 @@ class StackedUpdateMask:
             for s in restore:
                 entry = keep[s.name]
                 if isinstance(entry, torch.Tensor):
-                    parts.append(entry.to(flat.device).reshape(-1))
+                    entry = entry.to(flat.device)
+                    if s.complex:  # one mask entry for the real and imaginary columns
+                        entry = entry.unsqueeze(-1).expand(*entry.shape, 2)
+                    parts.append(entry.reshape(-1))
                 else:
                     parts.append(torch.full((s.size,), bool(entry), device=flat.device))
             rows.append(torch.cat(parts))
@@ -192,7 +212,7 @@ class StackedL2Pull:
                 if self.anchor is None:
                     self.anchor = torch.zeros_like(flat)
                 s = offsets[names[id(p)]]
-                self.anchor[k, s.offset : s.offset + s.size] = scaled.reshape(-1)
+                self.anchor[k, s.offset : s.offset + s.size] = _real_entries(scaled)
 
     def apply(self, grad: torch.Tensor, flat: torch.Tensor) -> None:
         """Add the pulls to the stacked gradient in place."""
@@ -400,12 +420,8 @@ def not_vectorisable(model: nn.Module) -> str | None:
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             return (f"{name} ({type(m).__name__}) draws random numbers, which a stack "
                     f"cannot draw per model as fit does")
-    complex_ = [n for n, p in model.named_parameters() if p.is_complex()]
-    if complex_:
-        return (f"it has complex parameters ({complex_[0]}, ...), which the stacked "
-                f"optimiser does not handle")
-    if len({p.dtype for p in model.parameters()}) > 1:
-        return "its parameters have more than one dtype"
+    if len({p.dtype.to_real() for p in model.parameters()}) > 1:  # complex64 is float32's
+        return "its parameters have more than one precision"
     return None
 
 
@@ -602,10 +618,10 @@ def fit_many(
     the stack's wall time. The trained weights are written into ``models``. A parameter
     the forward pass does not use is left alone, as ``fit``'s optimiser leaves it.
 
-    Models with BatchNorm statistics, dropout, complex parameters (an FNO's spectral
-    weights) or mixed dtypes cannot share a stack: they are trained one by one through
-    ``fit``, with a warning saying why. A callable ``loss`` must work under
-    ``torch.func.vmap``.
+    Models with BatchNorm statistics, dropout or mixed precisions cannot share a stack:
+    they are trained one by one through ``fit``, with a warning saying why. Complex
+    parameters (an FNO's spectral weights) stack as their real and imaginary parts. A
+    callable ``loss`` must work under ``torch.func.vmap``.
 
     A model whose epoch training loss is not finite diverged. ``on_divergence="raise"``
     (as ``fit``): :class:`~pacsim.train.TrainingDiverged` naming it, with its history,

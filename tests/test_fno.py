@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import functools
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from pacsim.data.stats import Normalizer  # noqa: E402
 from pacsim.exact import L2Penalty, L2Pull, UpdateMask  # noqa: E402
 from pacsim.io import load_checkpoint, load_predictor, save_checkpoint  # noqa: E402
 from pacsim.models import FNO, PhysicalModel, build  # noqa: E402
-from pacsim.train import fit_many, predict  # noqa: E402
+from pacsim.train import fit, fit_many, predict  # noqa: E402
 from pacsim.transfer import METHODS, adapt, head_names  # noqa: E402
 
 SPECTRAL = "net.fno_blocks.convs.*.weight.tensor"
@@ -254,12 +255,117 @@ def test_update_mask_with_clipping_keeps_complex_entries():
     assert torch.equal(w[~keep], before[~keep]) and not torch.equal(w[keep], before[keep])
 
 
-def test_fit_many_trains_fnos_one_by_one():
-    models = [make_fno(1, seed=s) for s in (0, 1)]
-    with pytest.warns(UserWarning, match="complex parameters"):
-        hist = fit_many(models, [make_fields(1, n=16)] * 2, epochs=1, batch_size=8,
-                        device="cpu", seeds=[0, 0])
-    assert [h.steps for h in hist] == [2, 2]
+# ----------------------------------------------------------------------------- stacks
+
+
+@pytest.mark.parametrize("dim,modes,grid", [
+    (1, 4, 16), (1, 5, 9), (1, 16, 8), (1, 17, 3), (1, 8, 1),
+    (2, 4, (8, 8)), (2, (5, 7), (9, 7)), (2, (16, 4), (17, 33)), (2, 8, (3, 5))])
+def test_spectral_conv_forward_and_gradients_match_neuraloperator(dim, modes, grid):
+    """The out-of-place forward (zero padding instead of an in-place write) gives
+    neuraloperator's outputs and gradients bit for bit, modes cut to short grids included."""
+    from neuralop.layers.spectral_convolution import SpectralConv
+
+    torch.manual_seed(0)
+    conv = FNO(dim, 1, 1, n_modes=modes, hidden_channels=3,
+               n_layers=1).net.fno_blocks.convs[0]
+    assert type(conv) is not SpectralConv and isinstance(conv, SpectralConv)
+    x = torch.randn(2, 3, *((grid,) if dim == 1 else grid))
+    outs, grads = [], []
+    for forward in (SpectralConv.forward, type(conv).forward):
+        conv.zero_grad()
+        out = forward(conv, x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in conv.parameters()])
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("optimizer,wd", [("adamw", 0.1), ("adam", 0.05), ("sgd", 0.01)])
+def test_fit_many_stacks_fnos_and_reproduces_fit(dim, optimizer, wd):
+    models = [make_fno(dim, seed=s) for s in range(3)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [make_fields(dim, n=24, seed=s) for s in range(3)]
+    kw = dict(epochs=2, batch_size=8, lr=1e-2, optimizer=optimizer, weight_decay=wd,
+              device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stacked, not one by one with a warning
+        hist = fit_many(models, data, seeds=[0, 1, 2], **kw)
+    for m, r, d, s, h in zip(models, refs, data, range(3), hist):
+        ref = fit(r, d, seed=s, progress=False, **kw)
+        assert h.train_loss == pytest.approx(ref.train_loss, rel=1e-5)
+        for (name, a), b in zip(m.named_parameters(), r.parameters()):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_complex_entries_frozen_bit_exact_and_pulled_inside_a_stack(dim):
+    """Per model: a random mask over the spectral weights (one real/imaginary pair per
+    entry) keeps every frozen entry's bits under AdamW decay; an L2 pull towards a complex
+    anchor trains as fit's does."""
+    models = [make_fno(dim, seed=s) for s in range(3)]
+    refs = [copy.deepcopy(m) for m in models]
+    spectral = "net.fno_blocks.convs.0.weight.tensor"
+    specs, pens = [], []
+    for k, m in enumerate(models):
+        w = m.get_parameter(spectral)
+        keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(k)) > 0.5
+        specs.append({n: True for n, _ in m.named_parameters()} | {spectral: keep})
+        pens.append(L2Penalty(0.5, {spectral: w.detach() * (1 + 1j * k)}))
+    before = [m.get_parameter(spectral).detach().clone() for m in models]
+    data = [make_fields(dim, n=16, seed=5 + s) for s in range(3)]
+    kw = dict(epochs=2, batch_size=8, lr=5e-2, optimizer="adamw", weight_decay=0.5,
+              device="cpu")
+    fit_many(models, data, update_masks=specs, penalties=pens, seeds=[0, 1, 2], **kw)
+    for k, (m, r, b, spec) in enumerate(zip(models, refs, before, specs)):
+        keep, w = spec[spectral], m.get_parameter(spectral)
+        assert torch.equal(w[~keep], b[~keep]) and not torch.equal(w[keep], b[keep])
+        fit(r, data[k], update_mask=spec, penalty=pens[k], seed=k, progress=False, **kw)
+        torch.testing.assert_close(w, r.get_parameter(spectral), atol=1e-5, rtol=1e-4)
+
+
+def test_pac_invariants_hold_for_fnos_inside_a_stack(dim):
+    """Allocate and calibrate three pruned FNOs as stacks, each with its own masks: the
+    redundant spectral entries stay 0 through allocate, the essential ones keep their
+    bits through calibrate, and each source view gives its allocated model to the bit."""
+    models = [make_fno(dim, seed=s) for s in range(3)]
+    masks = [pac.prune(m, ratio=0.7, scope=scope)
+             for m, scope in zip(models, ("layer", "global", "layer"))]
+    kw = dict(epochs=2, batch_size=8, lr=1e-2, optimizer="adamw", weight_decay=0.1,
+              device="cpu")
+    allocate = [{n: True for n, _ in m.named_parameters()} | mk.essential
+                for m, mk in zip(models, masks)]
+    fit_many(models, [make_fields(dim, n=16, seed=1 + s) for s in range(3)],
+             update_masks=allocate, seeds=[0, 1, 2], **kw)
+    for m, mk in zip(models, masks):
+        for name, w in pac.prunable_weights(m).items():
+            assert torch.equal(w[~mk.essential[name]], torch.zeros_like(w[~mk.essential[name]]))
+        mk.stage = "allocated"
+    allocated = [copy.deepcopy(m) for m in models]
+    updates = []
+    for m, mk, subspace in zip(models, masks, ("all", "last", "all")):
+        update = pac.calibrate_update(m, mk, subspace, False)
+        params = dict(m.named_parameters())
+        mk.source_state.update({n: params[n].detach().clone()
+                                for n, spec in update.items() if spec is True})
+        updates.append(update)
+    fit_many(models, [make_fields(dim, n=16, seed=20 + s, shift=0.5) for s in range(3)],
+             update_masks=updates, seeds=[3, 4, 5],
+             penalties=[L2Penalty(0.01, {n: None for n in u if n in mk.essential})
+                        for u, mk in zip(updates, masks)], **kw)
+    x = make_fields(dim, n=6, seed=9)[0]
+    for m, a, mk, update in zip(models, allocated, masks, updates):
+        assert check_calibrated(a, m, mk, lambda name, u=update: u.get(name) is True)
+        check_source_view(m, mk, a, x)
+
+
+def test_stack_auto_on_the_cpu_stacks_1d_fnos_only():
+    from pacsim.transfer.selection import will_stack
+
+    cpu = {"device": "cpu"}
+    assert will_stack(make_fno(1), "auto", cpu) and not will_stack(make_fno(2), "auto", cpu)
+    assert will_stack(make_fno(2), True, cpu)
 
 
 # ----------------------------------------------------------------------------- transfer

@@ -5,6 +5,11 @@ A thin, registered wrapper around ``neuralop.models.FNO`` (the optional extra
 arguments, the CNN's layout (N, C, *grid) in and out, and a plain ``state_dict`` so
 pacsim checkpoints hold only tensors. Its spectral weights are complex tensors
 (``net.fno_blocks.convs.K.weight.tensor``), which PAC prunes by modulus.
+
+The Fourier layers are neuraloperator's ``SpectralConv`` with one change: the kept
+modes are zero-padded back to the spectrum's size instead of being written in place into
+a zero tensor (same values, bit for bit), so that ``torch.func.vmap`` can run a stack of
+FNOs (:func:`pacsim.train.fit_many`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .cnn import field_args
 from .mlp import ACTIVATIONS
@@ -30,6 +36,68 @@ def _neuralop_fno() -> type[nn.Module]:
     except ImportError as exc:
         raise ImportError(f"model 'fno' needs neuraloperator ({exc}); {EXTRA}") from None
     return NeuralopFNO
+
+
+_SPECTRAL_CONV: list[type[nn.Module]] = []
+
+
+def _spectral_conv() -> type[nn.Module]:
+    """neuraloperator's ``SpectralConv`` with an out-of-place forward (built once)."""
+    if _SPECTRAL_CONV:
+        return _SPECTRAL_CONV[0]
+    from neuralop.layers.spectral_convolution import SpectralConv
+
+    class StackableSpectralConv(SpectralConv):
+        """``SpectralConv`` whose forward builds its output spectrum by padding the
+        contracted modes with zeros, not by an in-place write into a fresh zero tensor
+        (which ``vmap`` refuses). Outputs are identical; configurations pacsim does not
+        build (complex data, separable or half-precision weights, resolution scaling, an
+        explicit output shape) use the original forward."""
+
+        def forward(self, x: torch.Tensor,
+                    output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+            if (output_shape is not None or self.complex_data or self.separable
+                    or self.fno_block_precision != "full"
+                    or self.resolution_scaling_factor is not None):
+                return super().forward(x, output_shape)
+            order = self.order
+            dims = list(range(-order, 0))
+            grid = tuple(x.shape[-order:])
+            spec = torch.fft.rfftn(x, norm=self.fft_norm, dim=dims)
+            if order > 1:  # centre the zero frequency on every axis but the halved last
+                spec = torch.fft.fftshift(spec, dim=dims[:-1])
+            sizes = spec.shape[-order:]
+            # The weight's modes, cut (about its centre; the last axis from its start)
+            # where the spectrum is shorter than the modes it was built for.
+            w_cut: list[slice] = [slice(None), slice(None)]
+            for axis, (size, modes, most) in enumerate(zip(sizes, self.n_modes,
+                                                           self.max_n_modes)):
+                cut = most - min(size, modes)
+                if axis == order - 1:
+                    w_cut.append(slice(None, -cut) if cut else slice(None))
+                else:
+                    w_cut.append(slice(cut // 2, -cut // 2) if cut else slice(None))
+            weight = self.weight[tuple(w_cut)]
+            # The spectrum's matching modes: centred, the last axis from frequency 0.
+            x_cut: list[slice] = [slice(None), slice(None)]
+            pads: list[int] = []
+            for axis, (size, kept) in enumerate(zip(sizes, weight.shape[2:])):
+                if axis == order - 1:
+                    lo, hi = 0, min(kept, size)
+                else:
+                    lo = size // 2 - kept // 2
+                    hi = size // 2 + kept // 2 + kept % 2
+                x_cut.append(slice(lo, hi))
+                pads = [lo, size - hi, *pads]  # F.pad lists the last axis first
+            out = F.pad(self._contract(spec[tuple(x_cut)], weight, separable=False),
+                        pads).contiguous()  # the FFT of a strided spectrum rounds otherwise
+            if order > 1:
+                out = torch.fft.fftshift(out, dim=dims[:-1])
+            y = torch.fft.irfftn(out, s=grid, dim=dims, norm=self.fft_norm)
+            return y if self.bias is None else y + self.bias
+
+    _SPECTRAL_CONV.append(StackableSpectralConv)
+    return StackableSpectralConv
 
 
 def _modes(n_modes: int | Sequence[int], dim: int) -> tuple[int, ...]:
@@ -107,6 +175,7 @@ class FNO(Configurable, nn.Module):
             domain_padding=domain_padding or None, norm=None if norm == "none" else norm,
             fno_skip=fno_skip, channel_mlp_skip=channel_mlp_skip,
             use_channel_mlp=use_channel_mlp, channel_mlp_expansion=channel_mlp_expansion,
+            conv_module=_spectral_conv(),
             non_linearity=torch.tanh if activation == "tanh" else getattr(nn.functional,
                                                                              activation),
         )

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.batches import as_tensor
 from ..device import resolve_device
 from ..many import fit_many, not_vectorisable
+from ..models import FNO
 from ..train import Data, History, TrainingDiverged
 from .methods import TrainingPlan, TransferResult, adapt, allocated_model, training_plan
 from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
@@ -168,11 +169,12 @@ def select(method: str, source_model: nn.Module, target: Data, *,
     the final model, as stacks of models (:func:`pacsim.train.fit_many`, one stack per
     fold size) instead of one by one: the same trainings (same batches, masks and pulls)
     up to float rounding, several times faster for small models; models ``fit_many``
-    cannot stack (BatchNorm, dropout, complex weights) and trainer options it does not
-    take train one by one. ``stack="auto"`` stacks where it was measured faster:
-    everywhere on CUDA, and on the CPU for models without 2D/3D convolutions (a stack of
-    2D CNNs ran 0.86x as fast on 2 CPU cores; MLPs 1.4-2.6x, 1D CNNs 1.5x as fast, whole
-    benchmark cells). :func:`select_many` does the same for many transfers at once.
+    cannot stack (BatchNorm, dropout) and trainer options it does not take train one by
+    one. ``stack="auto"`` stacks where it was measured faster: everywhere on CUDA, and on
+    the CPU for models without 2D/3D convolutions, spectral ones included (a stack of 2D
+    CNNs ran 0.86x as fast on 2 CPU cores, of 2D FNOs 0.6-1.0x; MLPs 1.4-2.6x, 1D CNNs
+    1.5x as fast, whole benchmark cells; 1D FNOs 1.7x, training steps).
+    :func:`select_many` does the same for many transfers at once.
     """
     request = SelectRequest(method, source_model, target, seed, grid, options, kwargs,
                             groups)
@@ -375,8 +377,15 @@ def will_stack(model: nn.Module, stack: bool | str, kwargs: Mapping[str, Any]) -
     if not stack or extra or not_vectorisable(model) is not None:
         return False
     if stack == "auto" and _device_kind(kwargs.get("device", "auto")) == "cpu":
-        return not any(isinstance(m, (nn.Conv2d, nn.Conv3d)) for m in model.modules())
+        return not _grid_convolutions(model)
     return True
+
+
+def _grid_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` convolves over 2D/3D grids, in space or in Fourier space (an
+    FNO with ``dim >= 2``): stacks of those ran slower than one by one on the CPU."""
+    return any(isinstance(m, (nn.Conv2d, nn.Conv3d)) or (isinstance(m, FNO) and m.dim > 1)
+               for m in model.modules())
 
 
 def _runs_one_by_one(s: _Search, lr: float, max_steps: int, batch_size: int) -> Histories:
