@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--stack", default="auto", choices=("auto", "on", "off"),
                    help="train each cell's cross-validation folds x configurations at once "
                         "(fit_many); auto (default): where measured faster (CUDA; on the "
-                        "CPU models without 2D convolutions), on: wherever the model "
-                        "allows, off: one by one")
+                        "CPU models without 2D convolutions, spectral ones included), on: "
+                        "wherever the model allows, off: one by one")
     b.add_argument("--batch-cells", default="auto", type=_batch_cells, metavar="K|auto",
                    help="train up to K cells of one pair and target size (any method and "
                         "seed) together, their cross-validations as shared fit_many "

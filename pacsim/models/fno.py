@@ -14,6 +14,7 @@ FNOs (:func:`pacsim.train.fit_many`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,13 +39,9 @@ def _neuralop_fno() -> type[nn.Module]:
     return NeuralopFNO
 
 
-_SPECTRAL_CONV: list[type[nn.Module]] = []
-
-
+@functools.cache
 def _spectral_conv() -> type[nn.Module]:
     """neuraloperator's ``SpectralConv`` with an out-of-place forward (built once)."""
-    if _SPECTRAL_CONV:
-        return _SPECTRAL_CONV[0]
     from neuralop.layers.spectral_convolution import SpectralConv
 
     class StackableSpectralConv(SpectralConv):
@@ -96,7 +93,6 @@ def _spectral_conv() -> type[nn.Module]:
             y = torch.fft.irfftn(out, s=grid, dim=dims, norm=self.fft_norm)
             return y if self.bias is None else y + self.bias
 
-    _SPECTRAL_CONV.append(StackableSpectralConv)
     return StackableSpectralConv
 
 
