@@ -57,6 +57,8 @@ Pair = tuple[Any, Any]
 _BETAS = (0.9, 0.999)
 _EPS = 1e-8
 _MOMENTUM = 0.9
+#: torch.OutOfMemoryError (torch >= 2.5; before, only the CUDA one existed).
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -653,18 +655,19 @@ def fit_many(
     loss_fn = _make_loss(loss)
     dev = resolve_device(device)
 
-    why = not_vectorisable(models[0])
-    if why is not None:
+    epochs_in, budgets_in = epochs, budgets  # the stacked path below rewrites both
+
+    def one_by_one(why: str) -> list[History]:
         warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
-                      f"{why}", stacklevel=2)
+                      f"{why}", stacklevel=3)
         saved = [copy.deepcopy(m.state_dict()) for m in models] \
             if on_divergence == "raise" else []
         out = []
         for k, (m, d, v, r, um, pen, s, st) in enumerate(zip(
                 models, datasets, vals, lrs, masks_in, pens, seeds_in,
-                budgets or [None] * k_models)):
+                budgets_in or [None] * k_models)):
             try:
-                out.append(fit(m, d, val=v, epochs=epochs, steps=st, lr=r,
+                out.append(fit(m, d, val=v, epochs=epochs_in, steps=st, lr=r,
                                batch_size=batch_size, weight_decay=weight_decay,
                                optimizer=optimizer, loss=loss, update_mask=um, penalty=pen,
                                device=dev, seed=s, progress=False, restore_best=restore_best,
@@ -679,6 +682,9 @@ def fit_many(
                                        exc.history) from None
         return out
 
+    why = not_vectorisable(models[0])
+    if why is not None:
+        return one_by_one(why)
     for m in models:
         m.to(dev)
     train = [_pair(d, k, batch_size, dev, "datasets") for k, d in enumerate(datasets)]
@@ -769,7 +775,17 @@ def fit_many(
             idx = idx.reshape(-1)
             xb = x_flat.index_select(0, idx).view(k_models, b, *x_flat.shape[1:])
             yb = y_flat.index_select(0, idx).view(k_models, b, *y_flat.shape[1:])
-            grad, losses = stack.grads_and_losses(xb, yb)
+            if done or i:
+                grad, losses = stack.grads_and_losses(xb, yb)
+            else:  # the first step: no model has changed yet, so fit can still take over
+                try:
+                    grad, losses = stack.grads_and_losses(xb, yb)
+                except OUT_OF_MEMORY:
+                    raise  # select_many trains such a stack in halves
+                except Exception as exc:  # vmap's refusals share no exception type
+                    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    return one_by_one(f"torch.func.vmap cannot run its training step "
+                                      f"({type(exc).__name__}: {detail[:200]})")
             stack.pull.apply(grad, stack.flat)
             opt.step(stack.flat, grad, f, i)
             stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits

@@ -240,6 +240,48 @@ def test_batchnorm_falls_back_to_fit_with_a_warning_and_still_trains():
                                make_model("cnn1d", s).state_dict()["blocks.0.norm1.running_mean"])
 
 
+class _ReadsAValue(torch.nn.Module):
+    """A model vmap cannot run: its forward reads a tensor's value on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = 2.0 if x.abs().max().item() > 100 else 1.0
+        return self.lin(x) * scale
+
+
+def test_a_model_vmap_refuses_falls_back_to_fit_at_its_first_step():
+    torch.manual_seed(0)
+    models = [_ReadsAValue() for _ in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    data = [_data("mlp", s) for s in range(2)]
+    kw = dict(epochs=2, batch_size=16, lr=1e-2, **CPU)
+    with pytest.warns(UserWarning, match=r"one by one with fit\(\): torch.func.vmap cannot "
+                                         r"run its training step \(RuntimeError: .*item"):
+        hist = fit_many(models, data, seeds=[0, 1], **kw)
+    for m, r, d, s, h in zip(models, refs, data, (0, 1), hist):
+        assert h.train_loss == fit(r, d, seed=s, **kw).train_loss
+        for a, b in zip(m.parameters(), r.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_running_out_of_memory_in_a_stack_is_not_a_fallback(monkeypatch):
+    from pacsim import many
+
+    def no_memory(self, x, y):
+        raise many.OUT_OF_MEMORY("out of memory")
+
+    monkeypatch.setattr(many._Stack, "grads_and_losses", no_memory)
+    models = [_net("mlp", s) for s in range(2)]
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    with pytest.raises(many.OUT_OF_MEMORY):  # select_many halves such a stack
+        fit_many(models, [_data("mlp", s) for s in range(2)], epochs=1, **CPU)
+    for m, b in zip(models, before):
+        assert all(torch.equal(v, b[n]) for n, v in m.state_dict().items())
+
+
 def test_weights_written_back_and_budget_zero_is_a_no_op():
     models = [_net("mlp", s) for s in range(2)]
     before = [copy.deepcopy(m) for m in models]

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.batches import as_tensor
 from ..device import resolve_device
-from ..many import fit_many, not_vectorisable
+from ..many import OUT_OF_MEMORY, fit_many, not_vectorisable
 from ..models import FNO
 from ..train import Data, History, TrainingDiverged
 from .methods import TrainingPlan, TransferResult, adapt, allocated_model, training_plan
@@ -462,10 +462,6 @@ def _run_jobs(jobs: list[_Job], batch_size: int, restore_best: bool,
     return out
 
 
-#: torch.OutOfMemoryError (torch >= 2.5; before, only the CUDA one existed).
-_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
 def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[History]:
     """One ``fit_many`` call for ``group``; a stack the device has no memory for is
     trained in halves (each model's training does not depend on its stack-mates, and a
@@ -479,7 +475,7 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             lr=[g.lr for g in group], seeds=[g.seed for g in group],
             steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
             on_divergence="keep", **group[0].train_args)
-    except _OUT_OF_MEMORY:
+    except OUT_OF_MEMORY:
         # models fit_many trains one by one (its fallback) may be half written: no retry
         if len(group) == 1 or not_vectorisable(group[0].plan.model) is not None:
             raise
