@@ -621,9 +621,11 @@ def fit_many(
     the forward pass does not use is left alone, as ``fit``'s optimiser leaves it.
 
     Models with BatchNorm statistics, dropout or mixed precisions cannot share a stack:
-    they are trained one by one through ``fit``, with a warning saying why. Complex
-    parameters (an FNO's spectral weights) stack as their real and imaginary parts. A
-    callable ``loss`` must work under ``torch.func.vmap``.
+    they are trained one by one through ``fit``, with a warning saying why; so are models
+    whose first stacked step ``torch.func.vmap`` refuses (a forward that reads a tensor's
+    value on the host, say), before any of them has changed. Complex parameters (an FNO's
+    spectral weights) stack as their real and imaginary parts. A callable ``loss`` should
+    work under ``vmap``, or the models train one by one.
 
     A model whose epoch training loss is not finite diverged. ``on_divergence="raise"``
     (as ``fit``): :class:`~pacsim.train.TrainingDiverged` naming it, with its history,
