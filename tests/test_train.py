@@ -305,3 +305,50 @@ def test_inference_builds_no_autograd_graph():
     evaluate(model, (x, y))
     mean_loss(model, (x, y))
     assert seen == [False, False, False]
+
+
+def _conv_layouts(model: torch.nn.Module) -> set[bool]:
+    """Whether each 2D convolution weight is in the channels-last layout (of those where
+    the two layouts differ: more than one input channel and kernel entry)."""
+    return {m.weight.stride(1) == 1 for m in model.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1
+            and m.weight.shape[2] * m.weight.shape[3] > 1}
+
+
+@pytest.mark.parametrize("channels_last,during", [(None, {True}), (True, {True}),
+                                                  (False, {False})])
+def test_2d_convolutions_train_channels_last_on_the_cpu_and_come_back(channels_last, during):
+    """Auto: 2D convolutions train in the channels-last layout on the CPU; the model
+    comes back in the default layout, its Parameter objects the same, frozen entries
+    bit-exact, and the result close to training in the default layout."""
+    from pacsim.models import CNN
+
+    def make() -> torch.nn.Module:  # no BatchNorm: a bias before it has no gradient, and
+        torch.manual_seed(0)  # Adam turns that gradient's rounding noise into steps
+        return CNN(2, 2, 1, width=4, depth=1, kernel_size=3)
+
+    model, ref = make(), make()
+    params = list(model.parameters())
+    name = "blocks.0.conv1.weight"
+    w = model.get_parameter(name)
+    keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    mask = {n: True for n, _ in model.named_parameters()} | {name: keep}
+    before = w.detach().clone()
+    seen: list[set[bool]] = []
+    kw = dict(epochs=3, lr=1e-2, optimizer="adamw", weight_decay=0.5, update_mask=mask,
+              device="cpu", seed=0, batch_size=8)
+    fit(model, make_data("cnn2d"), channels_last=channels_last,
+        stop_when=lambda h: seen.append(_conv_layouts(model)) and False, **kw)
+    assert seen and all(s == during for s in seen)
+    assert _conv_layouts(model) == {False}
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    assert torch.equal(w[~keep], before[~keep]) and not torch.equal(w[keep], before[keep])
+    fit(ref, make_data("cnn2d"), channels_last=False, **kw)
+    for (n, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_a_channels_last_model_stays_channels_last():
+    model = make_model("cnn2d").to(memory_format=torch.channels_last)
+    fit(model, make_data("cnn2d"), epochs=1, device="cpu", seed=0, batch_size=8)
+    assert _conv_layouts(model) == {True}
