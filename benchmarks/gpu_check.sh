@@ -2,8 +2,9 @@
 # The GPU measurements of pacsim in one call on a machine with CUDA, run from the
 # repository root; every output lands in $OUT (default /tmp/pacsim-gpu).
 #
-#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (about 10 minutes on one H100/H200)
-#     correctness of the GPU path, fit vs fit_many vs fit(compile=True) throughput, and
+#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (about 11 minutes on one H100/H200)
+#     correctness of the GPU path, fit vs fit_many vs fit(compile=True) throughput (and
+#     fit vs fit_many for the suites' FNOs, where neuraloperator is there), and
 #     the quick suite's stackable pairs with one cell a task against --batch-cells 64.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
 #     the whole full suite (315 cells) with the defaults on the GPU, 8 jobs, from the
@@ -38,7 +39,9 @@ case "$MODE" in
 quick)
     step smoke 120 $PY benchmarks/gpu_smoke.py --device cuda
     step throughput 180 $PY benchmarks/throughput.py --device cuda --threads 16 \
-        --ks 1 8 32 64 --repeats 2 --compile
+        --ks 1 8 32 64 --repeats 2 --compile --models mlp cnn
+    step throughput_fno 90 $PY benchmarks/throughput.py --device cuda --threads 16 \
+        --ks 1 8 32 64 --repeats 2 --models fno1d fno2d
     step quick 300 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
         --work /tmp/pacsim-quick --ks 1 64 --device cuda --pairs friedman diode burgers1d \
         --json "$OUT/quick_cuda.json"
