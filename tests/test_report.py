@@ -254,3 +254,49 @@ def test_report_counts_each_cell_once_after_a_rerun(tmp_path):
     for r in (old, other, new):
         append_record(tmp_path, r)
     assert latest(read_results(tmp_path)) == [other, new]
+
+
+def test_ratio_interval_is_a_paired_bootstrap_over_seeds():
+    from pacsim.bench.report import MIN_SEEDS, ratio_interval
+
+    base = [1.0, 2.0, 4.0, 8.0, 3.0]
+    # PAC 10 % worse on every seed: every resample gives 1.1, however unequal the seeds
+    lo, hi = ratio_interval([1.1 * b for b in base], base)
+    assert lo == pytest.approx(1.1) and hi == pytest.approx(1.1)
+    # worse on some seeds, better on others: the interval holds the ratio of means and 1
+    a = [0.8, 2.6, 3.4, 9.5, 2.7]
+    lo, hi = ratio_interval(a, base)
+    assert lo < 1 < hi and lo <= sum(a) / sum(base) <= hi
+    assert ratio_interval(a, base) == (lo, hi)  # deterministic
+    assert ratio_interval([1.0] * (MIN_SEEDS - 1), [1.0] * (MIN_SEEDS - 1)) is None
+    with pytest.raises(ValueError, match="paired"):
+        ratio_interval([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_report_gives_seed_noise_intervals_from_three_seeds(tmp_path):
+    from pacsim.bench.report import summary_lines, verdict_table
+
+    def rec(pair, method, seed, rmse):
+        return {"pair": pair, "method": method, "n_target": 10, "seed": seed,
+                "status": "ok", "target": {"rmse": rmse},
+                "source_before": {"rmse": 1.0}, "source_after": {"rmse": 1.0}}
+
+    records = []
+    for seed, (clear, noisy) in enumerate([(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (4.0, 4.0)]):
+        records += [rec("clear", "finetune", seed, clear),
+                    rec("clear", "pac", seed, 1.2 * clear),
+                    rec("noisy", "finetune", seed, noisy),
+                    rec("noisy", "pac", seed, noisy * (1.3 if seed % 2 else 0.8))]
+    table = "\n".join(verdict_table(records))
+    assert "| clear | pac | 1.20 loses (1.20-1.20) |" in table
+    noisy_cell = table.split("| noisy | pac | ")[1].split(" |")[0]
+    lo, hi = (float(v) for v in noisy_cell.split("(")[1].rstrip(")").split("-"))
+    assert lo < 1 < hi
+    text = "\n".join(summary_lines(records))
+    assert ("- **Seed noise** (95% paired bootstrap interval over seeds of the ratio to the "
+            "best baseline; a rough guide with a few seeds): `pac` clearly better at 0, "
+            "clearly worse at 1 of 2 (within the noise: noisy n=10).") in text
+    # two seeds: no interval, no seed-noise line
+    two = [r for r in records if r["seed"] < 2]
+    assert "(" not in "\n".join(verdict_table(two)).split("|---|")[-1]
+    assert "Seed noise" not in "\n".join(summary_lines(two))

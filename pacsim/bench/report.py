@@ -39,6 +39,8 @@ from .results import RESULTS, latest, read_results
 REF = "finetune"
 #: Target error of PAC / best baseline: below WIN wins, above LOSE loses, between ties.
 WIN, LOSE = 0.99, 1.01
+#: The seed-noise interval of a ratio: paired bootstrap over seeds (at least MIN_SEEDS).
+LEVEL, RESAMPLES, MIN_SEEDS = 0.95, 4000, 3
 #: The trade-off criterion: within TARGET_TOL of the best target error (over every method)
 #: and forgetting (source error after / unpruned source model's) at most FORGET_TOL.
 TARGET_TOL, FORGET_TOL = 0.05, 1.05
@@ -75,12 +77,33 @@ def verdict(ratio: float) -> str:
     return "wins" if ratio < WIN else "loses" if ratio > LOSE else "ties"
 
 
+def ratio_interval(a: Iterable[float], b: Iterable[float], level: float = LEVEL,
+                   resamples: int = RESAMPLES) -> tuple[float, float] | None:
+    """Paired bootstrap interval of ``mean(a) / mean(b)`` over seeds (``a[i]`` and
+    ``b[i]`` from one seed): seeds drawn with replacement, the central ``level`` share of
+    the resampled ratios. None below :data:`MIN_SEEDS` seeds. Deterministic (a fixed
+    generator). With a handful of seeds it is a rough guide to how much of a difference
+    the seeds alone make, not a test."""
+    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"paired values: {len(x)} against {len(y)}")
+    if len(x) < MIN_SEEDS:
+        return None
+    idx = np.random.default_rng(0).integers(0, len(x), size=(resamples, len(x)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = x[idx].mean(axis=1) / y[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def comparisons(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (pair, n) with a baseline: ``pair``, ``n``, ``best`` (the best
     baseline), ``base`` (its mean target error), ``seeds`` (how many the means are over:
     those where every method finished, :func:`~pacsim.plots.paired`) and ``of`` (seeds
     with any finished cell) and, per PAC method present, its ratio to the best baseline
-    under the method's name."""
+    under the method's name and that ratio's seed-noise interval under ``"<method> ci"``
+    (:func:`ratio_interval`; None with fewer than :data:`MIN_SEEDS` seeds)."""
     records = list(records)
     ok = ok_records(records)
     rows = []
@@ -96,9 +119,14 @@ def comparisons(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "pair": pair, "n": n, "best": best, "base": base[best],
             "seeds": len({r["seed"] for r in rs}),
             "of": len({r["seed"] for r in ok if r["pair"] == pair and r["n_target"] == n})}
+        per_seed = {m: {r["seed"]: r["target"]["rmse"] for r in rs if r["method"] == m}
+                    for m in means}
+        seeds = sorted(per_seed[best])
         for m in PAC_METHODS:
             if m in means and base[best] > 0:
                 row[m] = means[m] / base[best]
+                row[f"{m} ci"] = ratio_interval([per_seed[m][s] for s in seeds],
+                                                [per_seed[best][s] for s in seeds])
         rows.append(row)
     return rows
 
@@ -146,6 +174,9 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
             text += (". " if text else "") + f"pac-paper {said}"
         if text:
             lines.append(f"- **{pair}**: {text}.")
+    noise = _noise_line(rows)
+    if noise:
+        lines.append(noise)
     qual = tradeoff_table(records)
     if qual:
         count = Counter(m for row in qual for m in row["qualify"])
@@ -170,6 +201,27 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
                      "reproduces the allocated source model exactly; its ratio reflects only "
                      "the prune-and-retrain step.")
     return lines
+
+
+def _noise_line(rows: list[dict[str, Any]]) -> str | None:
+    """How many PAC / best-baseline ratios lie clear of the seed noise (their interval
+    excludes 1) and which do not, per PAC method; None without intervals."""
+    parts = []
+    for m in PAC_METHODS[::-1]:
+        mine = [r for r in rows if r.get(f"{m} ci") is not None]
+        if not mine:
+            continue
+        worse = [r for r in mine if r[f"{m} ci"][0] > 1]
+        better = [r for r in mine if r[f"{m} ci"][1] < 1]
+        within = [f"{r['pair']} n={r['n']}" for r in mine if r not in worse + better]
+        parts.append(f"`{m}` clearly better at {len(better)}, clearly worse at {len(worse)} "
+                     f"of {len(mine)}" + (f" (within the noise: {', '.join(within)})"
+                                          if within else ""))
+    if not parts:
+        return None
+    return (f"- **Seed noise** ({LEVEL:.0%} paired bootstrap interval over seeds of the "
+            f"ratio to the best baseline; a rough guide with a few seeds): "
+            + "; ".join(parts) + ".")
 
 
 def _partial(row: dict[str, Any]) -> str:
@@ -199,7 +251,9 @@ def verdict_table(records: Iterable[dict[str, Any]]) -> list[str]:
                     cells.append("-")
                     continue
                 s = f"{r[m]:.2f} {verdict(r[m])}"
-                cells.append(f"**{s}**" if verdict(r[m]) == "wins" else s)
+                s = f"**{s}**" if verdict(r[m]) == "wins" else s
+                ci = r.get(f"{m} ci")
+                cells.append(s if ci is None else f"{s} ({ci[0]:.2f}-{ci[1]:.2f})")
             md.append(f"| {pair} | {m} | " + " | ".join(cells) + " |")
     return md
 
@@ -401,7 +455,10 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
     table = verdict_table(records)
     if table:
         md += [f"PAC / best baseline target RMSE (means over seeds; below {WIN} wins, "
-               f"{WIN}-{LOSE} ties, above {LOSE} loses):", ""] + table + [""]
+               f"{WIN}-{LOSE} ties, above {LOSE} loses; in brackets, from {MIN_SEEDS} "
+               f"seeds on, the ratio's {LEVEL:.0%} paired bootstrap interval over seeds: "
+               "where it holds 1, the seeds alone could turn the verdict):",
+               ""] + table + [""]
     modes = {selection_mode(r) for r in ok}
     how = ("the same step budget and options" if modes == {"fixed"} else
            "the same folds and grid budget, hyper-parameters chosen on the target samples "
