@@ -301,6 +301,8 @@ def fit(
     check_float32(model)
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
+    if channels_last not in (None, True, False):
+        raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
     dev = resolve_device(device)
     compile_opts = compile_options(compile, dev)
     loss_fn = _make_loss(loss)

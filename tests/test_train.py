@@ -348,6 +348,12 @@ def test_2d_convolutions_train_channels_last_on_the_cpu_and_come_back(channels_l
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=n)
 
 
+def test_channels_last_takes_none_true_or_false():
+    with pytest.raises(ValueError, match="channels_last must be None, True or False"):
+        fit(make_model("cnn2d"), make_data("cnn2d"), epochs=1, device="cpu",
+            channels_last="yes")
+
+
 def test_a_channels_last_model_stays_channels_last():
     model = make_model("cnn2d").to(memory_format=torch.channels_last)
     fit(model, make_data("cnn2d"), epochs=1, device="cpu", seed=0, batch_size=8)
