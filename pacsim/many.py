@@ -662,8 +662,7 @@ def fit_many(
     def one_by_one(why: str) -> list[History]:
         warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
                       f"{why}", stacklevel=3)
-        saved = [copy.deepcopy(m.state_dict()) for m in models] \
-            if on_divergence == "raise" else []
+        saved = [copy.deepcopy(m.state_dict()) for m in models]  # any failure: put back
         out = []
         for k, (m, d, v, r, um, pen, s, st) in enumerate(zip(
                 models, datasets, vals, lrs, masks_in, pens, seeds_in,
@@ -682,6 +681,10 @@ def fit_many(
                     model.load_state_dict(state)
                 raise TrainingDiverged(f"models[{k}]: {exc}; no model was changed",
                                        exc.history) from None
+            except BaseException:  # out of memory, say: a caller may retry the stack
+                for model, state in zip(models, saved):
+                    model.load_state_dict(state)
+                raise
         return out
 
     why = not_vectorisable(models[0])

@@ -288,7 +288,7 @@ def fit(
     ``channels_last`` trains the 2D convolution weights in the channels-last memory
     layout, and puts them back in the default layout afterwards (same values; the
     convolutions round differently). ``None`` (default): on the CPU, for models with 2D
-    convolutions, where it was measured 1.1-2.1x faster (``benchmarks/README.md``),
+    convolutions, where it was measured 1.1-1.8x faster (``benchmarks/README.md``),
     not under data parallelism.
 
     Inside a process group of several ranks (``torchrun``, see :mod:`pacsim.distributed`)
@@ -301,7 +301,7 @@ def fit(
     check_float32(model)
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
-    if channels_last not in (None, True, False):
+    if channels_last is not None and not isinstance(channels_last, bool):
         raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
     dev = resolve_device(device)
     compile_opts = compile_options(compile, dev)
@@ -343,8 +343,9 @@ def fit(
     bar = progress_bar(progress, epochs, desc or "fit", unit="epoch", leave=False)
     t0 = time.perf_counter()
     was_training = model.training
-    relayout = _channels_last(model, channels_last, dev, shard is not None)
+    relaid: list[tuple[nn.Parameter, torch.Tensor]] = []
     try:
+        _channels_last(model, channels_last, dev, shard is not None, relaid)
         with mask.frozen_tensors(), _seeded(seed, dev) as gen:
             # Compiled after the frozen tensors lose requires_grad (the graphs are traced
             # with it). The wrapper shares ``model``'s parameters and leaves ``model``
@@ -440,8 +441,8 @@ def fit(
             model.load_state_dict(best_state)
     finally:
         model.train(was_training)
-        if relayout:
-            model.to(memory_format=torch.contiguous_format)
+        for param, original in relaid:  # the trained values, in the original tensor
+            param.data = original.copy_(param.data)
         if compile_opts is not None:  # no gradient in memory a CUDA graph may reuse
             for p in trainable:
                 p.grad = None
@@ -452,18 +453,23 @@ def fit(
 
 
 def _channels_last(model: nn.Module, wanted: bool | None, dev: torch.device,
-                   distributed: bool) -> bool:
+                   distributed: bool, relaid: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
     """Put ``model``'s 2D convolution weights in the channels-last layout if ``wanted``
-    (None: on the CPU, one process); True if that changed any of them (``fit`` changes
-    them back). The Parameter objects stay the same, so optimiser and masks keep them."""
-    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if wanted is False or not convs or (wanted is None
-                                        and (dev.type != "cpu" or distributed)):
-        return False
-    if all(w.is_contiguous(memory_format=torch.channels_last) for w in convs):
-        return False
-    model.to(memory_format=torch.channels_last)
-    return True
+    (None: on the CPU, one process), appending ``(parameter, its original tensor)`` to
+    ``relaid`` for each one changed (``fit`` copies the trained values back into the
+    original tensors). Only those weights change: the Parameter objects stay the same, so
+    optimiser and masks keep them, and no other tensor's layout is touched."""
+    if wanted is False or (wanted is None and (dev.type != "cpu" or distributed)):
+        return
+    seen: set[int] = set()
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if (isinstance(m, nn.Conv2d) and isinstance(w, nn.Parameter) and id(w) not in seen
+                and not w.is_contiguous(memory_format=torch.channels_last)):
+            seen.add(id(w))
+            original = w.data
+            w.data = original.contiguous(memory_format=torch.channels_last)
+            relaid.append((w, original))
 
 
 def _diverged(model: nn.Module, best_state: dict[str, Any] | None,

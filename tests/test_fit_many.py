@@ -267,6 +267,29 @@ def test_a_model_vmap_refuses_falls_back_to_fit_at_its_first_step():
             assert torch.equal(a, b)
 
 
+def test_a_failure_while_training_one_by_one_leaves_every_model_as_it_was(monkeypatch):
+    """Out of memory on the second model of a one-by-one fallback: the first model's
+    training is undone too, so a caller that retries the stack (select_many halves it)
+    trains every model once from its starting weights."""
+    from pacsim import many
+
+    real_fit = many.fit
+
+    def fit_or_run_out(model, *args, **kwargs):
+        if model is models[1]:
+            raise many.OUT_OF_MEMORY("out of memory")
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(many, "fit", fit_or_run_out)
+    torch.manual_seed(0)
+    models = [_ReadsAValue() for _ in range(3)]
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    with pytest.warns(UserWarning, match="one by one"), pytest.raises(many.OUT_OF_MEMORY):
+        fit_many(models, [_data("mlp", s) for s in range(3)], epochs=1, **CPU)
+    for m, b in zip(models, before):
+        assert all(torch.equal(v, b[n]) for n, v in m.state_dict().items())
+
+
 def test_running_out_of_memory_in_a_stack_is_not_a_fallback(monkeypatch):
     from pacsim import many
 

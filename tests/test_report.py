@@ -269,6 +269,7 @@ def test_ratio_interval_is_a_paired_bootstrap_over_seeds():
     assert lo < 1 < hi and lo <= sum(a) / sum(base) <= hi
     assert ratio_interval(a, base) == (lo, hi)  # deterministic
     assert ratio_interval([1.0] * (MIN_SEEDS - 1), [1.0] * (MIN_SEEDS - 1)) is None
+    assert ratio_interval([0.5, 0.6, float("nan")], [1.0, 1.0, 1.0]) is None  # no ratio
     with pytest.raises(ValueError, match="paired"):
         ratio_interval([1.0, 2.0, 3.0], [1.0, 2.0])
 

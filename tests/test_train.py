@@ -348,10 +348,40 @@ def test_2d_convolutions_train_channels_last_on_the_cpu_and_come_back(channels_l
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=n)
 
 
-def test_channels_last_takes_none_true_or_false():
+@pytest.mark.parametrize("bad", ["yes", 0, 1])
+def test_channels_last_takes_none_true_or_false(bad):
     with pytest.raises(ValueError, match="channels_last must be None, True or False"):
         fit(make_model("cnn2d"), make_data("cnn2d"), epochs=1, device="cpu",
-            channels_last="yes")
+            channels_last=bad)
+
+
+class _Mixed(torch.nn.Module):
+    """A 2D convolution beside a 3D one and a 4D parameter the user keeps channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c2 = torch.nn.Conv2d(2, 3, 3, padding=1)
+        self.c3 = torch.nn.Conv3d(1, 1, 1)
+        self.scale = torch.nn.Parameter(
+            torch.ones(1, 3, 8, 8).contiguous(memory_format=torch.channels_last))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c2(x) * self.scale
+        return self.c3(y.unsqueeze(1)).squeeze(1).mean(1, keepdim=True)
+
+
+def test_only_2d_convolution_weights_change_layout_and_come_back_in_their_own_tensors():
+    """A 3D convolution (5D weights, which channels-last refuses) and other 4D tensors
+    are left alone; each converted weight ends in its original tensor (storage and
+    strides), holding the trained values."""
+    torch.manual_seed(0)
+    model = _Mixed()
+    w = model.c2.weight
+    ptr, strides, scale_strides = w.data_ptr(), w.stride(), model.scale.stride()
+    before = w.detach().clone()
+    fit(model, make_data("cnn2d"), epochs=2, lr=1e-2, device="cpu", seed=0, batch_size=8)
+    assert w.data_ptr() == ptr and w.stride() == strides and not torch.equal(w, before)
+    assert model.scale.stride() == scale_strides
 
 
 def test_a_channels_last_model_stays_channels_last():

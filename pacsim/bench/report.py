@@ -81,19 +81,20 @@ def ratio_interval(a: Iterable[float], b: Iterable[float], level: float = LEVEL,
                    resamples: int = RESAMPLES) -> tuple[float, float] | None:
     """Paired bootstrap interval of ``mean(a) / mean(b)`` over seeds (``a[i]`` and
     ``b[i]`` from one seed): seeds drawn with replacement, the central ``level`` share of
-    the resampled ratios. None below :data:`MIN_SEEDS` seeds. Deterministic (a fixed
-    generator). With a handful of seeds it is a rough guide to how much of a difference
-    the seeds alone make, not a test."""
+    the resampled ratios. None below :data:`MIN_SEEDS` seeds or with a value that is not
+    finite (its ratio is not defined either). Deterministic (a fixed generator). With a
+    handful of seeds it is a rough guide to how much of a difference the seeds alone
+    make, not a test."""
     x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
     if len(x) != len(y):
         raise ValueError(f"paired values: {len(x)} against {len(y)}")
-    if len(x) < MIN_SEEDS:
+    if len(x) < MIN_SEEDS or not (np.isfinite(x).all() and np.isfinite(y).all()):
         return None
     idx = np.random.default_rng(0).integers(0, len(x), size=(resamples, len(x)))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = x[idx].mean(axis=1) / y[idx].mean(axis=1)
     tail = (1 - level) / 2 * 100
-    lo, hi = np.nanpercentile(ratios, [tail, 100 - tail])
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
     return float(lo), float(hi)
 
 
