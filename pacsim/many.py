@@ -422,9 +422,7 @@ def not_vectorisable(model: nn.Module) -> str | None:
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             return (f"{name} ({type(m).__name__}) draws random numbers, which a stack "
                     f"cannot draw per model as fit does")
-    if len({p.dtype.to_real() for p in model.parameters()}) > 1:  # complex64 is float32's
-        return "its parameters have more than one precision"
-    return None
+    return None  # other precisions than float32 (complex64) are refused by check_float32
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str],
@@ -620,7 +618,7 @@ def fit_many(
     the stack's wall time. The trained weights are written into ``models``. A parameter
     the forward pass does not use is left alone, as ``fit``'s optimiser leaves it.
 
-    Models with BatchNorm statistics, dropout or mixed precisions cannot share a stack:
+    Models with BatchNorm statistics or dropout cannot share a stack:
     they are trained one by one through ``fit``, with a warning saying why; so are models
     whose first stacked step ``torch.func.vmap`` refuses (a forward that reads a tensor's
     value on the host, say), before any of them has changed. Complex parameters (an FNO's
@@ -788,9 +786,9 @@ def fit_many(
                 except OUT_OF_MEMORY:
                     raise  # select_many trains such a stack in halves
                 except Exception as exc:  # vmap's refusals share no exception type
-                    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    detail = (str(exc).strip().splitlines() or [""])[0][:200]
                     return one_by_one(f"torch.func.vmap cannot run its training step "
-                                      f"({type(exc).__name__}: {detail[:200]})")
+                                      f"({type(exc).__name__}: {detail})")
             stack.pull.apply(grad, stack.flat)
             opt.step(stack.flat, grad, f, i)
             stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits

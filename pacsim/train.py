@@ -461,12 +461,10 @@ def _channels_last(model: nn.Module, wanted: bool | None, dev: torch.device,
     optimiser and masks keep them, and no other tensor's layout is touched."""
     if wanted is False or (wanted is None and (dev.type != "cpu" or distributed)):
         return
-    seen: set[int] = set()
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if (isinstance(m, nn.Conv2d) and isinstance(w, nn.Parameter) and id(w) not in seen
-                and not w.is_contiguous(memory_format=torch.channels_last)):
-            seen.add(id(w))
+    weights = {id(m.weight): m.weight for m in model.modules()  # tied weights once
+               if isinstance(m, nn.Conv2d) and isinstance(m.weight, nn.Parameter)}
+    for w in weights.values():
+        if not w.is_contiguous(memory_format=torch.channels_last):
             original = w.data
             w.data = original.contiguous(memory_format=torch.channels_last)
             relaid.append((w, original))

@@ -476,7 +476,7 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
             on_divergence="keep", **group[0].train_args)
     except OUT_OF_MEMORY:
-        # models fit_many trains one by one (its fallback) may be half written: no retry
+        # models fit_many trains one by one (its fallback) need no less memory in halves
         if len(group) == 1 or not_vectorisable(group[0].plan.model) is not None:
             raise
     if torch.cuda.is_available():
