@@ -343,7 +343,7 @@ def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch)
         assert a[m]["status"] == b[m]["status"] == "ok"
         assert a[m]["selection"] == b[m]["selection"], m
         assert a[m]["selection"]["mode"] == "cv" and a[m]["selection"]["folds"] == 3
-        assert a[m]["steps"] == a[m]["selection"]["steps"] <= 6
+        assert a[m]["steps"] == a[m]["selection"]["steps"] <= a[m]["selection"]["horizon"]
         assert a[m]["target"]["rmse"] != b[m]["target"]["rmse"]
     assert set(a["l2sp"]["selection"]["chosen"]) == {"alpha", "lr"}
     assert set(a["pac"]["selection"]["chosen"]) == {"subspace", "lr"}

@@ -38,7 +38,7 @@ def _problem(n=12):
 @pytest.mark.parametrize("method", METHODS)
 def test_select_every_method_on_a_tiny_problem(method):
     model, src, tgt = _problem()
-    sel = SelectionConfig(folds=3, max_steps=12)
+    sel = SelectionConfig(folds=3, max_steps=12, extend=0)
     res = select(method, model, tgt, selection=sel, steps=4, source=src, seed=0, **KW)
     s = res.selection
     assert s["mode"] == "cv" and s["folds"] == 3 and 1 <= s["steps"] <= 12
@@ -58,7 +58,7 @@ def test_stacked_cv_runs_the_same_trainings(method):
     import numpy as np
 
     model, src, tgt = _problem(n=13)
-    sel = SelectionConfig(folds=3, max_steps=12)
+    sel = SelectionConfig(folds=3, max_steps=12, extend=0)
     one = select(method, model, tgt, selection=sel, steps=4, source=src, seed=0, **KW)
     both = select(method, model, tgt, selection=sel, steps=4, source=src, seed=0, stack=True,
                   **KW)
@@ -82,7 +82,7 @@ def test_a_diverging_configuration_is_never_chosen_stacked_or_not(method, batch_
     import math
 
     model, src, tgt = _problem(n=12)
-    sel = SelectionConfig(folds=3, max_steps=12)
+    sel = SelectionConfig(folds=3, max_steps=12, extend=0)
     grid = {"lr": [1e-3, 1e9]}
     kw = {**KW, "batch_size": batch_size}
     runs = [select(method, model, tgt, selection=sel, steps=4, source=src, seed=0,
@@ -112,17 +112,21 @@ def test_a_fold_whose_training_loss_overflows_rules_out_its_configuration():
         return History(train_loss=train, val_loss=val, val_steps=[4, 8, 12][: len(val)],
                        steps=4 * len(train))
 
-    s = SimpleNamespace(configs=[{"lr": 1.0}, {"lr": 0.1}])
+    from pacsim.transfer.selection import _config_key
+
+    configs = [{"lr": 1.0}, {"lr": 0.1}]
+    s = SimpleNamespace(configs=configs, horizons=[12, 12],
+                        key=lambda c, base: _config_key(configs[c]))
     good = [fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5]), fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5])]
     blown_stacked = [fold([1.0, math.inf, math.nan], [0.1, 0.2, 0.3]), good[0]]
     blown_alone = [fold([1.0, math.inf], [0.1]), good[0]]  # what fit leaves behind
     for blown in (blown_stacked, blown_alone):
-        config, step, loss, curves = _choose(s, [blown, good], max_steps=12)
-        assert config == {"lr": 0.1} and step == 12 and loss == pytest.approx(0.5)
+        c, step, loss, curves = _choose(s, [blown, good], max_steps=12)
+        assert configs[c] == {"lr": 0.1} and step == 12 and loss == pytest.approx(0.5)
         early = [v for st, v in curves["lr=1.0"] if 4 <= st < 8]
         assert early and all(v == pytest.approx(0.5) for v in early), "finite before"
         assert all(math.isnan(v) for st, v in curves["lr=1.0"] if st >= 8)
-    assert _choose(s, [good, good], max_steps=12)[0] == {"lr": 1.0}
+    assert _choose(s, [good, good], max_steps=12)[0] == 0
     with pytest.raises(ValueError, match="no finite validation loss"):
         _choose(s, [blown_stacked, blown_alone], max_steps=12)
 
@@ -162,7 +166,7 @@ def test_select_many_stacks_cells_across_methods_and_seeds():
             for m in METHODS:
                 extra = {"allocated": allocated[m]} if m in allocated else {}
                 reqs.append(SelectRequest(m, model, tgt, seed=seed, extra=extra))
-    sel = SelectionConfig(folds=3, max_steps=9)
+    sel = SelectionConfig(folds=3, max_steps=9, extend=0)
     kw = dict(selection=sel, steps=3, device="cpu", batch_size=16)
     many = select_many(reqs, stack=True, **kw)
     assert len(many) == len(reqs)
@@ -197,7 +201,7 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
     model, _, tgt = _problem()
     monkeypatch.setattr(pacsim.train, "schedule_horizon", spy)
     monkeypatch.setattr(pacsim.many, "schedule_horizon", spy)
-    res = select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12),
+    res = select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12, extend=0),
                  steps=4, seed=0, lr_schedule="cosine", stack=stack, **KW)
     assert res.selection["steps"] < 12, "the case needs a final shorter than max_steps"
     assert horizons and all(real(s, b) == 12 for s, b in horizons), horizons
@@ -206,7 +210,7 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
         fit(copy.deepcopy(model), tgt, steps=5, schedule_steps=4, lr_schedule="cosine",
             device="cpu")
     with pytest.raises(ValueError, match="schedule_steps is not a selection argument"):
-        select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12),
+        select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12, extend=0),
                steps=4, lr_schedule="cosine", schedule_steps=20, **KW)
     fixed = select("finetune", model, tgt, selection=SelectionConfig(mode="fixed"), steps=4,
                    lr_schedule="cosine", schedule_steps=20, **KW)  # no CV: fit's argument
@@ -219,7 +223,7 @@ def test_select_many_with_a_schedule_stacks_finals_together():
     model, _, _ = _problem()
     reqs = [SelectRequest("finetune", model, make_data("mlp", n=12, seed=30 + s, shift=0.5),
                           seed=s) for s in range(4)]
-    kw = dict(selection=SelectionConfig(folds=3, max_steps=12), steps=4, device="cpu",
+    kw = dict(selection=SelectionConfig(folds=3, max_steps=12, extend=0), steps=4, device="cpu",
               lr_schedule="cosine")
     many = select_many(reqs, stack=True, max_stack=5, **kw)
     assert len({r.selection["steps"] for r in many}) > 1, "the case needs two budgets"
@@ -237,7 +241,7 @@ def test_a_stack_that_runs_out_of_device_memory_is_trained_in_halves(monkeypatch
     model, src, _ = _problem()
     reqs = [SelectRequest(m, model, make_data("mlp", n=12, seed=40 + s, shift=0.5), seed=s)
             for s in range(2) for m in ("finetune", "l2sp")]
-    kw = dict(selection=SelectionConfig(folds=3, max_steps=8), steps=3, device="cpu",
+    kw = dict(selection=SelectionConfig(folds=3, max_steps=8, extend=0), steps=3, device="cpu",
               stack=True, max_stack=None)
     whole = select_many(reqs, **kw)
     real, sizes = sel_mod.fit_many, []
@@ -273,7 +277,7 @@ def test_select_many_mixes_stacks_with_models_that_cannot_stack():
     tgt_cnn = make_data("cnn1d", n=8, seed=3)
     reqs = [SelectRequest("finetune", mlp, tgt, seed=1), SelectRequest("bitfit", cnn, tgt_cnn),
             SelectRequest("head", mlp, tgt, seed=2)]
-    sel = SelectionConfig(folds=2, max_steps=4)
+    sel = SelectionConfig(folds=2, max_steps=4, extend=0)
     out = select_many(reqs, selection=sel, steps=2, stack=True, device="cpu")
     assert [r.selection["stacked"] for r in out] == [True, False, True]
     assert [r.method for r in out] == ["finetune", "bitfit", "head"]
@@ -290,15 +294,16 @@ def test_stacking_falls_back_where_models_cannot_stack():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = select("finetune", model, tgt, selection=SelectionConfig(folds=2, max_steps=3),
-                     steps=1, seed=0, stack=True, **KW)
+        res = select("finetune", model, tgt,
+                     selection=SelectionConfig(folds=2, max_steps=3, extend=0), steps=1,
+                     seed=0, stack=True, **KW)
     assert res.selection["stacked"] is False
 
 
 def test_auto_stacks_where_measured_faster_on_the_cpu():
     from pacsim.models import CNN
 
-    sel = SelectionConfig(folds=2, max_steps=2)
+    sel = SelectionConfig(folds=2, max_steps=2, extend=0)
     mlp = select("finetune", make_model("mlp"), make_data("mlp", n=6), selection=sel,
                  steps=1, seed=0, stack="auto", **KW)
     torch.manual_seed(0)
@@ -313,7 +318,7 @@ def test_auto_stacks_where_measured_faster_on_the_cpu():
 
 def test_select_is_reproducible_by_seed_and_depends_on_it():
     model, src, tgt = _problem(n=15)
-    sel = SelectionConfig(folds=5, max_steps=20)
+    sel = SelectionConfig(folds=5, max_steps=20, extend=0)
     runs = [select("l2sp", model, tgt, selection=sel, steps=5, seed=s, **KW) for s in (3, 3, 4)]
     a, b, c = runs
     assert a.selection == b.selection
@@ -336,8 +341,8 @@ def test_select_only_sees_the_target_samples_it_is_given(monkeypatch):
         return real(method, source_model, data, **kw)
 
     monkeypatch.setattr(mod, "adapt", spy)
-    select("finetune", model, tgt, selection=SelectionConfig(folds=5, max_steps=5), steps=2,
-           grid={"lr": [1e-3]}, **KW)
+    select("finetune", model, tgt, selection=SelectionConfig(folds=5, max_steps=5, extend=0),
+           steps=2, grid={"lr": [1e-3]}, **KW)
     rows = {tuple(r.tolist()) for r in tgt[0]}
     assert len(seen) == 6
     for x, val in seen[:5]:
@@ -368,7 +373,7 @@ def test_cv_keeps_groups_whole():
     with pytest.raises(ValueError, match="one id per target sample"):
         cv_splits(4, 5, 0, [0, 1])
     model, src, tgt = _problem(n=12)
-    res = select("finetune", model, tgt, selection=SelectionConfig(folds=5, max_steps=6),
+    res = select("finetune", model, tgt, selection=SelectionConfig(folds=5, max_steps=6, extend=0),
                  steps=2, seed=0, groups=np.arange(12) // 4, **KW)
     assert res.selection["folds"] == 3
 
@@ -378,8 +383,8 @@ def test_a_grid_may_be_a_list_of_tables():
     grid = [{"subspace": ["all"], "lr": [1e-3, 1e-2]}, {"subspace": ["last", "biases"]}]
     assert check_grid("pac", grid) == [{"subspace": ["all"], "lr": [1e-3, 1e-2]},
                                        {"subspace": ["last", "biases"]}]
-    res = select("pac", model, tgt, selection=SelectionConfig(folds=3, max_steps=5), steps=2,
-                 source=src, grid=grid, **KW)
+    res = select("pac", model, tgt, selection=SelectionConfig(folds=3, max_steps=5, extend=0),
+                 steps=2, source=src, grid=grid, **KW)
     assert sorted(res.selection["curves"]) == ["lr=0.001,subspace=all", "lr=0.01,subspace=all",
                                                "subspace=biases", "subspace=last"]
     with pytest.raises(ValueError, match="needs train_biases=True"):
@@ -525,3 +530,92 @@ def test_serving_bytes_one_network_plus_mask_for_pac():
     biases = 4 * sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
     bits = -(-res.masks.n_total() // 8)
     assert res.serving_bytes() == n_bytes + bits + biases
+
+
+def _linear_problem():
+    """Noise-free linear regression from zero weights: a short horizon rewards large
+    learning rates and more steps, so a small grid's choice sits at its top edge."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    y = x @ torch.tensor([[3.0], [-2.0], [1.5], [2.5]])
+    model = torch.nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    return model, (x, y)
+
+
+def test_a_choice_at_a_grids_edge_extends_that_axis_until_it_is_interior():
+    model, tgt = _linear_problem()
+    kw = dict(steps=10, grid={"lr": [3e-3, 1e-2]}, device="cpu", batch_size=10)
+    plain = select("finetune", model, tgt, selection=SelectionConfig(
+        folds=4, max_steps=20, extend=0), **kw).selection
+    assert plain["chosen"] == {"lr": 0.01} and not plain["interior"]
+    assert plain["edges"][0].startswith("lr=0.01 at the top of its grid")
+    s = select("finetune", model, tgt, selection=SelectionConfig(folds=4, max_steps=20),
+               **kw).selection
+    # the best learning rate is 10x the grid's top: found by extending the axis
+    assert s["chosen"]["lr"] >= 0.1 and not any(e.startswith("lr=") for e in s["edges"])
+    assert s["cv_loss"] < plain["cv_loss"] / 10
+    tried = sorted(float(k.split(",")[0][3:]) for k in s["curves"])
+    assert max(tried) > s["chosen"]["lr"], "one step past the choice was tried and lost"
+    # more steps always help here: the horizon doubled up to 3 times, then it says so
+    assert s["horizon"] == 160 and s["steps"] > 0.9 * 160
+    assert s["edges"] == [f"steps={s['steps']} at the horizon 160 (the extension limit)"]
+    assert s["configs"] > 4 and s["trainings"] == 4 * s["configs"]
+
+
+def test_extensions_stop_at_bounds_caps_and_option_limits():
+    from pacsim.transfer.selection import _next_value
+
+    assert _next_value("lr", 0.5, 1, 3.0) is None, "the learning rate stays <= 1"
+    assert _next_value("lr", 0.3, 1, 3.0) == 0.9
+    assert _next_value("alpha", 1e-4, -1, 100.0) == 1e-6
+    assert _next_value("lam", 0.0, 1, 3.0) is None, "a geometric axis cannot leave 0"
+    model, tgt = _linear_problem()
+    s = select("finetune", model, tgt, selection=SelectionConfig(
+        folds=4, max_steps=20, max_factor=3), steps=10, grid={"lr": [3e-3, 1e-2]},
+        device="cpu", batch_size=10).selection
+    assert s["horizon"] == 30 and s["edges"][-1].endswith("at the horizon 30 (the step cap)")
+
+
+def test_every_default_grid_searches_the_same_size_and_l2sp_reaches_finetuning():
+    from sklearn.model_selection import ParameterGrid
+
+    assert {len(ParameterGrid(g)) for g in DEFAULT_GRIDS.values()} == {4}
+    assert min(DEFAULT_GRIDS["l2sp"]["alpha"]) <= 1e-4
+    assert max(DEFAULT_GRIDS["l2sp"]["lr"]) == max(DEFAULT_GRIDS["finetune"]["lr"])
+
+
+def test_auto_runs_every_methods_cv_on_the_same_folds_and_retrains_the_lowest():
+    model, src, tgt = _problem()
+    sel = SelectionConfig(folds=3, max_steps=8, extend=0)
+    res = select("auto", model, tgt, selection=sel, steps=4, source=src, seed=0, **KW)
+    auto = res.selection["auto"]
+    assert auto["method"] == "auto" and set(auto["cv_loss"]) == set(METHODS)
+    assert auto["pick"] == min(auto["cv_loss"], key=auto["cv_loss"].get) == res.method
+    one = select(auto["pick"], model, tgt, selection=sel, steps=4, source=src, seed=0, **KW)
+    assert one.selection["cv_loss"] == auto["cv_loss"][auto["pick"]]
+    assert one.selection["chosen"] == res.selection["chosen"]
+    _same_result(res, one)
+    # each candidate's CV loss is the one its own select reports: the same folds
+    other = next(m for m in ("finetune", "head") if m != auto["pick"])
+    assert select(other, model, tgt, selection=sel, steps=4, seed=0, **KW).selection[
+        "cv_loss"] == auto["cv_loss"][other]
+
+
+def test_auto_keep_source_only_picks_pac_methods_and_keeps_the_source_exact():
+    model, src, tgt = _problem()
+    sel = SelectionConfig(folds=3, max_steps=8, extend=0)
+    res = select("auto-keep-source", model, tgt, selection=sel, steps=4, source=src, seed=0,
+                 **KW)
+    assert set(res.selection["auto"]["cv_loss"]) == {"pac", "pac-paper"}
+    assert res.method in ("pac", "pac-paper") and res.masks is not None
+    with pytest.raises(ValueError, match="needs the source data"):
+        select("auto-keep-source", model, tgt, selection=sel, steps=4, **KW)
+    without = select("auto", model, tgt, selection=sel, steps=4, seed=0, **KW)
+    assert not {"pac", "pac-paper"} & set(without.selection["auto"]["cv_loss"])
+    with pytest.raises(ValueError, match="needs selection mode 'cv'"):
+        select("auto", model, tgt, selection=SelectionConfig(mode="fixed"), steps=4, **KW)
+    with pytest.raises(ValueError, match="takes no options"):
+        select("auto", model, tgt, selection=sel, steps=4, grid={"lr": [1e-3]}, **KW)

@@ -137,13 +137,16 @@ OPTIONS: dict[str, type[Options]] = {
 #: for methods without options of their own; L2-SP's strength beside it; for PAC the
 #: calibration subspace (the target's biases only, the last layer's freed entries, every
 #: freed entry: PAC's analogues of BitFit, head and fine-tuning) with the learning rate.
-#: The step count is chosen on top of the grid, from the mean cross-validation curve.
+#: The step count is chosen on top of the grid, from the mean cross-validation curve; a
+#: choice at the edge of a numeric axis (or of the step horizon) extends that axis
+#: geometrically and searches on (:class:`pacsim.transfer.SelectionConfig`'s ``extend``).
 DEFAULT_GRIDS: dict[str, Any] = {
     "scratch": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "finetune": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "head": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
     "bitfit": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-    "l2sp": {"lr": [1e-3, 3e-3], "alpha": [0.01, 0.1]},
+    # from fine-tuning's learning rates; alpha from nearly none (fine-tuning) to strong
+    "l2sp": {"lr": [1e-3, 1e-2], "alpha": [1e-4, 1e-2]},
     # a ladder of calibration subspaces, smallest to largest target capacity
     "pac": [{"subspace": ["biases", "last"], "lr": [1e-2]},
             {"subspace": ["all"], "lr": [1e-3, 1e-2]}],

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 from ..data.batches import as_tensor
 from ..device import resolve_device
 from ..many import OUT_OF_MEMORY, fit_many, not_vectorisable
+from ..method_names import METHODS, PAC_METHODS
 from ..models import FNO
 from ..train import Data, History, TrainingDiverged
 from .methods import TrainingPlan, TransferResult, adapt, allocated_model, training_plan
@@ -46,6 +48,11 @@ class SelectionConfig:
     mode: str = "cv"
     folds: int = 5
     max_steps: int | None = None
+    #: Extensions of a grid axis (or of the step horizon) past its edge, per direction;
+    #: 0 searches the grid as given.
+    extend: int = 3
+    #: The step horizon's cap, in multiples of the fixed budget.
+    max_factor: int = 30
 
     def __post_init__(self) -> None:
         if self.mode not in SELECTION_MODES:
@@ -58,6 +65,10 @@ class SelectionConfig:
                                            or self.max_steps < 1):
             raise ValueError(f"selection max_steps must be a positive integer, "
                              f"got {self.max_steps!r}")
+        for key, low in (("extend", 0), ("max_factor", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"selection {key} must be an integer >= {low}, got {v!r}")
 
     @classmethod
     def from_value(cls, raw: str | Mapping[str, Any] | None) -> SelectionConfig:
@@ -68,10 +79,11 @@ class SelectionConfig:
             return cls(mode=raw)
         if not isinstance(raw, Mapping):
             raise ValueError(f"selection must be a string or a table, got {raw!r}")
-        unknown = sorted(set(raw) - {"mode", "folds", "max_steps"})
+        keys = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(keys))
         if unknown:
             raise ValueError(f"selection has no key {unknown[0]!r} "
-                             "(its keys: mode, folds, max_steps)")
+                             f"(its keys: {', '.join(keys)})")
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,7 +196,10 @@ def select(method: str, source_model: nn.Module, target: Data, *,
 
 @dataclass
 class _Search:
-    """A cross-validated request, ready to train: data, configurations, folds."""
+    """A cross-validated request, ready to train: data, configurations, folds. Every
+    configuration comes from one table of the grid (``origins``) and trains for its own
+    step horizon (``horizons``); ``axes`` holds the values tried so far of each numeric
+    axis of each table, edge extensions included."""
 
     method: str
     source_model: nn.Module
@@ -196,10 +211,32 @@ class _Search:
     configs: list[dict[str, Any]]
     splits: list[Any]
     stacked: bool
+    origins: list[int] = field(default_factory=list)
+    horizons: list[int] = field(default_factory=list)
+    axes: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    extended: Counter[tuple[int, str, int]] = field(default_factory=Counter)
 
     def train_args(self) -> dict[str, Any]:
         """The trainer arguments a stack of this search's trainings passes to fit_many."""
         return {k: self.kwargs[k] for k in _STACK_ARGS if k in self.kwargs}
+
+    def key(self, c: int, base_horizon: int) -> str:
+        """Configuration ``c``'s name in the recorded curves (its horizon when extended)."""
+        key = _config_key(self.configs[c])
+        return key if self.horizons[c] == base_horizon else f"{key},steps<={self.horizons[c]}"
+
+    def add(self, config: dict[str, Any], origin: int, horizon: int) -> int | None:
+        """Add a configuration (None if it was tried already); its index."""
+        for c, (other, h) in enumerate(zip(self.configs, self.horizons)):
+            if other == config and h == horizon and self.origins[c] == origin:
+                return None
+        self.configs.append(config)
+        self.origins.append(origin)
+        self.horizons.append(horizon)
+        for key, value in config.items():
+            if (origin, key) in self.axes and value not in self.axes[(origin, key)]:
+                self.axes[(origin, key)] = sorted([*self.axes[(origin, key)], value])
+        return len(self.configs) - 1
 
 
 def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig | None = None,
@@ -227,10 +264,14 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
                          "anneals a schedule over max_steps and retrains along that path")
     if stack not in (True, False, "auto"):
         raise ValueError(f"stack must be True, False or 'auto', got {stack!r}")
+    asked = list(requests)
+    requests, owners = _expand_auto(asked, kwargs, selection)
     results: list[TransferResult | None] = [None] * len(requests)
     searches: dict[int, _Search] = {}
     for i, req in enumerate(requests):
         rkw = {**kwargs, **req.extra}
+        if asked[owners[i]].method in AUTO_METHODS and req.method not in PAC_METHODS:
+            rkw = {k: v for k, v in rkw.items() if k not in _PAC_ONLY}
         x, y = _as_pair(req.target, "target")
         base = dict(req.options or {})
         method_options(req.method, base)  # refuse a bad option before any training
@@ -245,31 +286,116 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     if not searches:
         return results  # type: ignore[return-value]
     max_steps = selection.max_steps or 3 * steps
+    cap = max(max_steps, selection.max_factor * steps)
     stacked = [i for i, s in searches.items() if s.stacked]
     _max_stack(max_stack, "cpu")  # a bad value is refused before any training
-    histories = _histories_stacked([searches[i] for i in stacked], lr, max_steps, batch_size,
-                                   max_stack)
     for s in searches.values():
-        if not s.stacked:
-            histories[id(s)] = _runs_one_by_one(s, lr, max_steps, batch_size)
-    choices = {i: _choose(s, histories[id(s)], max_steps) for i, s in searches.items()}
-    finals = {i: _resolve(choices[i][0], s.base, lr) for i, s in searches.items()}
+        s.horizons = [max_steps] * len(s.configs)
+    todo = {i: list(range(len(s.configs))) for i, s in searches.items()}
+    histories: dict[int, Histories] = {i: [] for i in searches}
+    while True:
+        # train what is new (the grid, then each round's extensions), stacked where asked
+        trained = _histories_stacked([(searches[i], todo[i]) for i in stacked if todo[i]],
+                                     lr, batch_size, max_stack)
+        for i, s in searches.items():
+            if not todo[i]:
+                continue
+            new = trained[id(s)] if s.stacked else _runs_one_by_one(s, todo[i], lr,
+                                                                    batch_size)
+            histories[i].extend(new)
+        choices = {i: _choose(s, histories[i], max_steps) for i, s in searches.items()}
+        todo = {i: _extend(s, choices[i][0], choices[i][1], selection.extend, max_steps, cap)
+                for i, s in searches.items()}
+        if not any(todo.values()):
+            break
+    picks = _auto_picks(asked, requests, owners, choices)
+    searches = {i: s for i, s in searches.items()
+                if asked[owners[i]].method not in AUTO_METHODS or i in picks}
+    stacked = [i for i in stacked if i in searches]
+    finals = {i: _resolve(s.configs[choices[i][0]], s.base, lr) for i, s in searches.items()}
     done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size,
-                           max_stack, max_steps)
+                           max_stack)
     for i, s in searches.items():
-        config, best_step, best_loss, curves = choices[i]
+        c, best_step, best_loss, curves = choices[i]
+        horizon = s.horizons[c]
         res = done.get(i)
         if res is None:
             res = adapt(s.method, s.source_model, (s.x, s.y), **finals[i], steps=best_step,
                         batch_size=min(batch_size, len(s.x)), seed=s.seed,
-                        **_final_schedule(s.kwargs, max_steps), **s.kwargs)
+                        **_final_schedule(s.kwargs, horizon), **s.kwargs)
+        edges = _edges(s, c, best_step, selection.extend, max_steps, cap)
         res.selection = {
             "mode": "cv", "folds": len(s.splits), "max_steps": max_steps,
-            "stacked": s.stacked, "chosen": dict(config), "steps": best_step,
-            "cv_loss": best_loss, "curves": curves,
+            "stacked": s.stacked, "chosen": dict(s.configs[c]), "steps": best_step,
+            "cv_loss": best_loss, "horizon": horizon, "interior": not edges,
+            "edges": edges, "configs": len(s.configs),
+            "trainings": len(s.configs) * len(s.splits), "curves": curves,
         }
+        if i in picks:
+            res.selection["auto"] = picks[i]
         results[i] = res
-    return results  # type: ignore[return-value]
+    out: list[TransferResult | None] = [None] * len(asked)
+    for j, res in enumerate(results):
+        if res is not None:  # an auto request's candidates that lost have no result
+            out[owners[j]] = res
+    return out  # type: ignore[return-value]
+
+
+#: ``auto`` methods: every method's cross-validation on the same folds, the lowest CV
+#: loss wins and only it is retrained; ``auto-keep-source`` chooses among PAC methods.
+AUTO_METHODS: dict[str, tuple[str, ...]] = {"auto": METHODS, "auto-keep-source": PAC_METHODS}
+_PAC_ONLY = ("source", "source_val", "allocate_kwargs", "allocated")
+
+
+def _expand_auto(requests: list[SelectRequest], kwargs: Mapping[str, Any],
+                 selection: SelectionConfig
+                 ) -> tuple[list[SelectRequest], list[int]]:
+    """Requests with every ``auto`` request replaced by one per candidate method (same
+    seed, hence the same folds); for each, the index of the request it stands for."""
+    out: list[SelectRequest] = []
+    owners: list[int] = []
+    for a, req in enumerate(requests):
+        if req.method not in AUTO_METHODS:
+            out.append(req)
+            owners.append(a)
+            continue
+        if selection.mode != "cv":
+            raise ValueError(f"method {req.method!r} chooses by cross-validation: it needs "
+                             "selection mode 'cv'")
+        if req.options or req.grid is not None:
+            raise ValueError(f"method {req.method!r} takes no options or grid: each "
+                             "candidate searches its own default grid")
+        given = {**kwargs, **req.extra}
+        if "allocated" in given:
+            raise ValueError(f"method {req.method!r} allocates for each PAC method itself: "
+                             "pass source=(X, Y), not allocated=")
+        candidates = [m for m in AUTO_METHODS[req.method]
+                      if m not in PAC_METHODS or given.get("source") is not None]
+        if not any(m in PAC_METHODS for m in candidates) and req.method != "auto":
+            raise ValueError(f"method {req.method!r} needs the source data: pass "
+                             "source=(X, Y)")
+        for m in candidates:
+            out.append(SelectRequest(m, req.source_model, req.target, req.seed, None, None,
+                                     dict(req.extra), req.groups))
+            owners.append(a)
+    return out, owners
+
+
+def _auto_picks(asked: list[SelectRequest], requests: list[SelectRequest],
+                owners: list[int], choices: Mapping[int, Choice]
+                ) -> dict[int, dict[str, Any]]:
+    """For each ``auto`` request, its candidate with the lowest CV loss (first in method
+    order on a tie): request index -> what the record says of the pick."""
+    picks = {}
+    for a, req in enumerate(asked):
+        mine = [i for i, o in enumerate(owners) if o == a]
+        if req.method not in AUTO_METHODS or not mine:
+            continue
+        losses = {requests[i].method: choices[i][2] for i in mine}
+        best = min(mine, key=lambda i: choices[i][2])
+        picks[best] = {"method": req.method, "pick": requests[best].method,
+                       "cv_loss": losses}
+    return picks
 
 
 def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str, Any],
@@ -295,9 +421,14 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
     splits = cv_splits(n, selection.folds, req.seed, req.groups)
     space = check_grid(req.method, DEFAULT_GRIDS[req.method] if req.grid is None
                        else req.grid)
-    configs = list(ParameterGrid(space)) if space else [{}]
-    return _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, configs,
-                   splits, will_stack(req.source_model, stack, kwargs))
+    tables = space if isinstance(space, list) else [space]
+    search = _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, [],
+                     splits, will_stack(req.source_model, stack, kwargs))
+    for t, table in enumerate(tables):
+        search.axes.update({(t, k): sorted(v) for k, v in table.items() if _numeric(v)})
+        for config in ParameterGrid(table) if table else [{}]:
+            search.add(dict(config), t, 0)
+    return search
 
 
 def cv_splits(n: int, folds: int, seed: int, groups: Any = None
@@ -321,29 +452,114 @@ def cv_splits(n: int, folds: int, seed: int, groups: Any = None
     return list(GroupKFold(k, shuffle=True, random_state=seed).split(np.arange(n), groups=g))
 
 
-Choice = tuple[dict[str, Any], int, float, dict[str, list[list[float]]]]
+Choice = tuple[int, int, float, dict[str, list[list[float]]]]
+
+#: A chosen step count above this share of its configuration's horizon is at the
+#: horizon's edge: the horizon doubles (up to the cap) and the configuration trains again.
+EDGE_FRACTION = 0.9
+#: The step of an extension of a one-valued axis (a value that has no neighbour yet).
+DEFAULT_STEP = 3.0
+#: Bounds no extension crosses: the learning rate's top.
+AXIS_BOUNDS = {"lr": (0.0, 1.0)}
 
 
-def _choose(s: _Search, histories: list[list[History]], max_steps: int) -> Choice:
-    """The configuration and step count with the lowest mean fold curve (first minimum
-    wins: grid order, then fewest steps), its CV loss and the thinned curves. A
-    configuration where a fold diverged (a training loss not finite) is never chosen."""
-    grid_steps = np.arange(1, max_steps + 1)
-    curves = {_config_key(c): np.mean([_fold_curve(h, grid_steps) for h in hs], axis=0)
-              for c, hs in zip(s.configs, histories)}
-    best_key, best_config, best_step, best_loss = None, s.configs[0], 1, math.inf
-    for config in s.configs:
-        key = _config_key(config)
-        if np.isnan(curves[key]).any():
+def _numeric(values: Sequence[Any]) -> bool:
+    """Whether a grid axis is numeric (floats, not bools): one CV may extend past its edge."""
+    return all(isinstance(v, float) for v in values)
+
+
+def _choose(s: _Search, histories: Histories, max_steps: int) -> Choice:
+    """The configuration (its index) and step count with the lowest mean fold curve
+    (first minimum wins: grid order, then fewest steps), its CV loss and the thinned
+    curves. A configuration where a fold diverged (a training loss not finite) is never
+    chosen."""
+    curves, best, best_step, best_loss = {}, None, 1, math.inf
+    for c, hs in enumerate(histories):
+        grid_steps = np.arange(1, s.horizons[c] + 1)
+        curve = np.mean([_fold_curve(h, grid_steps) for h in hs], axis=0)
+        curves[s.key(c, max_steps)] = _thin(grid_steps, curve)
+        if np.isnan(curve).any():
             continue
-        i = int(np.argmin(curves[key]))
-        if curves[key][i] < best_loss:
-            best_key, best_config, best_step, best_loss = key, config, int(grid_steps[i]), \
-                float(curves[key][i])
-    if best_key is None:
+        i = int(np.argmin(curve))
+        if curve[i] < best_loss:
+            best, best_step, best_loss = c, int(grid_steps[i]), float(curve[i])
+    if best is None:
         raise ValueError("cross-validation produced no finite validation loss")
-    return (best_config, best_step, best_loss,
-            {k: _thin(grid_steps, c) for k, c in curves.items()})
+    return best, best_step, best_loss, curves
+
+
+def _axis_edges(s: _Search, c: int) -> list[tuple[str, float, int, float]]:
+    """(axis, value, direction, step) for each numeric axis where configuration ``c``
+    sits at an edge of the values tried: direction +1 at the top, -1 at the bottom (both
+    for a one-valued axis); ``step`` the geometric factor to the next value out."""
+    out = []
+    for key, value in s.configs[c].items():
+        vals = s.axes.get((s.origins[c], key))
+        if not vals:
+            continue
+        for direction, edge, near in ((1, vals[-1], vals[-2] if len(vals) > 1 else None),
+                                      (-1, vals[0], vals[1] if len(vals) > 1 else None)):
+            if value != edge:
+                continue
+            step = (edge / near) ** direction if near and edge else DEFAULT_STEP
+            out.append((key, value, direction, max(step, 1.0 + 1e-9)))
+    return out
+
+
+def _next_value(key: str, value: float, direction: int, step: float) -> float | None:
+    """The next value out from an edge (3 significant digits), None past a bound."""
+    low, high = AXIS_BOUNDS.get(key, (0.0, math.inf))
+    if value <= 0:
+        return None  # a geometric axis cannot move out from 0
+    nxt = float(f"{value * step ** direction:.3g}")
+    return nxt if low < nxt <= high and nxt != value else None
+
+
+def _extend(s: _Search, c: int, best_step: int, extend: int, base: int, cap: int
+            ) -> list[int]:
+    """Configurations to train next because configuration ``c`` was chosen at an edge:
+    one per numeric axis at its edge (the value one geometric step out, up to ``extend``
+    steps per axis and direction) and, when the chosen step count is at the horizon, the
+    same configuration with its horizon doubled (up to ``extend`` doublings of the
+    ``base`` horizon and at most ``cap``). Their indices."""
+    new = []
+    for key, value, direction, step in _axis_edges(s, c):
+        counted = (s.origins[c], key, direction)
+        nxt = _next_value(key, value, direction, step)
+        if s.extended[counted] >= extend or nxt is None:
+            continue
+        if key not in TRAIN_GRID_KEYS:
+            try:
+                method_options(s.method, {**s.base, key: nxt})
+            except ValueError:
+                continue  # past what the option allows
+        added = s.add({**s.configs[c], key: nxt}, s.origins[c], s.horizons[c])
+        if added is not None:
+            s.extended[counted] += 1
+            new.append(added)
+    h = s.horizons[c]
+    if best_step > EDGE_FRACTION * h and h < min(cap, base << extend):
+        added = s.add(dict(s.configs[c]), s.origins[c], min(2 * h, cap))
+        if added is not None:
+            new.append(added)
+    return new
+
+
+def _edges(s: _Search, c: int, best_step: int, extend: int, base: int, cap: int
+           ) -> list[str]:
+    """Where the final choice still sits at an edge, and why it could not move on."""
+    out = []
+    for key, value, direction, step in _axis_edges(s, c):
+        side = "top" if direction > 0 else "bottom"
+        why = ("a bound" if _next_value(key, value, direction, step) is None
+               else "the extension limit" if s.extended[(s.origins[c], key, direction)]
+               >= extend else "an option's limit")
+        out.append(f"{key}={value:g} at the {side} of its grid ({why})")
+    h = s.horizons[c]
+    if best_step > EDGE_FRACTION * h:
+        why = "the step cap" if h >= cap else "the extension limit"
+        out.append(f"steps={best_step} at the horizon {h} ({why})")
+    return out
 
 
 Histories = list[list[History]]  # per configuration, per fold
@@ -388,17 +604,18 @@ def _grid_convolutions(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def _runs_one_by_one(s: _Search, lr: float, max_steps: int, batch_size: int) -> Histories:
+def _runs_one_by_one(s: _Search, which: Sequence[int], lr: float, batch_size: int
+                     ) -> Histories:
     out = []
-    for config in s.configs:
+    for c in which:
         hs = []
         for train_idx, val_idx in s.splits:
             try:
                 h = adapt(s.method, s.source_model, (s.x[train_idx], s.y[train_idx]),
                           val=(s.x[val_idx], s.y[val_idx]), restore_best=False,
-                          **_resolve(config, s.base, lr), steps=max_steps,
+                          **_resolve(s.configs[c], s.base, lr), steps=s.horizons[c],
                           batch_size=min(batch_size, len(train_idx)), seed=s.seed,
-                          **s.kwargs).history
+                          **_final_schedule(s.kwargs, s.horizons[c]), **s.kwargs).history
             except TrainingDiverged as err:
                 # as in a stack: the fold's curve is NaN from the diverged epoch on
                 # (_fold_curve) and its configuration is never chosen
@@ -488,28 +705,30 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             + _fit_stack(group[half:], batch_size, restore_best))
 
 
-def _histories_stacked(searches: list[_Search], lr: float, max_steps: int, batch_size: int,
+def _histories_stacked(work: list[tuple[_Search, list[int]]], lr: float, batch_size: int,
                        max_stack: int | str | None) -> dict[int, Histories]:
-    """The same trainings as :func:`_runs_one_by_one` for every search, stacked."""
+    """The same trainings as :func:`_runs_one_by_one` for every search's listed
+    configurations, stacked: search id -> histories of those configurations, in order."""
     jobs: list[_Job] = []
-    where: list[tuple[int, int, int]] = []  # (search, config, fold) of each job
-    for si, s in enumerate(searches):
+    where: list[tuple[int, int, int]] = []  # (search, position in its list, fold)
+    for si, (s, which) in enumerate(work):
         train_args = s.train_args()
-        for c, config in enumerate(s.configs):
-            resolved = _resolve(config, s.base, lr)
+        for pos, c in enumerate(which):
+            resolved = _resolve(s.configs[c], s.base, lr)
             opts = method_options(s.method, resolved["options"])
             for f, (train_idx, val_idx) in enumerate(s.splits):
                 plan = training_plan(s.method, s.source_model, opts, seed=s.seed,
                                      allocated=s.kwargs.get("allocated"))
                 jobs.append(_Job(plan, (s.x[train_idx], s.y[train_idx]),
                                  (s.x[val_idx], s.y[val_idx]), resolved["lr"], s.seed,
-                                 max_steps, train_args))
-                where.append((si, c, f))
+                                 s.horizons[c],
+                                 {**train_args, **_final_schedule(s.kwargs, s.horizons[c])}))
+                where.append((si, pos, f))
     histories = _run_jobs(jobs, batch_size, restore_best=False, max_stack=max_stack)
     out: dict[int, Histories] = {
-        id(s): [[History()] * len(s.splits) for _ in s.configs] for s in searches}
-    for (si, c, f), h in zip(where, histories):
-        out[id(searches[si])][c][f] = h
+        id(s): [[History()] * len(s.splits) for _ in which] for s, which in work}
+    for (si, pos, f), h in zip(where, histories):
+        out[id(work[si][0])][pos][f] = h
     return out
 
 
@@ -520,8 +739,8 @@ def _final_schedule(train_args: Mapping[str, Any], max_steps: int) -> dict[str, 
 
 
 def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, Any]],
-                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None,
-                    max_steps: int) -> dict[int, TransferResult]:
+                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None
+                    ) -> dict[int, TransferResult]:
     """The final retrains of stacked searches (all n samples, the chosen configuration
     and step count), stacked; the same trainings :func:`adapt` would run."""
     jobs, order = [], []
@@ -530,8 +749,9 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
         plan = training_plan(s.method, s.source_model, opts, seed=s.seed,
                              allocated=s.kwargs.get("allocated"), final=True,
                              device=s.kwargs.get("device", "auto"))
+        horizon = s.horizons[choices[i][0]]
         jobs.append(_Job(plan, (s.x, s.y), None, finals[i]["lr"], s.seed, choices[i][1],
-                         {**s.train_args(), **_final_schedule(s.kwargs, max_steps)}))
+                         {**s.train_args(), **_final_schedule(s.kwargs, horizon)}))
         order.append((i, opts))
     out = {}
     for (i, opts), job, h in zip(order, jobs, _run_jobs(jobs, batch_size, restore_best=True,
