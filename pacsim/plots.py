@@ -29,7 +29,8 @@ from .method_names import BASELINES, PAC_METHODS  # noqa: E402,F401 - used by th
 from .method_names import METHODS as METHOD_ORDER  # noqa: E402
 
 COLORS = {"scratch": "#999999", "finetune": "#1f77b4", "head": "#9467bd", "l2sp": "#2ca02c",
-          "bitfit": "#8c564b", "pac-paper": "#ff7f0e", "pac": "#d62728"}
+          "bitfit": "#8c564b", "pac-paper": "#ff7f0e", "pac": "#d62728", "auto": "#000000",
+          "auto-keep-source": "#e377c2"}
 
 
 def ok_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,6 +108,25 @@ def error_vs_n(records: Sequence[dict[str, Any]], pair: str, metric: str = "rmse
     ax.set_title(pair)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def performance_profile(profile: dict[str, Sequence[float]], taus: Sequence[float]) -> Figure:
+    """Dolan-More performance profile: per method, the share of problems within a factor
+    tau of the best method's error, against tau (higher and further left is better)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, shares in profile.items():
+        ax.step(taus, shares, where="post", color=COLORS.get(m), label=m,
+                lw=2.2 if m in PAC_METHODS or m.startswith("auto") else 1.2,
+                ls="--" if m.startswith("auto") else "-")
+    ax.set_xlim(taus[0], taus[-1])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("tau (error / best method's error on the problem)")
+    ax.set_ylabel("share of (pair, n) problems within tau")
+    ax.set_title("Performance profile")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
 

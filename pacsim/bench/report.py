@@ -33,6 +33,17 @@ from ..plots import (
     paired,
     tradeoff_points,
 )
+from .profiles import (
+    TAUS,
+    auto_records,
+    edge_cells,
+    first_lines,
+    performance_profile,
+    problem_means,
+    ratio_summary,
+    ratios_to_best,
+    selection_cost,
+)
 from .results import RESULTS, latest, read_results
 
 #: The reference of the paired win-rate tables.
@@ -428,6 +439,9 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         first = str(failed[0].get("error", "no error recorded")).strip().splitlines()
         raise ValueError(f"{out}: no successful cells ({len(failed)} failed; first: "
                          f"{(first or ['?'])[0][:160]})")
+    run = records
+    records = records + auto_records(records)  # auto, derived from the cells' CV losses
+    ok = ok_records(records)
     g = grid(records)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
@@ -442,7 +456,10 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
     pairs = sorted({r["pair"] for r in ok})
     first = ok[0] if ok else records[0]
     md = [f"# pacsim benchmark report: `{out.name}`", ""]
-    md += [f"{len(ok)} cells finished, {len(failed)} failed; device "
+    answer = first_lines(records)
+    if answer:
+        md += answer + [""]
+    md += [f"{len(ok_records(run))} cells finished, {len(failed)} failed; device "
            f"`{first.get('device', '?')}`, versions `{first.get('versions', {})}`.", ""]
     machine = out / "machine.json"
     machine_info: dict[str, Any] = {}
@@ -453,6 +470,7 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
                + f"), suite `{info.get('suite', '?')}`, {info.get('jobs', '?')} job(s).", ""]
     md += [selection_header(records), ""]
     md += ["## Summary", ""] + summary_lines(records) + [""]
+    md += _which_method_section(records, save)
     table = verdict_table(records)
     if table:
         md += [f"PAC / best baseline target RMSE (means over seeds; below {WIN} wins, "
@@ -536,6 +554,57 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         md.append("")
     text = "\n".join(md)
     return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def _which_method_section(records: Records, save: Any) -> list[str]:
+    """Every method (and ``auto``) against the per-problem best baseline, the performance
+    profile, what selection cost per method, and the cells still chosen at an edge."""
+    means = problem_means(records)
+    rows = ratio_summary(ratios_to_best(means))
+    if not rows:
+        return []
+    md = ["## Which method to use", "",
+          "Each method's mean target RMSE over the per-problem best baseline (a problem is "
+          "one pair and n; the best baseline is picked per problem on test data, so it is "
+          "an oracle no single method can be known to match in advance). `auto` picks, per "
+          "cell, the method with the lowest cross-validation loss on the target samples; "
+          "`auto-keep-source` only among the PAC methods, which keep the source exactly.", "",
+          "| method | geometric mean | worst | worst at | problems |", "|---|---|---|---|---|"]
+    md += [f"| {r['method']} | {r['geomean']:.3f} | {r['worst']:.2f} | {r['worst_at'][0]} "
+           f"n={r['worst_at'][1]} | {r['problems']} |" for r in rows]
+    methods = methods_in({"method": m} for by in means.values() for m in by)
+    prof = performance_profile(means, methods, TAUS, reference=[
+        m for m in methods if m not in ("auto", "auto-keep-source")])
+    fig = save(plots.performance_profile(prof, TAUS), "performance_profile.png")
+    at = [1.0, 1.05, 1.15, 1.5]
+    md += ["", "Performance profile (Dolan and More): the share of problems where a method's "
+           "mean error is within tau times the best method's.", "",
+           f"![performance profile]({fig})", "",
+           "| method | " + " | ".join(f"tau={t:g}" for t in at) + " |",
+           "|---|" + "---|" * len(at)]
+    for m in methods:
+        md.append(f"| {m} | " + " | ".join(f"{prof[m][TAUS.index(t)]:.0%}" for t in at)
+                  + " |")
+    cost = selection_cost(records)
+    if cost:
+        md += ["", "Selection cost per cell (cross-validation on the target samples, edge "
+               "extensions included, and the final retrain; a batched cell's seconds are "
+               "its share of the batch):", "",
+               "| method | cells | configurations | trainings | seconds | chosen inside "
+               "every grid axis and horizon |", "|---|---|---|---|---|---|"]
+        md += [f"| {c['method']} | {c['cells']} | {_mean(c['configs'])} | "
+               f"{_mean(c['trainings'])} | {c['seconds']:.1f} | "
+               f"{'-' if c['interior'] is None else format(c['interior'], '.0%')} |"
+               for c in cost]
+    edges = edge_cells(records)
+    md += ["", f"Cells whose final choice is still at an edge: {len(edges)}."]
+    if edges:
+        md += [""] + [f"- {e}" for e in edges]
+    return md + [""]
+
+
+def _mean(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def compute_section(ok: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
