@@ -301,3 +301,15 @@ def test_report_gives_seed_noise_intervals_from_three_seeds(tmp_path):
     two = [r for r in records if r["seed"] < 2]
     assert "(" not in "\n".join(verdict_table(two)).split("|---|")[-1]
     assert "Seed noise" not in "\n".join(summary_lines(two))
+
+
+def test_report_answers_which_method_first_with_profiles(tmp_path):
+    out = _write(tmp_path, _records())
+    text = write_report(out).read_text()
+    first = text.split("\n")[2]
+    assert first.startswith("- **Safest single method: `"), first
+    section = _section(text, "Which method to use")
+    assert "| method | geometric mean | worst | worst at | problems |" in section
+    assert "![performance profile](figures/performance_profile.png)" in section
+    assert (out / "figures" / "performance_profile.png").stat().st_size > 0
+    assert "| auto |" in section and "Cells whose final choice is still at an edge" in section

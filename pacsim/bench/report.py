@@ -470,7 +470,6 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
                + f"), suite `{info.get('suite', '?')}`, {info.get('jobs', '?')} job(s).", ""]
     md += [selection_header(records), ""]
     md += ["## Summary", ""] + summary_lines(records) + [""]
-    md += _which_method_section(records, save)
     table = verdict_table(records)
     if table:
         md += [f"PAC / best baseline target RMSE (means over seeds; below {WIN} wins, "
@@ -478,6 +477,7 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
                f"seeds on, the ratio's {LEVEL:.0%} paired bootstrap interval over seeds: "
                "where it holds 1, the seeds alone could turn the verdict):",
                ""] + table + [""]
+    md += _which_method_section(records, save)
     modes = {selection_mode(r) for r in ok}
     how = ("the same step budget and options" if modes == {"fixed"} else
            "the same folds and grid budget, hyper-parameters chosen on the target samples "
