@@ -131,7 +131,12 @@ def _workflow_parsers(sub: Any) -> None:
     x.add_argument("checkpoint", help="source checkpoint (from pacsim train)")
     x.add_argument("target", help="target pacsim-h5 file")
     x.add_argument("--method", default="pac",
-                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit or scratch")
+                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit, scratch, or "
+                        "auto: every method's CV on the same folds, the lowest CV loss "
+                        "retrained")
+    x.add_argument("--keep-source", action="store_true",
+                   help="with --method auto: choose among the PAC methods only, so the "
+                        "source setting stays exact")
     x.add_argument("--n", type=int, default=None,
                    help="use N samples of the target train split (default: all)")
     x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -236,7 +241,8 @@ def _transfer(args: argparse.Namespace) -> int:
                        lr=args.lr, batch_size=args.batch_size,
                        weight_decay=args.weight_decay, allocate_epochs=args.allocate_epochs,
                        device=args.device, seed=args.seed, setting=args.setting,
-                       extend_ratio=args.extend_ratio, overwrite=args.overwrite)
+                       extend_ratio=args.extend_ratio, keep_source=args.keep_source,
+                       overwrite=args.overwrite)
     return 0
 
 

@@ -322,3 +322,25 @@ def test_adding_a_setting_without_the_previous_data_says_so(cli, files, tmp_path
                           "--out", tmp_path / "t2n.pt")
     assert code == 0, err
     assert "note: the data" in text and "without retraining" in text
+
+
+def test_transfer_method_auto_picks_by_cv_and_keep_source_keeps_a_pac_network(cli, files):
+    code, text, err = _transfer(cli, files, "auto.pt", "--method", "auto", "--folds", "2")
+    assert code == 0, err
+    _, masks, meta = load_checkpoint(files / "auto.pt")
+    auto = meta["selection"]["auto"]
+    assert auto["method"] == "auto" and len(auto["cv_loss"]) == 7
+    assert meta["method"] == auto["pick"] == min(auto["cv_loss"], key=auto["cv_loss"].get)
+    assert f"auto picked {auto['pick']}" in text
+    code, text, err = _transfer(cli, files, "auto_keep.pt", "--method", "auto",
+                                "--keep-source", "--folds", "2")
+    assert code == 0, err
+    _, masks, meta = load_checkpoint(files / "auto_keep.pt")
+    assert set(meta["selection"]["auto"]["cv_loss"]) == {"pac", "pac-paper"}
+    assert meta["method"] in ("pac", "pac-paper") and masks is not None
+    assert "source val (source view)" in text
+    for bad, why in ((("--method", "finetune", "--keep-source"), "--keep-source chooses"),
+                     (("--method", "auto", "--set", "lr=0.1"), "takes no --set"),
+                     (("--method", "auto", "--select", "fixed"), "needs --select cv")):
+        code, _, err = _transfer(cli, files, "bad.pt", *bad)
+        assert code == 2 and why in err and not (files / "bad.pt").exists()

@@ -24,11 +24,13 @@ from ..data.format import FileInfo
 from ..distributed import init_from_env, is_main, launched
 from ..fsutil import check_not_input
 from ..io import load_checkpoint, save_checkpoint
+from ..method_names import PAC_METHODS
 from ..models.physical import PhysicalModel
 from ..models.sizing import default_model, for_data
 from ..train import evaluate, fit
 from ..transfer import METHODS, SelectionConfig, select
 from ..transfer.options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, method_options
+from ..transfer.selection import AUTO_METHODS
 from .provenance import check_out, check_shapes, data_record, file_fingerprint, file_info
 
 Log = Callable[[str], Any]
@@ -205,8 +207,9 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
                        lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
                        allocate_epochs: int | None = None, device: str = "auto",
                        seed: int = 0, setting: str | None = None, extend_ratio: float = 0.5,
-                       overwrite: bool = False, progress: bool | None = None,
-                       log: Log | None = None) -> dict[str, Any]:
+                       keep_source: bool = False, overwrite: bool = False,
+                       progress: bool | None = None, log: Log | None = None
+                       ) -> dict[str, Any]:
     """Transfer the surrogate in ``checkpoint`` to ``target``'s train split (its first
     ``n`` samples drawn by ``seed``, default all) with ``method`` and write ``out``.
 
@@ -224,13 +227,30 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     setting's entries for it, after retraining that setting's remaining entries for
     ``steps`` steps on the samples it was calibrated on, when its recorded file is
     unchanged; every earlier setting stays exact).
+    ``method="auto"`` runs every method's cross-validation on the same folds and
+    retrains the one with the lowest CV loss (``keep_source``: among the PAC methods only,
+    so the source view stays exact); the checkpoint records the pick and every
+    candidate's CV loss.
     Returns the new checkpoint's metadata.
     """
     say = _log(log)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if keep_source and method != "auto":
+        raise ValueError(f"--keep-source chooses among PAC methods with --method auto; "
+                         f"{method!r} is one method")
+    if method == "auto" and keep_source:
+        method = "auto-keep-source"
+    auto = method in AUTO_METHODS
+    if method not in METHODS and not auto:
+        raise ValueError(f"unknown method {method!r}; choose one of "
+                         f"{[*METHODS, 'auto']}")
     opts = dict(options or {})
-    method_options(method, opts)  # a bad option fails before anything is read
+    if auto and opts:
+        raise ValueError(f"--method {method} takes no --set: each candidate searches its own "
+                         "default grid")
+    if auto and selection != "cv":
+        raise ValueError(f"--method {method} chooses by cross-validation: it needs --select cv")
+    if not auto:
+        method_options(method, opts)  # a bad option fails before anything is read
     if allocate_epochs is not None and allocate_epochs < 1:
         raise ValueError(f"--allocate-epochs must be >= 1, got {allocate_epochs}")
     cfg = SelectionConfig(mode=selection, folds=folds)
@@ -240,7 +260,10 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     if "normalizer" not in meta:
         raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
                          "pacsim train)")
-    is_pac = method.startswith("pac")
+    is_pac = method in PAC_METHODS or method == "auto-keep-source"
+    if method == "auto" and masks is not None:
+        raise ValueError(f"{checkpoint} is a PAC network: name the method that adds a "
+                         "setting to it (--method pac), or --method auto --keep-source")
     extending = is_pac and masks is not None
     if setting is not None and not is_pac:
         raise ValueError(f"--setting names a setting of a PAC network; {method!r} makes one "
@@ -282,8 +305,14 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
             src_path, _, src_record = _source_data(checkpoint, meta, source)
         except (ValueError, FileNotFoundError) as exc:
             say(f"note: no source view check ({exc})")
-    elif is_pac:
-        src_path, src_info, src_record = _source_data(checkpoint, meta, source)
+    elif is_pac or auto:
+        try:
+            src_path, src_info, src_record = _source_data(checkpoint, meta, source)
+        except (ValueError, FileNotFoundError) as exc:
+            if is_pac:
+                raise
+            say(f"note: auto without the PAC methods ({exc})")
+    if src_path is not None and not extending:
         check_shapes(model, meta, checkpoint, src_path, src_info)
         src_train = _split(src_path, "train", normalize=normalizer)
         if src_train is None:
@@ -304,7 +333,8 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     say(f"{method}: {n} target samples of {target}, selection {selection}"
         + (f" ({cfg.folds}-fold CV)" if selection == "cv" else "") + f", device {dev}")
     fixed = set(opts) | ({"lr"} if selection == "fixed" else set())
-    grid = _grid_without(method, fixed - set(TRAIN_GRID_KEYS)) if selection == "cv" else None
+    grid = (_grid_without(method, fixed - set(TRAIN_GRID_KEYS))
+            if selection == "cv" and not auto else None)
     res = select(method, model, (x, y), selection=cfg, steps=steps, grid=grid, options=opts,
                  lr=lr, batch_size=batch_size, seed=seed, device=dev,
                  weight_decay=weight_decay, progress=progress if is_main() else False,
@@ -314,7 +344,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     record: dict[str, Any] = {
         "kind": "target",
         "model": meta.get("model"),
-        "method": method,
+        "method": res.method,
         "options": res.extra.get("options", {}),
         "selection": {k: v for k, v in (res.selection or {}).items() if k != "curves"},
         "n": n,
@@ -347,6 +377,11 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
                                      masks=res.masks, device=dev)
         record["metrics"].update(source_val_before=src_before, source_val_view=src_after)
         _report(say, "source val (source view)", src_before, src_after)
+    if res.selection and "auto" in res.selection:
+        losses = res.selection["auto"]["cv_loss"]
+        say(f"{method} picked {res.method} (CV loss "
+            + ", ".join(f"{m} {v:.4g}" for m, v in sorted(losses.items(), key=lambda kv: kv[1]))
+            + ")")
     if res.selection and res.selection.get("mode") == "cv":
         say(f"chosen by CV on the {n} target samples: {json.dumps(res.selection['chosen'])}, "
             f"{res.selection['steps']} steps")
