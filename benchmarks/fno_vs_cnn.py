@@ -1,7 +1,7 @@
 """Source-model accuracy of Fourier neural operators against the suites' CNN on burgers1d,
 at equal or smaller training time.
 
-The data is the full suite's burgers1d pair (``benchmarks/suites/full.toml``: 500 source
+The data is the full suite's burgers1d pair (``benchmarks/suites/full-v2.toml``: 500 source
 samples, 400/50/50 train/val/test, nx = 128), built if missing and normalised as the
 benchmark does. Every model trains as the suite trains its source model (Adam, batch 64,
 cosine schedule) for each epoch budget and learning rate of the grid, on each seed, with
@@ -126,7 +126,7 @@ def pac_check(data: PairData, model: torch.nn.Module, label: str, lr: float) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default="benchmarks/suites/full.toml")
+    ap.add_argument("--suite", default="benchmarks/suites/full-v2.toml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 40])
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])

@@ -7,13 +7,15 @@
 #     fit vs fit_many for the suites' FNOs, where neuraloperator is there), and
 #     the quick suite's stackable pairs with one cell a task against --batch-cells 64.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
-#     the whole full suite (315 cells) with the defaults on the GPU, 8 jobs, from the
-#     datasets in datasets/built/full (bring them along, 14 MB: the diode simulator needs
-#     DEVSIM, which a stock PyTorch image lacks). The FNO pairs need neuraloperator: where
-#     it is missing, the wheels in .whl (made here by `bash benchmarks/gpu_wheels.sh`,
-#     brought along) are installed into /tmp/site; without either, the suite runs less
-#     its two FNO pairs (245 cells). A run cut off at the limit leaves the cells it
-#     finished in $OUT/full/results.jsonl (a rerun resumes).
+#     the full suite (665 cells: n = 10, 30, 100, 300, 5 seeds, selection extending any
+#     edge choice) with the defaults on the GPU, 8 jobs, from the datasets in
+#     datasets/built/full (bring them along: the diode simulator needs DEVSIM, which a
+#     stock PyTorch image lacks). burgers1d and darcy2d use FNOs, which need
+#     neuraloperator: where it is missing, the wheels in .whl (made here by
+#     `bash benchmarks/gpu_wheels.sh`, brought along) are installed into /tmp/site;
+#     without either, the suite runs friedman, pendulum and diode only (385 cells). A run
+#     cut off at the limit leaves the cells it finished in $OUT/full/results.jsonl (a
+#     rerun resumes; the report marks what is missing).
 set -u
 MODE=${1:-quick}
 OUT=${OUT:-/tmp/pacsim-gpu}
@@ -57,7 +59,7 @@ full)
         mkdir -p /tmp/pacsim-sub
         SUITE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks')
 from pathlib import Path; from batch_cells import _subset
-print(_subset(Path('$SUITE'), ['friedman', 'pendulum', 'diode', 'burgers1d', 'darcy2d'],
+print(_subset(Path('$SUITE'), ['friedman', 'pendulum', 'diode'],
               Path('/tmp/pacsim-sub')))")
         echo "no neuraloperator: the full suite without its FNO pairs ($SUITE)" \
             | tee -a "$OUT/steps.txt"

@@ -39,7 +39,7 @@ VARIANTS: dict[str, tuple[Any, dict[str, Any]]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default="benchmarks/suites/full.toml")
+    ap.add_argument("--suite", default="benchmarks/suites/full-v2.toml")
     ap.add_argument("--results", default="benchmarks/results/full")
     ap.add_argument("--pairs", nargs="+", default=["friedman", "pendulum"])
     ap.add_argument("--n", nargs="+", type=int, default=[10, 100])
