@@ -316,3 +316,12 @@ def test_report_answers_which_method_first_with_profiles(tmp_path):
     assert "![performance profile](figures/performance_profile.png)" in section
     assert (out / "figures" / "performance_profile.png").stat().st_size > 0
     assert "| auto |" in section and "Cells whose final choice is still at an edge" in section
+
+
+def test_report_marks_pairs_whose_planned_cells_have_not_all_finished(tmp_path):
+    out = _write(tmp_path, _records())
+    (out / "machine.json").write_text(json.dumps({"planned": {"near": 100, "far": 2}}))
+    text = write_report(out).read_text()
+    ok_near = sum(1 for r in _records() if r["pair"] == "near" and r["status"] == "ok")
+    assert f"**Incomplete**: cells finished of those planned, per pair: near ({ok_near} of " \
+           "100);" in text

@@ -468,6 +468,7 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
         md += [f"Run on {info.get('cpu', '?')} ({info.get('cpu_count', '?')} cores"
                + (f", GPU {info['gpu']}" if info.get("gpu") else "")
                + f"), suite `{info.get('suite', '?')}`, {info.get('jobs', '?')} job(s).", ""]
+    md += _incomplete_lines(run, machine_info)
     md += [selection_header(records), ""]
     md += ["## Summary", ""] + summary_lines(records) + [""]
     table = verdict_table(records)
@@ -601,6 +602,21 @@ def _which_method_section(records: Records, save: Any) -> list[str]:
     if edges:
         md += [""] + [f"- {e}" for e in edges]
     return md + [""]
+
+
+def _incomplete_lines(records: Records, machine: dict[str, Any]) -> list[str]:
+    """The pairs whose planned cells (``machine.json``'s ``planned``, written by the
+    runner) have not all finished: a suite committed in parts says what is missing."""
+    planned = machine.get("planned")
+    if not isinstance(planned, dict):
+        return []
+    done = Counter(r["pair"] for r in ok_records(records))
+    short = [f"{p} ({done.get(p, 0)} of {n})" for p, n in sorted(planned.items())
+             if isinstance(n, int) and done.get(p, 0) < n]
+    if not short:
+        return []
+    return [f"**Incomplete**: cells finished of those planned, per pair: {', '.join(short)}; "
+            "its numbers cover the finished cells only.", ""]
 
 
 def _mean(v: float | None) -> str:

@@ -272,8 +272,11 @@ def _write_machine(out: Path, suite: Suite, execution: dict[str, Any]) -> None:
     from ..sysinfo import describe
 
     devices = execution.get("devices") or ["cpu"]
+    planned: dict[str, int] = {}
+    for cell in suite.cells():
+        planned[cell.pair] = planned.get(cell.pair, 0) + 1
     info = {**describe(torch.device(devices[0])), "suite": str(suite.path), **execution,
-            "runs": _machine(out).get("runs", [])}
+            "planned": planned, "runs": _machine(out).get("runs", [])}
     _write_json(out / MACHINE, info)
 
 
