@@ -31,7 +31,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +178,11 @@ class StackedUpdateMask:
         self.keep = torch.stack(rows)
         self.snapshot = flat[:, : self.width].clone()
 
+    def keep_rows(self, at: torch.Tensor) -> None:
+        """Only the models at rows ``at`` train on."""
+        if self.keep is not None and self.snapshot is not None:
+            self.keep, self.snapshot = self.keep[at], self.snapshot[at]
+
     @torch.no_grad()
     def after_step(self, flat: torch.Tensor) -> None:
         """Put every frozen entry of every model back to its exact snapshot value."""
@@ -216,6 +221,13 @@ class StackedL2Pull:
                 s = offsets[names[id(p)]]
                 self.anchor[k, s.offset : s.offset + s.size] = _real_entries(scaled)
 
+    def keep_rows(self, at: torch.Tensor) -> None:
+        """Only the models at rows ``at`` train on."""
+        if self.coef is not None:
+            self.coef = self.coef[at]
+        if self.anchor is not None:
+            self.anchor = self.anchor[at]
+
     def apply(self, grad: torch.Tensor, flat: torch.Tensor) -> None:
         """Add the pulls to the stacked gradient in place."""
         if self.coef is not None:
@@ -240,6 +252,15 @@ class _StackedOptimizer:
         self.denom = torch.empty_like(flat) if name != "sgd" else None
         self.scaled = torch.empty_like(flat) if name != "sgd" else None
         self.step_count = 0
+
+    def keep_rows(self, rows: Sequence[int]) -> None:
+        """Only the models at ``rows`` train on: their moments, smaller workspaces."""
+        at = torch.tensor(list(rows), device=self.exp_avg.device)
+        self.exp_avg = self.exp_avg[at]
+        if self.exp_avg_sq is not None:
+            self.exp_avg_sq = self.exp_avg_sq[at]
+            self.denom = torch.empty_like(self.exp_avg)
+            self.scaled = torch.empty_like(self.exp_avg)
 
     def factors(self, lrs: torch.Tensor, first_step: int) -> dict[str, torch.Tensor]:
         """Per-step, per-model factors for steps ``first_step, first_step + 1, ...`` from
@@ -370,6 +391,15 @@ class _Stack:
         self.base = base.train()
         self._grads = vmap(grad_and_value(one_loss))
         self._losses = vmap(one_loss)
+
+    def keep_rows(self, rows: Sequence[int]) -> None:
+        """Only the models at ``rows`` train on (successive halving stopped the rest)."""
+        at = torch.tensor(list(rows), device=self.flat.device)
+        self.flat = self.flat[at]
+        self.fixed = {n: t[at] for n, t in self.fixed.items()}
+        self.buffers = {n: t[at] for n, t in self.buffers.items()}
+        self.mask.keep_rows(at)
+        self.pull.keep_rows(at)
 
     def grads_and_losses(self, x: torch.Tensor, y: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -602,6 +632,7 @@ def fit_many(
     schedule_steps: int | None = None,
     device: str | torch.device = "auto",
     on_divergence: str = "raise",
+    prune: Callable[[int, Sequence[int], Sequence[History]], Iterable[int]] | None = None,
 ) -> list[History]:
     """Train K models of one architecture at once; one :class:`History` per model.
 
@@ -631,9 +662,19 @@ def fit_many(
     history shows its non-finite losses (cross-validation rules such a configuration
     out); its weights are not finite, or with ``val`` and ``restore_best`` those of its
     best finite validation epoch (its starting weights if none was finite).
+
+    ``prune(steps, alive, histories)``, called after every epoch with the steps done, the
+    indices of the models still training and every model's history, returns models to
+    stop now (successive halving: the stack then trains only the others, so a stopped
+    model costs nothing more). A stopped model keeps its weights and its history ends
+    there; the others train on exactly as without it. Models trained one by one (the
+    fallback) train their whole budget. Needs ``restore_best=False`` when ``val`` is given.
     """
     if on_divergence not in ("raise", "keep"):
         raise ValueError(f"on_divergence must be 'raise' or 'keep', got {on_divergence!r}")
+    if prune is not None and restore_best and val is not None:
+        raise ValueError("fit_many's prune needs restore_best=False: a stopped model keeps "
+                         "the weights it has")
     models = list(models)
     k_models = len(models)
     if k_models == 0:
@@ -702,7 +743,6 @@ def fit_many(
             raise ValueError(f"val[{k}] samples are {tuple(b.x.shape[1:])} -> "
                              f"{tuple(b.y.shape[1:])}, the training samples "
                              f"{tuple(x_all.shape[2:])} -> {tuple(y_all.shape[2:])}")
-    groups = _val_groups(val_b, dev)
     keeps = [_resolve_mask(m, s, dev) for m, s in zip(models, masks_in)]
 
     def build_pulls() -> list[L2Pull | None]:
@@ -745,7 +785,6 @@ def fit_many(
     per_epoch = -(-n // batch_size)
     if budgets is not None:
         total_steps = max(budgets)
-        epochs = -(-total_steps // per_epoch)
     else:
         assert epochs is not None
         total_steps = epochs * per_epoch
@@ -757,27 +796,28 @@ def fit_many(
         if s is None:
             s = int(torch.randint(0, 2**62, ()).item())
         gens.append(torch.Generator().manual_seed(s))
-    offsets = (torch.arange(k_models) * n)[:, None]
-    x_flat = x_all.reshape(k_models * n, *x_all.shape[2:])
-    y_flat = y_all.reshape(k_models * n, *y_all.shape[2:])
+    rows = _Rows(list(range(k_models)), x_all, y_all, val_b, budgets, dev)
     with_val = [k for k, v in enumerate(val_b) if v is not None]
     best_flat = stack.flat.clone() if restore_best and with_val else None
+    finished: torch.Tensor | None = None  # rows of models that left the stack
     t0 = time.perf_counter()
     done = 0
-    for epoch in range(epochs):
+    epoch = 0
+    while done < total_steps:
         count = min(per_epoch, total_steps - done)
         f = {key: t.to(dev, non_blocking=True)
-             for key, t in opt.factors(lr_rows(done, count), done + 1).items()}
-        perm = torch.stack([torch.randperm(n, generator=g) for g in gens]) + offsets
-        perm = perm.to(dev, non_blocking=True)
-        running = torch.zeros(k_models, device=dev)
-        members = [k for k in range(k_models) if budgets[k] > done]
+             for key, t in opt.factors(rows.lrs(lr_rows(done, count)), done + 1).items()}
+        k_now = len(rows.ids)
+        perm = torch.stack([torch.randperm(n, generator=gens[k]) for k in rows.ids])
+        perm = (perm + rows.offsets).to(dev, non_blocking=True)
+        running = torch.zeros(k_now, device=dev)
+        members = [r for r in range(k_now) if rows.budgets[r] > done]
         for i in range(count):
             idx = perm[:, i * batch_size : (i + 1) * batch_size]
             b = idx.shape[1]
             idx = idx.reshape(-1)
-            xb = x_flat.index_select(0, idx).view(k_models, b, *x_flat.shape[1:])
-            yb = y_flat.index_select(0, idx).view(k_models, b, *y_flat.shape[1:])
+            xb = rows.x_flat.index_select(0, idx).view(k_now, b, *rows.x_flat.shape[1:])
+            yb = rows.y_flat.index_select(0, idx).view(k_now, b, *rows.y_flat.shape[1:])
             if done or i:
                 grad, losses = stack.grads_and_losses(xb, yb)
             else:  # the first step: no model has changed yet, so fit can still take over
@@ -796,31 +836,95 @@ def fit_many(
             early.after_step(done + i + 1, stack.flat)
         # samples each model saw this epoch: full batches, the last one possibly short
         sizes = [min(batch_size, n - i * batch_size) for i in range(count)]
-        seen = [sum(sizes[: max(0, min(count, s - done))]) for s in budgets]
+        seen = [sum(sizes[: max(0, min(count, s - done))]) for s in rows.budgets]
         done += count
         trained = early.current(stack.flat)
-        improved = _record_epoch(histories, members, epoch,
-                                 [min(done, s) for s in budgets], running.tolist(), seen,
-                                 stack.val_losses(groups, batch_size, trained, members))
-        bad = [k for k in members if not math.isfinite(histories[k].train_loss[-1])
-               or (k in with_val and not math.isfinite(histories[k].val_loss[-1]))]
+        row_histories = [histories[k] for k in rows.ids]
+        improved = _record_epoch(row_histories, members, epoch,
+                                 [min(done, s) for s in rows.budgets], running.tolist(), seen,
+                                 stack.val_losses(rows.groups, batch_size, trained, members))
+        bad = [rows.ids[r] for r in members
+               if not math.isfinite(histories[rows.ids[r]].train_loss[-1])
+               or (rows.ids[r] in with_val
+                   and not math.isfinite(histories[rows.ids[r]].val_loss[-1]))]
         if bad and on_divergence == "raise":
             raise TrainingDiverged(
                 f"training diverged: the training or validation loss of models[{bad[0]}] is "
                 f"not finite in epoch {epoch + 1}; no model was changed; check the data for "
                 "NaN/inf and lower lr", histories[bad[0]])
         if best_flat is not None and improved:
-            rows = torch.tensor(improved, device=dev)
-            best_flat.index_copy_(0, rows, trained.index_select(0, rows))
-    stack.flat = early.current(stack.flat)
+            at = torch.tensor(improved, device=dev)
+            best_flat.index_copy_(0, at, trained.index_select(0, at))
+        epoch += 1
+        alive = [k for k, b in zip(rows.ids, rows.budgets) if b > done]
+        stop = set() if prune is None or not alive else {
+            int(k) for k in prune(done, alive, histories)}
+        leave = [r for r, k in enumerate(rows.ids) if k in stop or rows.budgets[r] <= done]
+        if stop and len(leave) < len(rows.ids):
+            finished = _set_rows(finished, trained, rows.ids, leave, k_models)
+            keep = [r for r in range(len(rows.ids)) if r not in set(leave)]
+            stack.keep_rows(keep)
+            opt.keep_rows(keep)
+            rows.keep(keep)
+            early = _EarlyStops(rows.budgets, max(rows.budgets), stack.flat)
+            total_steps = max(rows.budgets)
+        elif stop:  # every model stops: nothing left to train
+            break
+    flat = early.current(stack.flat)
     if best_flat is not None:
-        rows = torch.tensor(with_val, device=dev)
-        stack.flat.index_copy_(0, rows, best_flat.index_select(0, rows))
-    stack.layout.write_back(models, stack.flat)
+        at = torch.tensor(with_val, device=dev)
+        flat.index_copy_(0, at, best_flat.index_select(0, at))
+    if finished is not None:
+        flat = _set_rows(finished, flat, rows.ids, list(range(len(rows.ids))), k_models)
+    stack.layout.write_back(models, flat)
     seconds = (time.perf_counter() - t0) / k_models
     for h in histories:
         h.seconds = seconds
     return histories
+
+
+def _set_rows(full: torch.Tensor | None, part: torch.Tensor, ids: Sequence[int],
+              rows: Sequence[int], k_models: int) -> torch.Tensor:
+    """``full`` (K, P), created on first use, with the rows ``rows`` of ``part`` (whose
+    row r is model ``ids[r]``) written in at their models' places."""
+    if full is None:
+        full = part.new_zeros((k_models, *part.shape[1:]))
+    at = torch.tensor([ids[r] for r in rows], device=part.device)
+    full.index_copy_(0, at, part.index_select(0, torch.tensor(rows, device=part.device)))
+    return full
+
+
+class _Rows:
+    """The models a stack still trains (``ids``, one per row) and their per-row data:
+    training samples, validation groups, budgets, learning-rate columns."""
+
+    def __init__(self, ids: list[int], x_all: torch.Tensor, y_all: torch.Tensor,
+                 val_b: Sequence[_TensorBatches | None], budgets: list[int],
+                 dev: torch.device) -> None:
+        self.ids, self.x_all, self.y_all = ids, x_all, y_all
+        self.val_b, self.all_budgets, self.dev = list(val_b), list(budgets), dev
+        self._layout()
+
+    def _layout(self) -> None:
+        k, n = self.x_all.shape[:2]
+        self.offsets = (torch.arange(k) * n)[:, None]
+        self.x_flat = self.x_all.reshape(k * n, *self.x_all.shape[2:])
+        self.y_flat = self.y_all.reshape(k * n, *self.y_all.shape[2:])
+        self.groups = _val_groups([self.val_b[i] for i in self.ids], self.dev)
+        self.budgets = [self.all_budgets[i] for i in self.ids]
+
+    def lrs(self, table: torch.Tensor) -> torch.Tensor:
+        """The learning-rate table (steps, every model) cut to the rows still training."""
+        if len(self.ids) == table.shape[1]:
+            return table
+        return table[:, self.ids]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        at = torch.tensor(list(rows), device=self.x_all.device)
+        self.ids = [self.ids[r] for r in rows]
+        self.x_all = self.x_all.index_select(0, at)
+        self.y_all = self.y_all.index_select(0, at)
+        self._layout()
 
 
 __all__ = ["StackedL2Pull", "StackedUpdateMask", "fit_many"]

@@ -461,3 +461,52 @@ def test_a_validation_loss_that_is_not_finite_is_never_the_best_epoch():
     assert all(torch.equal(v, models[1].state_dict()[k]) for k, v in start.items())
     assert hs[0].best_epoch is not None
 
+
+
+@pytest.mark.parametrize("optimizer,wd", [("adam", 0.0), ("adamw", 0.1), ("sgd", 0.01)])
+def test_prune_stops_models_and_the_others_train_on_exactly_as_without_it(optimizer, wd):
+    """Successive halving inside a stack: models stopped at an epoch's end keep the
+    weights they have there (as fit with that budget), the rest train on bit for bit as
+    in the unpruned stack, with masks, pulls, validation and per-model budgets."""
+    models = [_net("mlp", s) for s in range(5)]
+    g = torch.Generator().manual_seed(0)
+    names = [n for n, _ in models[0].named_parameters()]
+    masks = [None, {**dict.fromkeys(names, True), "net.0.weight": False}, None,
+             {**dict.fromkeys(names, True),
+              "net.2.weight": torch.rand(16, 16, generator=g) > 0.5}, None]
+    pens = [None, L2Penalty(0.1, {n: p.detach().clone()
+                                  for n, p in models[1].named_parameters()}),
+            None, None, L2Penalty(0.05, {"net.4.weight": None})]
+    data = [_data("mlp", s) for s in range(5)]
+    vals = [_data("mlp", 20 + s, n=12) for s in range(5)]
+    kw = dict(batch_size=16, optimizer=optimizer, weight_decay=wd, update_masks=masks,
+              penalties=pens, val=vals, restore_best=False, seeds=list(range(5)),
+              lr=[1e-2, 3e-3, 1e-2, 5e-3, 2e-2], steps=[12, 12, 12, 7, 12], **CPU)
+    ref = [copy.deepcopy(m) for m in models]
+    ref_h = fit_many(ref, data, **kw)
+    calls = []
+
+    def prune(steps, alive, histories):
+        calls.append((steps, list(alive)))
+        return {0, 2} if steps == 3 else {4} if steps == 6 else set()
+
+    got_h = fit_many(models, data, prune=prune, **kw)
+    assert calls[0] == (3, [0, 1, 2, 3, 4]) and calls[1] == (6, [1, 3, 4])
+    assert calls[2] == (9, [1]), "model 3's budget (7) ended: it is no longer alive"
+    for k in (1, 3):  # trained on: exactly the unpruned stack's
+        for a, b in zip(models[k].parameters(), ref[k].parameters()):
+            assert torch.equal(a, b)
+        assert got_h[k].train_loss == ref_h[k].train_loss
+        assert got_h[k].val_loss == ref_h[k].val_loss and got_h[k].steps == ref_h[k].steps
+    for k, at in ((0, 3), (2, 3), (4, 6)):  # stopped: fit with that budget
+        alone = copy.deepcopy(_net("mlp", k))
+        h = fit(alone, data[k], val=vals[k], steps=at, seed=k, lr=kw["lr"][k], batch_size=16,
+                optimizer=optimizer, weight_decay=wd, update_mask=masks[k], penalty=pens[k],
+                restore_best=False, **CPU)
+        _close(models[k], alone)
+        assert got_h[k].steps == at == h.steps and len(got_h[k].val_loss) == at // 3
+        assert got_h[k].val_loss == pytest.approx(ref_h[k].val_loss[: at // 3])
+    assert torch.equal(models[1].get_parameter("net.0.weight"),
+                       _net("mlp", 1).get_parameter("net.0.weight")), "frozen stays exact"
+    with pytest.raises(ValueError, match="prune needs restore_best=False"):
+        fit_many([_net("mlp", 0)], [data[0]], val=[vals[0]], steps=2, prune=prune, **CPU)
