@@ -115,7 +115,7 @@ def test_a_fold_whose_training_loss_overflows_rules_out_its_configuration():
     from pacsim.transfer.selection import _config_key
 
     configs = [{"lr": 1.0}, {"lr": 0.1}]
-    s = SimpleNamespace(configs=configs, horizons=[12, 12],
+    s = SimpleNamespace(configs=configs, horizons=[12, 12], pruned=set(),
                         key=lambda c, base: _config_key(configs[c]))
     good = [fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5]), fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5])]
     blown_stacked = [fold([1.0, math.inf, math.nan], [0.1, 0.2, 0.3]), good[0]]
@@ -619,3 +619,28 @@ def test_auto_keep_source_only_picks_pac_methods_and_keeps_the_source_exact():
         select("auto", model, tgt, selection=SelectionConfig(mode="fixed"), steps=4, **KW)
     with pytest.raises(ValueError, match="takes no options"):
         select("auto", model, tgt, selection=sel, steps=4, grid={"lr": [1e-3]}, **KW)
+
+
+def test_successive_halving_keeps_the_clear_winner_for_less_training():
+    model, tgt = _linear_problem()
+    kw = dict(steps=20, grid={"lr": [1e-4, 3e-4, 1e-3, 3e-2]}, device="cpu", batch_size=10)
+    full = select("finetune", model, tgt, selection=SelectionConfig(
+        folds=4, extend=0, halving=0), **kw).selection
+    runs = {}
+    for stack in (False, True):
+        runs[stack] = select("finetune", model, tgt, stack=stack, selection=SelectionConfig(
+            folds=4, extend=0, halving=3), **kw)
+    half, stacked = runs[False].selection, runs[True].selection
+    assert full["chosen"] == half["chosen"] == stacked["chosen"] == {"lr": 0.03}
+    assert full["steps"] == half["steps"] == stacked["steps"]
+    assert full["halved"] == 0 and half["halved"] == stacked["halved"] == 3
+    # 4 configurations x 4 folds x 60 steps exhaustively; rungs at 60/9 and 60/3 steps,
+    # moved to epoch ends (3 steps an epoch): 6 and 21, keep 2, then 1, inside a stack
+    assert full["cv_steps"] == 4 * 4 * 60
+    assert stacked["cv_steps"] == 4 * 4 * 6 + 2 * 4 * (21 - 6) + 1 * 4 * (60 - 21)
+    assert half["cv_steps"] == full["cv_steps"], "one by one, every fold trains to the end"
+    assert half["curves"] == stacked["curves"], "the same rule decides in both"
+    assert max(st for st, _ in half["curves"]["lr=0.0001"]) == 6
+    _same_result(runs[False], runs[True])
+    with pytest.raises(ValueError, match="halving must be 0"):
+        SelectionConfig(halving=1)

@@ -13,6 +13,7 @@ test data cannot influence the choice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import Counter
@@ -53,6 +54,10 @@ class SelectionConfig:
     extend: int = 3
     #: The step horizon's cap, in multiples of the fixed budget.
     max_factor: int = 30
+    #: Successive halving's reduction factor (0: every configuration trains its whole
+    #: horizon): at rungs of the horizon (H / eta^k) only the best 1/eta of a round's
+    #: configurations, by their mean fold curve so far, train on.
+    halving: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in SELECTION_MODES:
@@ -65,10 +70,12 @@ class SelectionConfig:
                                            or self.max_steps < 1):
             raise ValueError(f"selection max_steps must be a positive integer, "
                              f"got {self.max_steps!r}")
-        for key, low in (("extend", 0), ("max_factor", 1)):
+        for key, low in (("extend", 0), ("max_factor", 1), ("halving", 0)):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"selection {key} must be an integer >= {low}, got {v!r}")
+        if self.halving == 1:
+            raise ValueError("selection halving must be 0 (off) or a factor >= 2, got 1")
 
     @classmethod
     def from_value(cls, raw: str | Mapping[str, Any] | None) -> SelectionConfig:
@@ -215,6 +222,10 @@ class _Search:
     horizons: list[int] = field(default_factory=list)
     axes: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     extended: Counter[tuple[int, str, int]] = field(default_factory=Counter)
+    #: Configurations successive halving stopped (never chosen).
+    pruned: set[int] = field(default_factory=set)
+    #: Optimiser steps the cross-validation trained, over every fold and configuration.
+    cv_steps: int = 0
 
     def train_args(self) -> dict[str, Any]:
         """The trainer arguments a stack of this search's trainings passes to fit_many."""
@@ -295,14 +306,17 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     histories: dict[int, Histories] = {i: [] for i in searches}
     while True:
         # train what is new (the grid, then each round's extensions), stacked where asked
-        trained = _histories_stacked([(searches[i], todo[i]) for i in stacked if todo[i]],
-                                     lr, batch_size, max_stack)
+        rounds = {i: _Halving(s, todo[i], selection.halving, batch_size)
+                  for i, s in searches.items() if todo[i]}
+        trained = _histories_stacked([(searches[i], todo[i], rounds[i]) for i in stacked
+                                      if todo[i]], lr, batch_size, max_stack)
         for i, s in searches.items():
             if not todo[i]:
                 continue
             new = trained[id(s)] if s.stacked else _runs_one_by_one(s, todo[i], lr,
                                                                     batch_size)
-            histories[i].extend(new)
+            s.cv_steps += sum(h.steps for hs in new for h in hs)
+            histories[i].extend(rounds[i].settle(new))
         choices = {i: _choose(s, histories[i], max_steps) for i, s in searches.items()}
         todo = {i: _extend(s, choices[i][0], choices[i][1], selection.extend, max_steps, cap)
                 for i, s in searches.items()}
@@ -328,8 +342,9 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
             "mode": "cv", "folds": len(s.splits), "max_steps": max_steps,
             "stacked": s.stacked, "chosen": dict(s.configs[c]), "steps": best_step,
             "cv_loss": best_loss, "horizon": horizon, "interior": not edges,
-            "edges": edges, "configs": len(s.configs),
-            "trainings": len(s.configs) * len(s.splits), "curves": curves,
+            "edges": edges, "configs": len(s.configs), "halved": len(s.pruned),
+            "trainings": len(s.configs) * len(s.splits),
+            "cv_steps": s.cv_steps, "curves": curves,
         }
         if i in picks:
             res.selection["auto"] = picks[i]
@@ -477,8 +492,11 @@ def _choose(s: _Search, histories: Histories, max_steps: int) -> Choice:
     for c, hs in enumerate(histories):
         grid_steps = np.arange(1, s.horizons[c] + 1)
         curve = np.mean([_fold_curve(h, grid_steps) for h in hs], axis=0)
+        cut = max((h.steps for h in hs), default=0)
+        if c in s.pruned and 0 < cut < len(grid_steps):  # halving stopped it: its curve
+            grid_steps, curve = grid_steps[:cut], curve[:cut]
         curves[s.key(c, max_steps)] = _thin(grid_steps, curve)
-        if np.isnan(curve).any():
+        if c in s.pruned or np.isnan(curve).any():
             continue
         i = int(np.argmin(curve))
         if curve[i] < best_loss:
@@ -604,6 +622,120 @@ def _grid_convolutions(model: nn.Module) -> bool:
                for m in model.modules())
 
 
+class _Halving:
+    """Successive halving over one training round of a search: at rungs of the horizon
+    (H / eta^k, as many as it takes to keep one configuration) the round's configurations
+    still training are ranked by the lowest value so far of their mean fold curve, over
+    the folds whose training size is fold 0's (the decision folds, which share epoch
+    ends); the best ceil(alive / eta) train on. A rung is decided at the first epoch end
+    at or after it, from the losses up to there only, so deciding inside a stack
+    (:meth:`decide`) and replaying the rule on whole histories afterwards (:meth:`settle`)
+    stop the same configurations at the same step. A stopped configuration is never
+    chosen: with every fold it trails a survivor at its rung, and a survivor's best so
+    far is at least as good as its own."""
+
+    def __init__(self, s: _Search, which: list[int], eta: int, batch_size: int) -> None:
+        self.s, self.which, self.eta = s, list(which), eta
+        horizons = {s.horizons[c] for c in which}
+        self.horizon = horizons.pop() if len(horizons) == 1 else 0
+        sizes = [len(train) for train, _ in s.splits]
+        self.decision = [f for f, n in enumerate(sizes) if n == sizes[0]]
+        self.per_epoch = [-(-n // min(batch_size, n)) for n in sizes]
+        count = len(self.which)
+        self.rungs: list[int] = []
+        if eta >= 2 and count >= 2 and self.horizon:
+            levels = math.ceil(math.log(count) / math.log(eta) - 1e-9)
+            self.rungs = sorted({self.epoch_end(0, self.horizon // eta**k)
+                                 for k in range(1, levels + 1)} - {self.horizon})
+        self.alive = list(range(count))
+        self.cuts: dict[int, int] = {}  # position -> step of the decision that stopped it
+        self.next = 0
+
+    def epoch_end(self, fold: int, step: int) -> int:
+        """The first epoch end of ``fold`` at or after ``step`` (at most the horizon)."""
+        e = self.per_epoch[fold]
+        return min(max(1, -(-step // e)) * e, self.horizon)
+
+    def _decide_at(self, step: int, folds: Mapping[tuple[int, int], History]) -> None:
+        grid = np.arange(1, step + 1)
+        score = {}
+        for pos in self.alive:
+            curve = np.mean([_fold_curve(folds[(pos, f)], grid) for f in self.decision],
+                            axis=0)
+            score[pos] = math.inf if np.isnan(curve).any() else float(curve.min())
+        ranked = sorted(self.alive, key=lambda p: (score[p], p))
+        keep = -(-len(ranked) // self.eta)
+        for pos in ranked[keep:]:
+            self.cuts[pos] = step
+        self.alive = sorted(ranked[:keep])
+
+    def decide(self, done: int, folds: Mapping[tuple[int, int], History]) -> None:
+        """Inside a stack, at an epoch end: decide every rung reached, if the stack holds
+        the decision folds of every configuration still training."""
+        while self.next < len(self.rungs) and self.rungs[self.next] <= done:
+            if any((p, f) not in folds for p in self.alive for f in self.decision):
+                return
+            self._decide_at(self.rungs[self.next], folds)
+            self.next += 1
+
+    def stops(self, pos: int, fold: int, done: int) -> bool:
+        """Whether the training of ``(pos, fold)`` stops at the epoch end ``done``."""
+        return pos in self.cuts and done >= self.epoch_end(fold, self.cuts[pos])
+
+    def settle(self, histories: Histories) -> Histories:
+        """The round's histories with the rule replayed on them: a stopped configuration's
+        folds cut at their first epoch end at or after its rung (what a stack that
+        stopped them recorded); marks them in the search's ``pruned``."""
+        self.alive, self.cuts, self.next = list(range(len(self.which))), {}, 0
+        for rung in self.rungs:
+            self._decide_at(rung, {(p, f): histories[p][f] for p in self.alive
+                                   for f in self.decision})
+        out = []
+        for pos, hs in enumerate(histories):
+            if pos in self.cuts:
+                self.s.pruned.add(self.which[pos])
+                hs = [_truncate(h, self.epoch_end(f, self.cuts[pos]), self.per_epoch[f])
+                      for f, h in enumerate(hs)]
+            out.append(hs)
+        return out
+
+
+def _truncate(h: History, step: int, per_epoch: int) -> History:
+    """``h`` as if its training had stopped at the epoch end ``step``."""
+    epochs = sum(1 for e in range(len(h.train_loss)) if (e + 1) * per_epoch <= step
+                 or (e + 1 == len(h.train_loss) and h.steps <= step))
+    vals = sum(1 for v in h.val_steps if v <= step)
+    best = [i for i in range(vals) if math.isfinite(h.val_loss[i])]
+    b = min(best, key=lambda i: h.val_loss[i]) if best else None
+    return dataclasses.replace(
+        h, train_loss=h.train_loss[:epochs], val_loss=h.val_loss[:vals],
+        val_steps=h.val_steps[:vals], epochs_run=epochs, steps=min(h.steps, step),
+        best_epoch=b, best_val=None if b is None else h.val_loss[b])
+
+
+def _stack_pruner(group: list[_Job]) -> Any:
+    """fit_many's ``prune`` for a stack of CV trainings: each search round's halving
+    decides where it can and stops the trainings of the configurations it dropped."""
+    mine = [(k, job.halving) for k, job in enumerate(group) if job.halving is not None
+            and job.halving[0].rungs]
+    if not mine:
+        return None
+
+    def prune(done: int, alive: Sequence[int], histories: Sequence[History]) -> list[int]:
+        live = set(alive)
+        rounds: dict[int, tuple[_Halving, dict[tuple[int, int], History]]] = {}
+        for k, (halving, pos, f) in mine:
+            folds = rounds.setdefault(id(halving), (halving, {}))[1]
+            if k in live:
+                folds[(pos, f)] = histories[k]
+        for halving, folds in rounds.values():
+            halving.decide(done, folds)
+        return [k for k, (halving, pos, f) in mine
+                if k in live and halving.stops(pos, f, done)]
+
+    return prune
+
+
 def _runs_one_by_one(s: _Search, which: Sequence[int], lr: float, batch_size: int
                      ) -> Histories:
     out = []
@@ -636,6 +768,8 @@ class _Job:
     seed: int
     steps: int
     train_args: dict[str, Any]
+    #: (the search round's halving, configuration position, fold), for CV trainings
+    halving: tuple[Any, int, int] | None = None
 
 
 def _stack_key(job: _Job, batch_size: int) -> tuple[Any, ...]:
@@ -691,7 +825,7 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             val=[g.val for g in group] if any(g.val is not None for g in group) else None,
             lr=[g.lr for g in group], seeds=[g.seed for g in group],
             steps=[g.steps for g in group], batch_size=batch_size, restore_best=restore_best,
-            on_divergence="keep", **group[0].train_args)
+            on_divergence="keep", prune=_stack_pruner(group), **group[0].train_args)
     except OUT_OF_MEMORY:
         # models fit_many trains one by one (its fallback) need no less memory in halves
         if len(group) == 1 or not_vectorisable(group[0].plan.model) is not None:
@@ -705,13 +839,14 @@ def _fit_stack(group: list[_Job], batch_size: int, restore_best: bool) -> list[H
             + _fit_stack(group[half:], batch_size, restore_best))
 
 
-def _histories_stacked(work: list[tuple[_Search, list[int]]], lr: float, batch_size: int,
-                       max_stack: int | str | None) -> dict[int, Histories]:
+def _histories_stacked(work: list[tuple[_Search, list[int], _Halving]], lr: float,
+                       batch_size: int, max_stack: int | str | None) -> dict[int, Histories]:
     """The same trainings as :func:`_runs_one_by_one` for every search's listed
-    configurations, stacked: search id -> histories of those configurations, in order."""
+    configurations, stacked: search id -> histories of those configurations, in order.
+    Each search's successive halving stops configurations inside the stacks."""
     jobs: list[_Job] = []
     where: list[tuple[int, int, int]] = []  # (search, position in its list, fold)
-    for si, (s, which) in enumerate(work):
+    for si, (s, which, _) in enumerate(work):
         train_args = s.train_args()
         for pos, c in enumerate(which):
             resolved = _resolve(s.configs[c], s.base, lr)
@@ -724,9 +859,11 @@ def _histories_stacked(work: list[tuple[_Search, list[int]]], lr: float, batch_s
                                  s.horizons[c],
                                  {**train_args, **_final_schedule(s.kwargs, s.horizons[c])}))
                 where.append((si, pos, f))
+    for job, (si, pos, f) in zip(jobs, where):
+        job.halving = (work[si][2], pos, f)
     histories = _run_jobs(jobs, batch_size, restore_best=False, max_stack=max_stack)
     out: dict[int, Histories] = {
-        id(s): [[History()] * len(s.splits) for _ in which] for s, which in work}
+        id(s): [[History()] * len(s.splits) for _ in which] for s, which, _ in work}
     for (si, pos, f), h in zip(where, histories):
         out[id(work[si][0])][pos][f] = h
     return out
