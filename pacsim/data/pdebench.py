@@ -118,6 +118,10 @@ class PDEBenchFile:
             self.fields = tuple(f"v{i}" for i in range(self.channels))
             g0 = self.groups[0]
             coords = {"x": f"{g0}/grid/x", "y": f"{g0}/grid/y", "t": f"{g0}/grid/t"}
+        if self.n == 0 or self.n_times == 0:
+            what = "trajectories" if self.n == 0 else "time steps"
+            raise DatasetError(f"{self.path}: holds no {what} (shape "
+                               f"{(self.n, self.n_times, *self.spatial)}); nothing to read")
         self.coords: dict[str, np.ndarray] = {}
         for key, name in coords.items():
             if isinstance(f.get(name), h5py.Dataset):
