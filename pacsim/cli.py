@@ -252,17 +252,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
+    from .data.inspect import printable, to_json
     from .workflow import evaluate_file
 
     res = evaluate_file(args.checkpoint, args.data, split=args.split,
                         source_view=args.source_view, setting=args.setting, device=args.device)
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(to_json(res))  # strict JSON: a metric that is not finite is null
         return 0
-    view = f" (setting {res['setting']})" if res["setting"] else ""
-    print(f"{args.checkpoint}{view} on {args.data}, split {args.split} ({res['n']} samples)")
+    view = f" (setting {printable(res['setting'])})" if res["setting"] else ""
+    print(f"{printable(args.checkpoint)}{view} on {printable(args.data)}, split {args.split} "
+          f"({res['n']} samples)")
     names = ("rmse", "nrmse", "mae", "max_error", "r2")
     print(f"{'':<10}" + "".join(f"{m:>12}" for m in names))
     print(f"{'all':<10}" + "".join(f"{res[m]:>12.4g}" for m in names))
