@@ -144,6 +144,31 @@ def check_not_input(out: str | os.PathLike[str], *inputs: str | os.PathLike[str]
                              "output elsewhere")
 
 
+#: errnos of a write that ran out of room: disk full, file size limit, quota.
+DISK_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT")
+                        if hasattr(errno, n))
+
+
+def disk_error(exc: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """``exc`` (or an exception it was raised from) as a one-line OSError naming
+    ``path``, when it is a write that ran out of room (disk full, file too large, quota);
+    None otherwise. HDF5 and torch report such a failure as RuntimeError or OSError text
+    with ``errno = N`` inside, C++ writers as a RuntimeError raised while the OSError was
+    handled: each is found."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        code = cur.errno if isinstance(cur, OSError) else None
+        if code not in DISK_ERRNOS:
+            m = re.search(r"errno = (\d+)", str(cur))
+            code = int(m.group(1)) if m else None
+        if code in DISK_ERRNOS:
+            return OSError(code, os.strerror(code), os.fspath(path))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _umask() -> int:
     """The process's umask (read by setting it and restoring it at once)."""
     mask = os.umask(0o022)

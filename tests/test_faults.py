@@ -1,0 +1,236 @@
+"""Fault injection: damaged checkpoints, escaping names, full disks, empty splits and
+hostile files end in one line naming the cause (exit 2), never half-written files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import resource
+import signal
+import struct
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import make_model
+
+from pacsim.data import write_dataset
+from pacsim.io import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _data(path: Path, n: int = 40, **kw) -> Path:
+    g = np.random.default_rng(0)
+    return write_dataset(path, g.random((n, 3), dtype=np.float32),
+                         g.random((n, 2), dtype=np.float32), simulator="t", setting="s",
+                         params={}, seed=0, **kw)
+
+
+def _one_line(code: int, err: str, *needles: str) -> None:
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def _no_temps(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.fixture
+def trained(tmp_path, cli) -> tuple[Path, Path]:
+    """A small data file and a checkpoint trained on it (one epoch)."""
+    data = _data(tmp_path / "d.h5")
+    ckpt = tmp_path / "m.pt"
+    assert cli("train", data, "--out", ckpt, "--epochs", "1", "--set", "hidden=4,4")[0] == 0
+    return data, ckpt
+
+
+# --- 1. a flipped bit in a checkpoint -------------------------------------------------
+
+def _flip_a_weight_bit(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` with one bit flipped inside the first tensor's bytes."""
+    raw = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename)
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:
+                                                   info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + 5] ^= 0x10
+    dst.write_bytes(bytes(raw))
+
+
+def test_a_flipped_bit_in_a_weight_is_refused(tmp_path, trained, cli):
+    data, ckpt = trained
+    bad = tmp_path / "bad.pt"
+    _flip_a_weight_bit(ckpt, bad)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: damaged checkpoint \(member "
+                                              r"'data/\d+' fails its CRC check"):
+        load_checkpoint(bad)
+    _one_line(*cli("evaluate", bad, data)[::2], "bad.pt: damaged checkpoint")
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(ckpt.read_bytes()[:-100])
+    _one_line(*cli("evaluate", torn, data)[::2], "torn.pt")
+    assert load_checkpoint(ckpt)[0] is not None
+
+
+# --- 3. a full disk --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _file_size_limit(nbytes: int):
+    """Writes beyond ``nbytes`` fail with EFBIG (as on a full disk), in this process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def test_predict_convert_and_train_on_a_full_disk(tmp_path, trained, cli):
+    data, ckpt = trained
+    big = _data(tmp_path / "big.h5", n=20000)
+    pdb = tmp_path / "pdb.hdf5"
+    with h5py.File(pdb, "w") as f:
+        f["tensor"] = np.random.default_rng(0).random((8, 20, 256), dtype=np.float32)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("p.h5", "c.h5", "m.pt"):
+        (out / name).write_text("keep me")
+    with _file_size_limit(150_000):
+        runs = {"p.h5": cli("predict", ckpt, big, "--split", "all", "--out", out / "p.h5",
+                            "--overwrite"),
+                "c.h5": cli("convert", pdb, "--out", out / "c.h5", "--overwrite"),
+                "m.pt": cli("train", big, "--out", out / "m.pt", "--epochs", "1",
+                            "--set", "hidden=256,256", "--overwrite")}
+    for name, (code, _, err) in runs.items():
+        _one_line(code, err, f"{name}: File too large")
+        assert (out / name).read_text() == "keep me"
+    _no_temps(out)
+
+
+def test_a_disk_error_is_found_in_what_hdf5_and_torch_raise(tmp_path):
+    from pacsim.fsutil import disk_error
+
+    h5 = RuntimeError("Can't close dataset (file write failed: time = x, errno = 28, "
+                      "error message = 'No space left on device')")
+    err = disk_error(h5, tmp_path / "o.h5")
+    assert err is not None and err.errno == errno.ENOSPC and err.filename.endswith("o.h5")
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
+    except RuntimeError as exc:
+        assert disk_error(exc, "m.pt").strerror == "No space left on device"
+    assert disk_error(RuntimeError("errno = 2"), "x") is None
+
+
+def test_save_checkpoint_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    path.write_text("old")
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        save_checkpoint(path, make_model("mlp"), overwrite=True)
+    assert info.value.filename == str(path)
+    assert path.read_text() == "old"
+    _no_temps(tmp_path)
+
+
+# --- 5. PDEBench files with nothing in them, attributes stored as bytes -----------------
+
+@pytest.mark.parametrize("shape, needle", [((0, 5, 8), "holds no trajectories"),
+                                           ((3, 0, 8), "holds no time steps")])
+@pytest.mark.parametrize("pairs", ["next", "ic-to-T"])
+def test_empty_pdebench_files_are_one_line(tmp_path, cli, shape, needle, pairs):
+    src = tmp_path / "e.hdf5"
+    with h5py.File(src, "w") as f:
+        f["tensor"] = np.zeros(shape, np.float32)
+    _one_line(*cli("convert", src, "--out", tmp_path / "o.h5", "--pairs", pairs)[::2],
+              "e.hdf5: ", needle)
+    _one_line(*cli("inspect", src)[::2], needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.hdf5"]
+
+
+def test_root_attributes_stored_as_bytes_are_read_as_text(tmp_path, cli):
+    src = tmp_path / "b.hdf5"
+    with h5py.File(src, "w") as f:
+        f["tensor"] = np.random.default_rng(0).random((3, 5, 8), dtype=np.float32)
+        f.attrs["Nu"] = np.void(b"0.1")  # opaque bytes
+        f.attrs["bad"] = b"\xff1"  # bytes that are not UTF-8
+    code, out, _ = cli("inspect", "--json", src)
+    assert code == 0 and json.loads(out)["params"] == {"Nu": "0.1", "bad": "\ufffd1"}
+    assert cli("convert", src, "--out", tmp_path / "o.h5")[0] == 0
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert json.loads(f.attrs["params"])["Nu"] == "0.1"
+
+
+# --- 6. evaluate and predict agree on a model that is not finite ------------------------
+
+def test_evaluate_refuses_non_finite_predictions_like_predict(tmp_path, trained, cli):
+    from pacsim.data.stats import Normalizer
+
+    data, ckpt = trained
+    model, _, meta = load_checkpoint(ckpt)
+    norm = Normalizer.from_dict(meta.pop("normalizer"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3e38)
+    huge = save_checkpoint(tmp_path / "huge.pt", model, meta=meta, normalizer=norm)
+    for cmd in (("evaluate", "--json", huge, data), ("evaluate", huge, data),
+                ("predict", huge, data, "--out", tmp_path / "p.h5")):
+        code, out, err = cli(*cmd)
+        _one_line(code, err, "huge.pt: its prediction for sample", "is not finite")
+        assert "NaN" not in out
+    code, out, _ = cli("evaluate", "--json", ckpt, data)
+    assert code == 0 and json.loads(out)["n"] == 4
+
+
+# --- 7. an empty val split -------------------------------------------------------------
+
+def test_a_file_without_val_samples_trains_and_says_so(tmp_path, cli):
+    small = tmp_path / "f5.h5"
+    assert cli("simulate", "friedman", "--n", "5", "--out", small)[0] == 0
+    with h5py.File(small) as f:
+        assert f["splits/val"].size == 0
+    code, out, err = cli("train", small, "--out", tmp_path / "m.pt", "--epochs", "2",
+                         "--set", "hidden=4,4")
+    assert code == 0 and "has no val split" in out, err
+    _one_line(*cli("evaluate", tmp_path / "m.pt", small, "--split", "val")[::2],
+              "f5.h5: split 'val' has no samples")
+    _one_line(*cli("predict", tmp_path / "m.pt", small, "--split", "val", "--out",
+                   tmp_path / "p.h5")[::2], "split 'val' has no samples")
+    assert cli("evaluate", tmp_path / "m.pt", small)[0] == 0
+
+
+def test_first_non_finite_of_an_empty_block():
+    from pacsim.data.format import first_non_finite
+
+    assert first_non_finite(np.zeros((0, 3, 0), np.float32)) is None
+    assert first_non_finite(np.array([[1.0], [np.nan]])) == 1
+
+
+# --- 10. save_checkpoint writes only what load_checkpoint accepts ------------------------
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    from pacsim.data.stats import Normalizer
+
+    model = make_model("mlp")
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"m\.pt: not saved: weights hold NaN or inf: "
+                                         r"net\.0\.weight"):
+        save_checkpoint(tmp_path / "m.pt", model)
+    zero = Normalizer(input_mean=np.zeros(4), input_std=np.array([1.0, 0.0, 1.0, 1.0]),
+                      target_mean=np.zeros(2), target_std=np.ones(2))
+    with pytest.raises(ValueError, match="not saved: normalizer input_std must be finite"):
+        save_checkpoint(tmp_path / "m.pt", make_model("mlp"), normalizer=zero)
+    assert not list(tmp_path.iterdir())
