@@ -113,6 +113,24 @@ def check_parent(path: str | os.PathLike[str]) -> None:
             return
 
 
+def plain_name(name: str) -> str | None:
+    """Why ``name`` is not a plain file name, one that stays in its folder (None when it
+    is): empty, ``.``/``..``, a path separator, a leading dot (hidden) or a control
+    character."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}"
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if any(c in name for c in seps):
+        return "holds a path separator"
+    if name.startswith("."):
+        return "starts with a dot"
+    if not name.isprintable():
+        return "holds a control character"
+    return None
+
+
 def check_target(path: str | os.PathLike[str], overwrite: bool, hint: str) -> None:
     """Refuse to publish onto ``path``: anything that is not a regular file (a device such
     as /dev/null, a folder, a FIFO), always; an existing file or a dangling symbolic

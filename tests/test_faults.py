@@ -234,3 +234,49 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(ValueError, match="not saved: normalizer input_std must be finite"):
         save_checkpoint(tmp_path / "m.pt", make_model("mlp"), normalizer=zero)
     assert not list(tmp_path.iterdir())
+
+
+# --- 2. names that would escape --out ---------------------------------------------------
+
+RECIPE = """name = "{name}"
+simulator = "friedman"
+seed = 0
+[source]
+setting = "source"
+n = 20
+[target]
+setting = "target"
+n = 10
+"""
+
+
+@pytest.mark.parametrize("name, why", [("../../x", "holds a path separator"),
+                                       ("..", "is '..'"), ("", "is empty"),
+                                       (".hidden", "starts with a dot"),
+                                       ("a\\u001bb", "holds a control character")])
+def test_recipe_names_are_plain_file_names(tmp_path, cli, name, why):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    victim = tmp_path / "x_source.h5"
+    victim.write_text("unrelated")
+    recipe = work / "r.toml"
+    recipe.write_text(RECIPE.format(name=name))
+    _one_line(*cli("datasets", recipe, "--out", work / "built")[::2], "r.toml: name", why)
+    assert victim.read_text() == "unrelated" and not (work / "built").exists()
+
+
+def test_suite_pair_names_are_plain_file_names(tmp_path, cli):
+    from test_bench import _suite
+
+    from pacsim.bench import SuiteError, load_suite
+
+    path = _suite(tmp_path)
+    path.write_text(path.read_text().replace("[pair.fried]", '[pair."../../evil"]'))
+    with pytest.raises(SuiteError, match=r"pair name '\.\./\.\./evil' holds a path separator"):
+        load_suite(path)
+    _one_line(*cli("bench", path, "--out", tmp_path / "out")[::2], "pair name")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+    path.write_text(path.read_text().replace('[pair."../../evil"]', "[pair.fried]")
+                    .replace('name = "t"', 'name = "../t"').replace("data_dir", "#"))
+    with pytest.raises(SuiteError, match=r"name '\.\./t' holds a path separator"):
+        load_suite(path)
