@@ -261,6 +261,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
                    {"data": previous, "steps": steps, "lr": lr, "seed": seed,
                     "batch_size": min(batch_size, len(previous[0])), "device": device,
                     "weight_decay": weight_decay, "progress": False})
+        newest = masks.settings[masks.latest]  # gives up entries to the new setting
         pac.extend(model, masks, setting, ratio=extend_ratio, **retrain)
     info = file_info(target)
     check_shapes(model, meta, checkpoint, target, info)
@@ -335,8 +336,16 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         record["settings"] = list(res.masks.settings)
         record["setting_data"] = {**meta.get("setting_data", {}), name: record["data"]}
         if extending:
-            say(f"added setting {name!r} to the network of "
-                f"{', '.join(res.masks.settings[:-1])}: every earlier setting is untouched")
+            older = res.masks.settings[:-2]
+            how = ("was retrained on its own data" if previous is not None else
+                   "keeps its remaining entries without retraining")
+            record["extended"] = {"setting": newest, "ratio": extend_ratio,
+                                  "retrained": previous is not None}
+            say(f"added setting {name!r}: {newest!r} gave up {extend_ratio:.0%} of its "
+                f"entries to it and {how}, so its error changes"
+                + (f"; {', '.join(repr(o) for o in older)} "
+                   + ("keeps its" if len(older) == 1 else "keep their") + " exact weights"
+                   if older else ""))
     if res.masks is not None and src_path is not None:
         record["source_data"] = src_record
         src_before = ((meta.get("metrics") or {}).get("source_val_before") if extending
