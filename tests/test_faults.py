@@ -280,3 +280,51 @@ def test_suite_pair_names_are_plain_file_names(tmp_path, cli):
                     .replace('name = "t"', 'name = "../t"').replace("data_dir", "#"))
     with pytest.raises(SuiteError, match=r"name '\.\./t' holds a path separator"):
         load_suite(path)
+
+
+# --- 11. adding a setting says what happened to the previous one -------------------------
+
+def test_adding_a_setting_says_the_previous_one_was_pruned_and_retrained(tmp_path, trained,
+                                                                          cli):
+    data, ckpt = trained
+    other = _data(tmp_path / "o.h5")
+    fixed = ("--n", "8", "--select", "fixed", "--steps", "2")
+    assert cli("transfer", ckpt, other, *fixed, "--out", tmp_path / "t1.pt")[0] == 0
+    code, out, err = cli("transfer", tmp_path / "t1.pt", data, *fixed, "--setting", "hot",
+                         "--out", tmp_path / "t2.pt")
+    assert code == 0, err
+    assert "untouched" not in out, out
+    assert ("added setting 'hot': 'target' gave up 50% of its entries to it and was "
+            "retrained on its own data, so its error changes; 'source' keeps its exact "
+            "weights") in out
+    meta = load_checkpoint(tmp_path / "t2.pt")[2]
+    assert meta["extended"] == {"setting": "target", "ratio": 0.5, "retrained": True}
+    # predict keeps the data's own setting attribute; the network's setting has its own
+    code, _, err = cli("predict", tmp_path / "t2.pt", data, "--setting", "target", "--out",
+                       tmp_path / "p.h5")
+    assert code == 0, err
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert f.attrs["setting"] == "s" and f.attrs["predicted_setting"] == "target"
+
+
+# --- 12. conversion streams trajectories -------------------------------------------------
+
+def test_pdebench_conversion_reads_a_few_trajectories_at_a_time(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from pacsim.data import convert
+    from pacsim.data import writer as writer_mod
+
+    src = tmp_path / "p.hdf5"
+    with h5py.File(src, "w") as f:  # 16 trajectories of 640 KiB: 10 MiB
+        f["tensor"] = np.random.default_rng(0).random((16, 20, 8192), dtype=np.float32)
+    monkeypatch.setattr(writer_mod, "STATS_BLOCK_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        convert(src, tmp_path / "o.h5")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB for a 10 MiB file"
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f["inputs"].shape == (16 * 19, 1, 8192)

@@ -19,7 +19,7 @@ from .errors import DatasetError
 from .format import FORMAT, FORMAT_VERSION, SPLITS, chunk_rows, first_non_finite
 from .stats import RunningMoments
 
-STATS_BLOCK_BYTES = 64 * 2**20
+STATS_BLOCK_BYTES = 16 * 2**20
 _OVERWRITE_HINT = "pass overwrite=True (--overwrite) to replace it"
 
 

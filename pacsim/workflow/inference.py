@@ -131,7 +131,7 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
     attrs = {"predicted_by": str(Path(checkpoint).resolve()),
              "checkpoint_fingerprint": file_fingerprint(checkpoint),
              "predicted_from": str(Path(inputs).resolve()),
-             "predicted_split": split, "setting": setting or "",
+             "predicted_split": split, "predicted_setting": setting or "",
              "source_view": setting == pac.SOURCE}
     with _served(checkpoint, setting, device) as (phys, model, _, meta), \
             open_h5(Path(inputs)) as f, torch.no_grad():
