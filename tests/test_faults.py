@@ -328,3 +328,24 @@ def test_pdebench_conversion_reads_a_few_trajectories_at_a_time(tmp_path, monkey
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB for a 10 MiB file"
     with h5py.File(tmp_path / "o.h5") as f:
         assert f["inputs"].shape == (16 * 19, 1, 8192)
+
+
+# --- 13. the report never counts a NaN error as a tie ------------------------------------
+
+def test_a_nan_record_is_not_a_tie():
+    from pacsim.bench.report import comparisons, summary_lines, verdict, verdict_table
+
+    def rec(method, seed, rmse):
+        return {"pair": "p", "method": method, "n_target": 10, "seed": seed,
+                "status": "ok", "target": {"rmse": rmse},
+                "source_before": {"rmse": 1.0}, "source_after": {"rmse": 1.0}}
+
+    assert verdict(float("nan")) == "undefined" and verdict(1.0) == "ties"
+    records = [rec("pac", 0, float("nan")), rec("finetune", 0, 1.0),
+               rec("head", 0, float("nan"))]
+    row, = comparisons(records)
+    assert row["best"] == "finetune"  # a NaN baseline is never the best one
+    text = "\n".join(summary_lines(records))
+    assert "ties at 0, has an error that is not a number (NaN) at 1 and loses at 0" in text
+    assert "PAC undefined (NaN error, finetune)" in text
+    assert "NaN error" in "\n".join(verdict_table(records))
