@@ -349,3 +349,48 @@ def test_a_nan_record_is_not_a_tie():
     assert "ties at 0, has an error that is not a number (NaN) at 1 and loses at 0" in text
     assert "PAC undefined (NaN error, finetune)" in text
     assert "NaN error" in "\n".join(verdict_table(records))
+
+
+# --- 4. a model too large for memory ------------------------------------------------------
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, cli,
+                                                                     monkeypatch):
+    from pacsim.models import registry
+
+    data = _data(tmp_path / "d.h5")
+    code, _, err = cli("train", data, "--out", tmp_path / "m.pt", "--set",
+                       "hidden=400000,400000")
+    _one_line(code, err, "not enough memory to build the model mlp: 160,002,800,002 "
+                         "parameters (640 GB)")
+    monkeypatch.setattr(registry, "available_memory", lambda: 5 * 10**5)  # 500 kB left
+    _one_line(*cli("train", data, "--out", tmp_path / "m.pt", "--set", "hidden=400,400")[::2],
+              "not enough memory to build the model mlp: 162,802 parameters (651 kB), "
+              "500 kB available")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_training_state_and_allocator_failures_are_one_line(tmp_path, cli, monkeypatch):
+    from pacsim import procutil
+    from pacsim.models import registry
+
+    data = _data(tmp_path / "d.h5")
+    monkeypatch.setattr(procutil, "available_memory", lambda: 2 * 10**6)
+    _one_line(*cli("train", data, "--out", tmp_path / "m.pt", "--set", "hidden=400,400")[::2],
+              "not enough memory to train the model mlp: 162,802 parameters need about "
+              "0.00326 GB on cpu")
+
+    def alloc_fails():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 640000000000 bytes")
+
+    monkeypatch.setattr(registry, "available_memory", lambda: None)
+    with pytest.raises(ValueError, match=r"^not enough memory to build the model x$"):
+        registry.built(alloc_fails, "x")
+    path = save_checkpoint(tmp_path / "c.pt", make_model("mlp"))
+    payload = torch.load(path, weights_only=True)
+    payload["config"] = json.dumps({**json.loads(payload["config"]),
+                                    "hidden": [400000, 400000]})
+    torch.save(payload, path)
+    monkeypatch.setattr(registry, "available_memory", lambda: 10**9)
+    with pytest.raises(CheckpointError, match="not enough memory to build the model mlp"):
+        load_checkpoint(path)

@@ -9,6 +9,7 @@ file and only rank 0 prints and writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -105,10 +106,20 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         say(f"note: {data} has no val split; the last epoch is kept")
     say(f"training {name} ({sum(p.numel() for p in net.parameters()):,} parameters) on "
         f"{len(train)} samples of {data}, device {dev}")
-    history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
-                  batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
-                  patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed, amp=amp,
-                  compile=compile, progress=progress if is_main() else False, desc="train")
+    _check_training_memory(net, name, dev)
+    try:
+        history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
+                      batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+                      patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed,
+                      amp=amp, compile=compile, progress=progress if is_main() else False,
+                      desc="train")
+    except (MemoryError, RuntimeError) as exc:  # the allocator's, CUDA's out of memory
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or "alloc" in text or "out of memory" in text:
+            raise ValueError(f"not enough memory to train the model {name} on {dev} "
+                             f"({_param_bytes(net) / 1e9:.3g} GB of parameters; try a "
+                             "smaller model or --batch-size)") from None
+        raise
     normalizer = train.normalizer
     assert normalizer is not None
     metrics = {"val": physical_metrics(net, normalizer, data, "val", device=dev)}
@@ -132,6 +143,34 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         save_checkpoint(out, net, meta=meta, normalizer=normalizer, overwrite=overwrite)
         say(f"wrote {out}")
     return meta
+
+
+#: Training holds about this many copies of the parameters: the weights, their
+#: gradients, two Adam moments and the best epoch's weights.
+_TRAINING_COPIES = 5
+
+
+def _param_bytes(net: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in net.parameters())
+
+
+def _check_training_memory(net: nn.Module, name: str, dev: torch.device) -> None:
+    """Refuse, before the first epoch, a model whose training state cannot fit in the
+    memory of ``dev`` (checked where it can be measured: CPU memory, CUDA free memory)."""
+    from ..procutil import available_memory
+
+    need = _TRAINING_COPIES * _param_bytes(net)
+    avail: int | None = None
+    if dev.type == "cuda":
+        with contextlib.suppress(RuntimeError):
+            avail = torch.cuda.mem_get_info(dev)[0]
+    elif dev.type == "cpu" and (free := available_memory()) is not None:
+        avail = free + _param_bytes(net)  # the weights are already in memory
+    if avail is not None and need > avail:
+        raise ValueError(f"not enough memory to train the model {name}: "
+                         f"{sum(p.numel() for p in net.parameters()):,} parameters need "
+                         f"about {need / 1e9:.3g} GB on {dev} (weights, gradients, "
+                         f"optimiser state), {avail / 1e9:.3g} GB available")
 
 
 def _grid_without(method: str, fixed: set[str]) -> Any:
