@@ -101,8 +101,15 @@ def not_a_file(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (permissions, read-only
+    file systems)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def check_parent(path: str | os.PathLike[str]) -> None:
-    """Refuse an empty path, or one below something that is not a folder."""
+    """Refuse an empty path, or one below something that is not a folder or a folder
+    this process cannot write in (checked before any work, not after it)."""
     if os.fspath(path) == "":
         raise ValueError("output path is empty")
     path = Path(path)
@@ -110,6 +117,9 @@ def check_parent(path: str | os.PathLike[str]) -> None:
         if os.path.lexists(up):
             if not up.is_dir():
                 raise FileExistsError(f"{up}: is not a folder, so {path} cannot be created")
+            if not _writable(up):
+                raise PermissionError(errno.EACCES, f"folder not writable, so {path} cannot "
+                                      "be created", str(up))
             return
 
 

@@ -394,3 +394,30 @@ def test_training_state_and_allocator_failures_are_one_line(tmp_path, cli, monke
     monkeypatch.setattr(registry, "available_memory", lambda: 10**9)
     with pytest.raises(CheckpointError, match="not enough memory to build the model mlp"):
         load_checkpoint(path)
+
+
+# --- 9. an output folder that cannot be written is found before any work ----------------
+
+def test_an_unwritable_output_folder_is_refused_before_training(tmp_path, trained, cli,
+                                                                 monkeypatch):
+    import os
+
+    from pacsim import fsutil
+
+    data, ckpt = trained
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: judge by the permission bits
+        monkeypatch.setattr(fsutil, "_writable", lambda p: bool(p.stat().st_mode & 0o200))
+    started = []
+    monkeypatch.setattr("pacsim.workflow.surrogate.fit", lambda *a, **k: started.append(1))
+    try:
+        for cmd in (("train", data, "--out", ro / "m.pt"),
+                    ("train", data, "--out", ro / "sub" / "m.pt"),
+                    ("transfer", ckpt, data, "--out", ro / "t.pt"),
+                    ("predict", ckpt, data, "--out", ro / "p.h5")):
+            _one_line(*cli(*cmd)[::2], f"{ro}: folder not writable, so {ro}")
+        assert not started and not list(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
