@@ -424,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _warning_line
             return handlers[args.command](args)
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
+        # a library that turns our Interrupted into a plain KeyboardInterrupt (Ray's
+        # wait, say) loses its signal: the handler's count still knows it
+        signum = getattr(exc, "signum", None) or procutil.last_signal() or signal.SIGINT
         print(f"pacsim: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
     except BrokenPipeError:

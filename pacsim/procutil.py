@@ -58,6 +58,11 @@ def count() -> int:
     return _State.count
 
 
+def last_signal() -> int | None:
+    """The last stop signal this process received while they were handled, or None."""
+    return _State.last if _State.count else None
+
+
 def check(since: int) -> None:
     """Raise :class:`Interrupted` if a stop signal arrived after :func:`count` was
     ``since`` (also one whose exception was swallowed)."""

@@ -421,3 +421,32 @@ def test_an_unwritable_output_folder_is_refused_before_training(tmp_path, traine
         assert not started and not list(ro.iterdir())
     finally:
         ro.chmod(0o755)
+
+
+# --- 8. SIGTERM stops a Ray benchmark like Ctrl-C -----------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_during_a_ray_bench_exits_143_without_a_stack_dump(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    from test_bench import _suite
+
+    path = _suite(tmp_path, seeds=(0, 1, 2), methods=("finetune", "head"), steps=300)
+    cmd = [sys.executable, "-m", "pacsim.cli", "bench", str(path), "--out",
+           str(tmp_path / "out"), "--executor", "ray", "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:  # Ray is up once it says so
+        if line.startswith("ray:"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "pacsim: interrupted (SIGTERM)", err
+    assert "SIGTERM received" not in err and "Traceback" not in err, err
