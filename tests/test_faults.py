@@ -450,3 +450,13 @@ def test_sigterm_during_a_ray_bench_exits_143_without_a_stack_dump(tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "pacsim: interrupted (SIGTERM)", err
     assert "SIGTERM received" not in err and "Traceback" not in err, err
+
+
+def test_evaluate_escapes_control_characters_in_names(tmp_path, trained, cli):
+    import shutil
+
+    data, ckpt = trained
+    odd = tmp_path / "d\x1b[2J.h5"
+    shutil.copy(data, odd)
+    code, out, err = cli("evaluate", ckpt, odd)
+    assert code == 0 and "\x1b" not in out and "d\\x1b[2J.h5" in out, err
