@@ -258,17 +258,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-
+    from .data.inspect import printable, to_json
     from .workflow import evaluate_file
 
     res = evaluate_file(args.checkpoint, args.data, split=args.split,
                         source_view=args.source_view, setting=args.setting, device=args.device)
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(to_json(res))  # strict JSON: a metric that is not finite is null
         return 0
-    view = f" (setting {res['setting']})" if res["setting"] else ""
-    print(f"{args.checkpoint}{view} on {args.data}, split {args.split} ({res['n']} samples)")
+    view = f" (setting {printable(res['setting'])})" if res["setting"] else ""
+    print(f"{printable(args.checkpoint)}{view} on {printable(args.data)}, split {args.split} "
+          f"({res['n']} samples)")
     names = ("rmse", "nrmse", "mae", "max_error", "r2")
     print(f"{'':<10}" + "".join(f"{m:>12}" for m in names))
     print(f"{'all':<10}" + "".join(f"{res[m]:>12.4g}" for m in names))
@@ -430,7 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _warning_line
             return handlers[args.command](args)
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
+        # a library that turns our Interrupted into a plain KeyboardInterrupt (Ray's
+        # wait, say) loses its signal: the handler's count still knows it
+        signum = getattr(exc, "signum", None) or procutil.last_signal() or signal.SIGINT
         print(f"pacsim: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
     except BrokenPipeError:

@@ -101,8 +101,15 @@ def not_a_file(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (permissions, read-only
+    file systems)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def check_parent(path: str | os.PathLike[str]) -> None:
-    """Refuse an empty path, or one below something that is not a folder."""
+    """Refuse an empty path, or one below something that is not a folder or a folder
+    this process cannot write in (checked before any work, not after it)."""
     if os.fspath(path) == "":
         raise ValueError("output path is empty")
     path = Path(path)
@@ -110,7 +117,28 @@ def check_parent(path: str | os.PathLike[str]) -> None:
         if os.path.lexists(up):
             if not up.is_dir():
                 raise FileExistsError(f"{up}: is not a folder, so {path} cannot be created")
+            if not _writable(up):
+                raise PermissionError(errno.EACCES, f"folder not writable, so {path} cannot "
+                                      "be created", str(up))
             return
+
+
+def plain_name(name: str) -> str | None:
+    """Why ``name`` is not a plain file name, one that stays in its folder (None when it
+    is): empty, ``.``/``..``, a path separator, a leading dot (hidden) or a control
+    character."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}"
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if any(c in name for c in seps):
+        return "holds a path separator"
+    if name.startswith("."):
+        return "starts with a dot"
+    if not name.isprintable():
+        return "holds a control character"
+    return None
 
 
 def check_target(path: str | os.PathLike[str], overwrite: bool, hint: str) -> None:
@@ -142,6 +170,31 @@ def check_not_input(out: str | os.PathLike[str], *inputs: str | os.PathLike[str]
         if os.path.samefile(out, inp):
             raise ValueError(f"{out}: is also an input of this command ({inp}); write the "
                              "output elsewhere")
+
+
+#: errnos of a write that ran out of room: disk full, file size limit, quota.
+DISK_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT")
+                        if hasattr(errno, n))
+
+
+def disk_error(exc: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """``exc`` (or an exception it was raised from) as a one-line OSError naming
+    ``path``, when it is a write that ran out of room (disk full, file too large, quota);
+    None otherwise. HDF5 and torch report such a failure as RuntimeError or OSError text
+    with ``errno = N`` inside, C++ writers as a RuntimeError raised while the OSError was
+    handled: each is found."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        code = cur.errno if isinstance(cur, OSError) else None
+        if code not in DISK_ERRNOS:
+            m = re.search(r"errno = (\d+)", str(cur))
+            code = int(m.group(1)) if m else None
+        if code in DISK_ERRNOS:
+            return OSError(code, os.strerror(code), os.fspath(path))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _umask() -> int:

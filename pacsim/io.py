@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .data.stats import Normalizer, stat_shape
-from .fsutil import atomic_write, not_a_file
+from .fsutil import atomic_write, disk_error, not_a_file
 from .models.physical import PhysicalModel
 from .models.registry import build
 from .pac.masks import Masks
@@ -59,17 +60,41 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, masks: Masks
         meta_json = json.dumps(meta or {})
     except TypeError as exc:
         raise ValueError(f"checkpoint meta must be JSON-serialisable: {exc}") from exc
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # what load_checkpoint refuses is never written: NaN/inf weights, unusable statistics
+    _check_finite(state, f"{path}: not saved: ")
+    if normalizer is not None:
+        try:
+            _check_normalizer(normalizer, model.config(), meta or {})
+        except ValueError as exc:
+            raise ValueError(f"{path}: not saved: {exc}") from None
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created_with": __version__,
         "config": json.dumps(model.config()),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "masks": None if masks is None else masks.state_dict(),
         "meta": meta_json,
         "normalizer": None if normalizer is None else json.dumps(normalizer.to_dict()),
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+    return atomic_write(path, lambda tmp: _write(payload, tmp, path), overwrite=overwrite)
+
+
+def _write(payload: dict[str, Any], tmp: Path, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` into ``tmp`` through a file object (the archive's root folder is
+    then ``archive/``, not the temporary name); a full disk is one OSError naming
+    ``path`` (torch reports it as a RuntimeError of its zip writer)."""
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+    except (OSError, RuntimeError) as exc:
+        err = disk_error(exc, path)
+        if err is not None:
+            raise err from None
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
@@ -84,6 +109,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     with open(path, "rb") as f:
         if f.read(8) == b"\x89HDF\r\n\x1a\n":  # the HDF5 signature
             raise CheckpointError(f"{path}: an HDF5 data file, not a pacsim checkpoint")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint we trust"
@@ -119,6 +145,26 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return model, masks, meta
 
 
+def _check_archive(path: Path) -> None:
+    """Verify the CRC-32 that torch's zip archive records for every member (torch.load
+    itself does not), so a flipped bit in a weight is refused rather than loaded."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # not an archive: torch.load says what it is
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+            NotImplementedError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint (its zip archive is "
+                              f"unreadable: {str(exc).strip() or type(exc).__name__})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if bad is not None:
+        member = bad.split("/", 1)[-1]  # without the archive's root folder
+        raise CheckpointError(f"{path}: damaged checkpoint (member {member!r} fails its CRC "
+                              "check: the file was changed or corrupted after saving)")
+
+
 def _load_state(model: nn.Module, state: Any) -> None:
     """``load_state_dict`` that names missing, unexpected and mis-shaped entries."""
     if not isinstance(state, dict):
@@ -137,12 +183,12 @@ def _load_state(model: nn.Module, state: Any) -> None:
     model.load_state_dict(state)
 
 
-def _check_finite(state: dict[str, Any]) -> None:
-    """Refuse NaN or inf in any floating-point tensor of a state dict."""
+def _check_finite(state: dict[str, Any], prefix: str = "") -> None:
+    """Refuse NaN or inf in any floating-point (or complex) tensor of a state dict."""
     bad = [k for k, v in state.items() if isinstance(v, torch.Tensor)
-           and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+           and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
     if bad:
-        raise ValueError(f"weights hold NaN or inf: {', '.join(bad[:5])}")
+        raise ValueError(f"{prefix}weights hold NaN or inf: {', '.join(bad[:5])}")
 
 
 def _expected_stat_shapes(config: dict[str, Any], meta: dict[str, Any]

@@ -58,6 +58,11 @@ def count() -> int:
     return _State.count
 
 
+def last_signal() -> int | None:
+    """The last stop signal this process received while they were handled, or None."""
+    return _State.last if _State.count else None
+
+
 def check(since: int) -> None:
     """Raise :class:`Interrupted` if a stop signal arrived after :func:`count` was
     ``since`` (also one whose exception was swallowed)."""
@@ -150,6 +155,18 @@ def die_with(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -25,15 +27,27 @@ def _normalizer(**change: np.ndarray) -> Normalizer:
     ({"input_std": np.ones(5)}, "input_mean has shape"),
 ])
 def test_checkpoint_with_a_bad_normalizer_is_refused(tmp_path, change, match):
-    path = save_checkpoint(tmp_path / "m.pt", make_model("mlp"), normalizer=_normalizer(**change))
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises(ValueError, match=match):  # never written ...
+        save_checkpoint(tmp_path / "m.pt", make_model("mlp"), normalizer=_normalizer(**change))
+    path = _edited(save_checkpoint(tmp_path / "m.pt", make_model("mlp"),
+                                   normalizer=_normalizer()),
+                   normalizer=json.dumps(_normalizer(**change).to_dict()))
+    with pytest.raises(CheckpointError, match=match):  # ... and refused when edited in
         load_checkpoint(path)
+
+
+def _edited(path, **entries):
+    """Rewrite a saved checkpoint with some of its payload's entries replaced."""
+    payload = torch.load(path, weights_only=True)
+    payload.update(entries)
+    torch.save(payload, path)
+    return path
 
 
 def test_checkpoint_normalizer_must_fit_the_recorded_data(tmp_path):
     meta = {"data": {"input_shape": [4], "target_shape": [2, 8]}}
-    path = save_checkpoint(tmp_path / "m.pt", make_model("mlp"), meta=meta,
-                           normalizer=_normalizer())
+    path = _edited(save_checkpoint(tmp_path / "m.pt", make_model("mlp"),
+                                   normalizer=_normalizer()), meta=json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"target statistics have shape \[2\].*\[2, 1\]"):
         load_checkpoint(path)
     good = save_checkpoint(tmp_path / "ok.pt", make_model("mlp"), normalizer=_normalizer())
@@ -41,10 +55,10 @@ def test_checkpoint_normalizer_must_fit_the_recorded_data(tmp_path):
 
 
 def test_checkpoint_with_nan_weights_is_refused(tmp_path):
-    model = make_model("mlp")
-    with torch.no_grad():
-        next(model.parameters())[0, 0] = float("nan")
-    path = save_checkpoint(tmp_path / "m.pt", model)
+    path = save_checkpoint(tmp_path / "m.pt", make_model("mlp"))
+    state = torch.load(path, weights_only=True)["state_dict"]
+    state["net.0.weight"][0, 0] = float("nan")
+    _edited(path, state_dict=state)
     with pytest.raises(CheckpointError, match="weights hold NaN or inf"):
         load_checkpoint(path)
 

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import threading
 import uuid
@@ -155,12 +156,13 @@ def connect(options: RayOptions, log: Any = print) -> Iterator[Any]:
         return
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
              "include_dashboard": False}
-    if options.address is None:
-        ncpu = options.num_cpus or os.cpu_count() or 1
-        ray.init(address="local", num_cpus=ncpu, **quiet)
-    else:
-        check_address(options.address)
-        _init_with_timeout(ray, options.address, quiet)
+    with _our_stop_signals():
+        if options.address is None:
+            ncpu = options.num_cpus or os.cpu_count() or 1
+            ray.init(address="local", num_cpus=ncpu, **quiet)
+        else:
+            check_address(options.address)
+            _init_with_timeout(ray, options.address, quiet)
     try:
         res = ray.cluster_resources()
         log(f"ray: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPU(s), "
@@ -169,6 +171,25 @@ def connect(options: RayOptions, log: Any = print) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _our_stop_signals() -> Iterator[None]:
+    """Keep this process's SIGINT, SIGTERM and SIGHUP handlers through ``ray.init``.
+
+    ``ray.init`` installs a SIGTERM handler that calls ``sys.exit``, which ends the driver
+    with status 1 and a dump of Ray's C++ threads; with pacsim's handler back, SIGTERM
+    stops the run as Ctrl-C does (finished cells saved, Ray shut down, exit 143)."""
+    from .. import procutil
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in procutil.SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
 
 
 def _init_with_timeout(ray: Any, address: str, kwargs: dict[str, Any]) -> None:

@@ -84,8 +84,15 @@ def win_rate(g: Grid, pair: str, method: str, n: int, ref: str = REF) -> float |
 
 
 def verdict(ratio: float) -> str:
-    """"wins" (< 0.99x the best baseline), "ties" (0.99-1.01x) or "loses" (> 1.01x)."""
+    """"wins" (< 0.99x the best baseline), "ties" (0.99-1.01x) or "loses" (> 1.01x);
+    "undefined" for a NaN ratio (an error that is not a number), never a tie."""
+    if math.isnan(ratio):
+        return "undefined"
     return "wins" if ratio < WIN else "loses" if ratio > LOSE else "ties"
+
+
+def _ratio_text(ratio: float) -> str:
+    return "NaN error" if math.isnan(ratio) else f"{ratio:.2f}x"
 
 
 def ratio_interval(a: Iterable[float], b: Iterable[float], level: float = LEVEL,
@@ -123,7 +130,7 @@ def comparisons(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         rs = paired(ok, pair, n)
         means = {m: float(np.mean([r["target"]["rmse"] for r in rs if r["method"] == m]))
                  for m in methods_in(rs)}
-        base = {m: v for m, v in means.items() if m in BASELINES}
+        base = {m: v for m, v in means.items() if m in BASELINES and not math.isnan(v)}
         if not base:
             continue
         best = min(base, key=base.get)
@@ -166,23 +173,27 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
         count = Counter(verdict(r[m]) for r in mine)
         who = "PAC overall** (pacsim's recipe, `pac`)" if m == "pac" else \
             "The paper's recipe overall** (`pac-paper`)"
-        lines.append(f"- **{who}: wins at {count['wins']}, ties at {count['ties']} and loses "
-                     f"at {count['loses']} of the {len(mine)} (pair, n) combinations against "
+        undefined = (f", has an error that is not a number (NaN) at {count['undefined']}"
+                     if count["undefined"] else "")
+        lines.append(f"- **{who}: wins at {count['wins']}, ties at {count['ties']}{undefined} "
+                     f"and loses at {count['loses']} of the {len(mine)} (pair, n) "
+                     "combinations against "
                      f"the best baseline (the lowest mean target RMSE of "
                      f"{', '.join(BASELINES)}, over the seeds where every method finished).")
     for pair in sorted({r["pair"] for r in rows}):
         mine = [r for r in rows if r["pair"] == pair]
-        parts = [f"n={r['n']}: PAC {verdict(r['pac'])} ({r['pac']:.2f}x the best baseline, "
-                 f"{r['best']}{_partial(r)})" for r in mine if "pac" in r]
+        parts = [f"n={r['n']}: PAC {verdict(r['pac'])} ({_ratio_text(r['pac'])}"
+                 + ("" if math.isnan(r["pac"]) else " the best baseline")
+                 + f", {r['best']}{_partial(r)})" for r in mine if "pac" in r]
         text = "; ".join(parts)
         paper = [r for r in mine if "pac-paper" in r]
         if paper:
             groups: dict[str, list[str]] = defaultdict(list)
             for r in paper:
                 groups[verdict(r["pac-paper"])].append(
-                    f"{r['n']} ({r['pac-paper']:.2f}x{_partial(r)})")
-            said = "; ".join(f"{v} at n={', '.join(groups[v])}" for v in ("wins", "ties", "loses")
-                             if groups[v])
+                    f"{r['n']} ({_ratio_text(r['pac-paper'])}{_partial(r)})")
+            said = "; ".join(f"{v} at n={', '.join(groups[v])}"
+                             for v in ("wins", "ties", "loses", "undefined") if groups[v])
             text += (". " if text else "") + f"pac-paper {said}"
         if text:
             lines.append(f"- **{pair}**: {text}.")
@@ -262,7 +273,7 @@ def verdict_table(records: Iterable[dict[str, Any]]) -> list[str]:
                 if m not in r:
                     cells.append("-")
                     continue
-                s = f"{r[m]:.2f} {verdict(r[m])}"
+                s = "NaN error" if math.isnan(r[m]) else f"{r[m]:.2f} {verdict(r[m])}"
                 s = f"**{s}**" if verdict(r[m]) == "wins" else s
                 ci = r.get(f"{m} ci")
                 cells.append(s if ci is None else f"{s} ({ci[0]:.2f}-{ci[1]:.2f})")

@@ -31,6 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ..fsutil import plain_name
 from ..sims import recipes
 from ..train import OPTIMIZERS
 from ..transfer import DEFAULT_GRIDS, METHODS, Options, SelectionConfig, check_grid, method_options
@@ -293,6 +294,10 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
              for name, spec in _table(raw["pair"], "[pair]", path).items()}
     _share_data(pairs)
     name = str(raw.get("name", path.stem))
+    if (why := plain_name(name)) is not None and not (data_dir or "data_dir" in raw):
+        raise SuiteError(f"{path}: name {name!r} {why}; it names the data folder "
+                         "datasets/built/NAME, so it must be a plain file name (or give "
+                         "data_dir)")
     ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
     return Suite(name, path, seeds, n_target, methods, pairs, ddir, selection)
 
@@ -343,6 +348,9 @@ def _method_specs(path: Path, where: str, tables: dict[str, Any],
 def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
           n_target: list[int], methods: dict[str, MethodSpec]) -> PairSpec:
     where = f"{path}: [pair.{name}]"
+    if (why := plain_name(name)) is not None:
+        raise SuiteError(f"{path}: pair name {name!r} {why}; it names the pair's data and "
+                         "cache files, so it must be a plain file name")
     if "recipe" not in spec or "model" not in spec:
         raise SuiteError(f"{where} needs 'recipe' and 'model'")
     rpath = Path(str(spec["recipe"]))

@@ -46,6 +46,8 @@ def chunk_rows(sample_shape: tuple[int, ...], itemsize: int = 4,
 
 def first_non_finite(block: np.ndarray) -> int | None:
     """The position (axis 0) of the first sample of ``block`` holding NaN or inf, or None."""
+    if block.shape[0] == 0:  # an empty split: nothing to check (and nothing to reshape)
+        return None
     finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
     return None if finite.all() else int(np.argmin(finite))
 
@@ -79,9 +81,17 @@ def unreadable(path: Path, exc: BaseException) -> DatasetError:
 
 
 def attr_value(value: Any) -> Any:
-    """An HDF5 attribute as a plain Python value (str, int, float, list)."""
+    """An HDF5 attribute as a plain Python value (str, int, float, list); bytes, also
+    opaque ones, become text (bytes that are not UTF-8 replaced by U+FFFD)."""
+    if isinstance(value, np.void):
+        value = value.tobytes()
+    if isinstance(value, str):  # h5py keeps bytes that are not UTF-8 as surrogates
+        try:
+            value = value.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", errors="replace").decode("utf-8")
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

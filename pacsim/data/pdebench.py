@@ -14,6 +14,7 @@ States are returned channel-first, ``(C, Nx[, Ny])``, the layout of pacsim's CNN
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from .format import attr_value, first_non_finite, open_h5
 from .writer import DatasetWriter
 
 MODES = ("final", "step")
+#: Conversion reads trajectories in blocks of about this many bytes (at least one).
+BLOCK_BYTES = 1 << 20
 
 
 def _seed_groups(f: h5py.File) -> list[str]:
@@ -118,6 +121,10 @@ class PDEBenchFile:
             self.fields = tuple(f"v{i}" for i in range(self.channels))
             g0 = self.groups[0]
             coords = {"x": f"{g0}/grid/x", "y": f"{g0}/grid/y", "t": f"{g0}/grid/t"}
+        if self.n == 0 or self.n_times == 0:
+            what = "trajectories" if self.n == 0 else "time steps"
+            raise DatasetError(f"{self.path}: holds no {what} (shape "
+                               f"{(self.n, self.n_times, *self.spatial)}); nothing to read")
         self.coords: dict[str, np.ndarray] = {}
         for key, name in coords.items():
             if isinstance(f.get(name), h5py.Dataset):
@@ -228,7 +235,10 @@ class PDEBenchFile:
                            seed=seed, coords=coords, split=split, overwrite=overwrite,
                            attrs=attrs) as w:
             per = 1 if mode == "final" else self.n_times - stride  # pairs per trajectory
-            for x, y in self.pairs(mode, t_index=t_index, time=time, stride=stride):
+            traj_bytes = 4 * self.n_times * math.prod(self.state_shape)
+            block = max(1, min(64, BLOCK_BYTES // max(1, traj_bytes)))
+            for x, y in self.pairs(mode, t_index=t_index, time=time, stride=stride,
+                                   block=block):
                 # each pair's trajectory: the splits keep trajectories whole
                 w.append(x, y, groups=(w.n + np.arange(len(x))) // per)
         return Path(out)

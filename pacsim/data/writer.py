@@ -14,12 +14,12 @@ import h5py
 import numpy as np
 
 from .. import __version__, procutil
-from ..fsutil import AtomicFile
+from ..fsutil import AtomicFile, disk_error
 from .errors import DatasetError
 from .format import FORMAT, FORMAT_VERSION, SPLITS, chunk_rows, first_non_finite
 from .stats import RunningMoments
 
-STATS_BLOCK_BYTES = 64 * 2**20
+STATS_BLOCK_BYTES = 16 * 2**20
 _OVERWRITE_HINT = "pass overwrite=True (--overwrite) to replace it"
 
 
@@ -134,6 +134,9 @@ class DatasetWriter:
         self._n_params = None if sample_param_names is None else len(sample_param_names)
         self._target = AtomicFile(self.path, overwrite=overwrite, hint=_OVERWRITE_HINT)
         self._f: h5py.File | None = None
+        # the datasets stay open while the file is: closing one flushes its chunk cache,
+        # and a flush that fails in a finaliser (a full disk) cannot be reported
+        self._ds: dict[str, h5py.Dataset] = {}
         try:
             self._f = h5py.File(self._target.tmp, "w")
             f = self._f
@@ -157,10 +160,12 @@ class DatasetWriter:
                                      maxshape=(None, self._n_params), dtype=np.float64,
                                      chunks=(chunk_rows((self._n_params,), 8), self._n_params))
                 p.attrs["names"] = [str(s) for s in sample_param_names]
+            self._ds = {k: f[k] for k in ("inputs", "targets", "params") if k in f}
             for k, v in coords_np.items():
                 f.create_dataset(f"coords/{k}", data=v)
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            self._raise_disk_error(exc)
             raise
 
     def __enter__(self) -> DatasetWriter:
@@ -204,12 +209,17 @@ class DatasetWriter:
             raise DatasetError(f"{self.path}: sample_params given but no sample_param_names")
         g = self._check_groups(groups, x.shape[0])
         lo, hi = self.n, self.n + x.shape[0]
-        for name, block in (("inputs", x), ("targets", y), ("params", p)):
-            if block is None:
-                continue
-            ds = self._f[name]
-            ds.resize(hi, axis=0)
-            ds[lo:hi] = block
+        try:
+            for name, block in (("inputs", x), ("targets", y), ("params", p)):
+                if block is None:
+                    continue
+                ds = self._ds[name]
+                ds.resize(hi, axis=0)
+                ds[lo:hi] = block
+        except BaseException as exc:  # a full disk: one line naming the file, no temp left
+            self.abort()
+            self._raise_disk_error(exc)
+            raise
         if g is not None:
             assert self._groups is not None
             self._groups.append(g)
@@ -245,19 +255,27 @@ class DatasetWriter:
                 f.create_dataset(f"splits/{name}", data=splits[name])
             if splits["train"].size:
                 self._write_stats(f, splits["train"])
+            f.flush()  # a full disk fails here, where it can be reported
+            self._ds = {}
             f.close()
             self._f = None
             self._target.commit()  # refuses after a stop signal, even a swallowed one
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            self._raise_disk_error(exc)
             raise
         return self.path
+
+    def _raise_disk_error(self, exc: BaseException) -> None:
+        """Raise a write that ran out of room as one OSError line naming ``path``."""
+        if isinstance(exc, Exception) and (err := disk_error(exc, self.path)) is not None:
+            raise err from None
 
     def _write_stats(self, f: h5py.File, train: np.ndarray) -> None:
         is_train = np.zeros(self.n, dtype=bool)
         is_train[train] = True
         for name in ("inputs", "targets"):
-            ds = f[name]
+            ds = self._ds[name]
             moments = RunningMoments(ds.shape[1:])
             step = max(1, STATS_BLOCK_BYTES // (4 * max(1, int(np.prod(ds.shape[1:])))))
             for lo in range(0, self.n, step):
@@ -279,10 +297,29 @@ class DatasetWriter:
         """Discard everything written so far."""
         with procutil.deferred():
             if self._f is not None:
-                with contextlib.suppress(Exception):
-                    self._f.close()
+                _abandon(self._f, self._ds)
                 self._f = None
             self._target.discard()
+
+
+def _abandon(f: h5py.File, handles: dict[str, h5py.Dataset]) -> None:
+    """Close ``f``, whose contents are being thrown away, without writing to its file.
+
+    HDF5 flushes its caches on close, and after a failed write (a full disk) every flush
+    fails again, in dataset finalisers too, and can end the process. The file's
+    descriptor is pointed at /dev/null first, so whatever HDF5 still writes succeeds and
+    goes nowhere; the temporary file is removed by the caller."""
+    with contextlib.suppress(Exception):
+        fd = f.id.get_vfd_handle()
+        if isinstance(fd, int) and fd >= 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+    handles.clear()  # their finalisers now write to /dev/null
+    with contextlib.suppress(Exception):
+        f.close()
 
 
 def write_dataset(path: str | os.PathLike[str], inputs: Any, targets: Any, *, simulator: str,

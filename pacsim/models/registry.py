@@ -10,7 +10,10 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
+
+from ..procutil import available_memory
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -45,11 +48,49 @@ def model_class(name: str) -> type[nn.Module]:
 
 
 def build(config: dict[str, Any]) -> nn.Module:
-    """Build a fresh model from a config as returned by ``model.config()``."""
+    """Build a fresh model from a config as returned by ``model.config()`` (refused in one
+    line when it cannot fit in memory, see :func:`built`)."""
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"model config must be a dict with a 'name' entry, got {config!r}")
     kwargs = dict(config)
-    return model_class(kwargs.pop("name"))(**kwargs)
+    name = kwargs.pop("name")
+    cls = model_class(name)
+    return built(lambda: cls(**kwargs), name)
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if b < 1000 or unit == "TB":
+            return f"{b:.3g} {unit}"
+        b /= 1000
+    return f"{b:.3g} TB"
+
+
+def built(factory: Callable[[], nn.Module], name: str) -> nn.Module:
+    """``factory()``, refused with one ValueError line when the model cannot fit in
+    memory: its parameters and buffers are counted first on the meta device (nothing
+    allocated) against the memory available; an allocator failure while building says
+    the same."""
+    count: tuple[int, int] | None = None
+    try:
+        with torch.device("meta"):
+            probe = factory()
+        tensors = [*probe.parameters(), *probe.buffers()]
+        count = (sum(p.numel() for p in probe.parameters()),
+                 sum(t.numel() * t.element_size() for t in tensors))
+    except Exception:  # noqa: BLE001 - a model that cannot be counted: build it and see
+        pass
+    avail = available_memory()
+    if count is not None and avail is not None and count[1] > avail:
+        raise ValueError(f"not enough memory to build the model {name}: {count[0]:,} "
+                         f"parameters ({_size(count[1])}), {_size(avail)} available")
+    try:
+        return factory()
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        size = "" if count is None else f": {count[0]:,} parameters ({_size(count[1])})"
+        raise ValueError(f"not enough memory to build the model {name}{size}") from None
 
 
 class Configurable:

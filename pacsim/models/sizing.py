@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from .registry import model_class
+from .registry import built, model_class
 
 Shape = Sequence[int]
 
@@ -47,6 +47,7 @@ def for_data(name: str, input_shape: Shape, target_shape: Shape,
             raise ValueError(f"model {name!r} has no option {key!r}; its options: "
                              f"{', '.join(known)}")
     try:
-        return cls.for_data(tuple(input_shape), tuple(target_shape), **opts)  # type: ignore[attr-defined]
+        return built(lambda: cls.for_data(tuple(input_shape), tuple(target_shape),  # type: ignore[attr-defined]
+                                          **opts), name)
     except TypeError as exc:
         raise ValueError(f"model {name!r}: {exc}") from None

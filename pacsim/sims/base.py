@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import procutil
 from ..data.writer import DatasetWriter
 from ..fsutil import check_target
 from ..progress import progress_bar
@@ -251,14 +252,7 @@ def _size(b: float) -> str:
 
 
 def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return procutil.available_memory()
 
 
 def check_size(name: str, n: int, per_sample: int, out: str | os.PathLike[str]) -> None:

@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ..fsutil import plain_name
 from .base import SimulationError, get, simulate
 
 SIDES = ("source", "target")
@@ -106,7 +107,12 @@ def load(path: str | os.PathLike[str]) -> Recipe:
                 raise SimulationError(f"{path}: [{side}] n must be positive, got {n}")
             parts[side] = Part(str(sec["setting"]), n, split,  # type: ignore[arg-type]
                                dict(sec.get("set", {})))
-        recipe = Recipe(str(raw.get("name", path.stem)), str(raw["simulator"]),
+        name = str(raw.get("name", path.stem))
+        if (why := plain_name(name)) is not None:
+            raise SimulationError(f"{path}: name {name!r} {why}; it names the files "
+                                  "NAME_source.h5 and NAME_target.h5 inside --out, so it must "
+                                  "be a plain file name")
+        recipe = Recipe(name, str(raw["simulator"]),
                         _integer(raw.get("seed", 0), "seed", path), parts, path)
         sim = get(recipe.simulator)
         for side, part in parts.items():  # unknown settings and parameters, before any run

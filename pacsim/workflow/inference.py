@@ -80,8 +80,32 @@ def evaluate_file(checkpoint: str | os.PathLike[str], data: str | os.PathLike[st
         if not len(ds):
             raise ValueError(f"{data}: split {split!r} has no samples")
         metrics = evaluate(phys, ds, per_channel=True, device=resolve_device(device))
+        if not all(np.isfinite(metrics[k]) for k in ("rmse", "mae", "max_error")):
+            raise ValueError(_not_finite(checkpoint, _first_non_finite_prediction(
+                phys, ds, resolve_device(device)), data, "no metrics"))
     return {"checkpoint": str(checkpoint), "data": str(data), "split": split,
             "n": int(info.splits[split].size), "setting": setting, **metrics}
+
+
+def _not_finite(checkpoint: str | os.PathLike[str], row: int | None,
+                inputs: str | os.PathLike[str], outcome: str) -> str:
+    """The one line of a model whose predictions are not finite (predict and evaluate)."""
+    which = "a prediction" if row is None else f"its prediction for sample {row}"
+    return (f"{checkpoint}: {which} of {inputs} is not finite (a diverged model, or inputs "
+            f"far outside its training range); {outcome}")
+
+
+def _first_non_finite_prediction(phys: nn.Module, ds: H5Dataset, dev: torch.device,
+                                 batch_size: int = 1024) -> int | None:
+    """The file row of the first sample of ``ds`` whose prediction is not finite."""
+    with torch.no_grad():
+        for lo in range(0, len(ds), batch_size):
+            pos = np.arange(lo, min(lo + batch_size, len(ds)))
+            x, _ = ds[pos]
+            bad = first_non_finite(phys(x.to(dev)).float().cpu().numpy())
+            if bad is not None:
+                return int(ds.indices[pos[bad]])
+    return None
 
 
 def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[str],
@@ -107,7 +131,7 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
     attrs = {"predicted_by": str(Path(checkpoint).resolve()),
              "checkpoint_fingerprint": file_fingerprint(checkpoint),
              "predicted_from": str(Path(inputs).resolve()),
-             "predicted_split": split, "setting": setting or "",
+             "predicted_split": split, "predicted_setting": setting or "",
              "source_view": setting == pac.SOURCE}
     with _served(checkpoint, setting, device) as (phys, model, _, meta), \
             open_h5(Path(inputs)) as f, torch.no_grad():
@@ -122,10 +146,8 @@ def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[s
                 pred = phys(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev))
                 pred = pred.float().cpu().numpy()
                 if (bad := first_non_finite(pred)) is not None:  # the model's fault
-                    raise ValueError(f"{checkpoint}: its prediction for sample "
-                                     f"{int(rows[lo + bad])} of {inputs} is not finite (a "
-                                     "diverged model, or inputs far outside its training "
-                                     "range); nothing was written")
+                    raise ValueError(_not_finite(checkpoint, int(rows[lo + bad]), inputs,
+                                                 "nothing was written"))
                 if writer is None:
                     writer = DatasetWriter(
                         out, input_shape=info.input_shape, target_shape=pred.shape[1:],

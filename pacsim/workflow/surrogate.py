@@ -9,6 +9,7 @@ file and only rank 0 prints and writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -107,10 +108,20 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         say(f"note: {data} has no val split; the last epoch is kept")
     say(f"training {name} ({sum(p.numel() for p in net.parameters()):,} parameters) on "
         f"{len(train)} samples of {data}, device {dev}")
-    history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
-                  batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
-                  patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed, amp=amp,
-                  compile=compile, progress=progress if is_main() else False, desc="train")
+    _check_training_memory(net, name, dev)
+    try:
+        history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
+                      batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
+                      patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed,
+                      amp=amp, compile=compile, progress=progress if is_main() else False,
+                      desc="train")
+    except (MemoryError, RuntimeError) as exc:  # the allocator's, CUDA's out of memory
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or "alloc" in text or "out of memory" in text:
+            raise ValueError(f"not enough memory to train the model {name} on {dev} "
+                             f"({_param_bytes(net) / 1e9:.3g} GB of parameters; try a "
+                             "smaller model or --batch-size)") from None
+        raise
     normalizer = train.normalizer
     assert normalizer is not None
     metrics = {"val": physical_metrics(net, normalizer, data, "val", device=dev)}
@@ -134,6 +145,34 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         save_checkpoint(out, net, meta=meta, normalizer=normalizer, overwrite=overwrite)
         say(f"wrote {out}")
     return meta
+
+
+#: Training holds about this many copies of the parameters: the weights, their
+#: gradients, two Adam moments and the best epoch's weights.
+_TRAINING_COPIES = 5
+
+
+def _param_bytes(net: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in net.parameters())
+
+
+def _check_training_memory(net: nn.Module, name: str, dev: torch.device) -> None:
+    """Refuse, before the first epoch, a model whose training state cannot fit in the
+    memory of ``dev`` (checked where it can be measured: CPU memory, CUDA free memory)."""
+    from ..procutil import available_memory
+
+    need = _TRAINING_COPIES * _param_bytes(net)
+    avail: int | None = None
+    if dev.type == "cuda":
+        with contextlib.suppress(RuntimeError):
+            avail = torch.cuda.mem_get_info(dev)[0]
+    elif dev.type == "cpu" and (free := available_memory()) is not None:
+        avail = free + _param_bytes(net)  # the weights are already in memory
+    if avail is not None and need > avail:
+        raise ValueError(f"not enough memory to train the model {name}: "
+                         f"{sum(p.numel() for p in net.parameters()):,} parameters need "
+                         f"about {need / 1e9:.3g} GB on {dev} (weights, gradients, "
+                         f"optimiser state), {avail / 1e9:.3g} GB available")
 
 
 def _grid_without(method: str, fixed: set[str]) -> Any:
@@ -284,6 +323,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
                    {"data": previous, "steps": steps, "lr": lr, "seed": seed,
                     "batch_size": min(batch_size, len(previous[0])), "device": device,
                     "weight_decay": weight_decay, "progress": False})
+        newest = masks.settings[masks.latest]  # gives up entries to the new setting
         pac.extend(model, masks, setting, ratio=extend_ratio, **retrain)
     info = file_info(target)
     check_shapes(model, meta, checkpoint, target, info)
@@ -365,8 +405,16 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         record["settings"] = list(res.masks.settings)
         record["setting_data"] = {**meta.get("setting_data", {}), name: record["data"]}
         if extending:
-            say(f"added setting {name!r} to the network of "
-                f"{', '.join(res.masks.settings[:-1])}: every earlier setting is untouched")
+            older = res.masks.settings[:-2]
+            how = ("was retrained on its own data" if previous is not None else
+                   "keeps its remaining entries without retraining")
+            record["extended"] = {"setting": newest, "ratio": extend_ratio,
+                                  "retrained": previous is not None}
+            say(f"added setting {name!r}: {newest!r} gave up {extend_ratio:.0%} of its "
+                f"entries to it and {how}, so its error changes"
+                + (f"; {', '.join(repr(o) for o in older)} "
+                   + ("keeps its" if len(older) == 1 else "keep their") + " exact weights"
+                   if older else ""))
     if res.masks is not None and src_path is not None:
         record["source_data"] = src_record
         src_before = ((meta.get("metrics") or {}).get("source_val_before") if extending
