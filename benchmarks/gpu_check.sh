@@ -2,10 +2,11 @@
 # The GPU measurements of pacsim in one call on a machine with CUDA, run from the
 # repository root; every output lands in $OUT (default /tmp/pacsim-gpu).
 #
-#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (about 11 minutes on one H100/H200)
+#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (about 15 minutes on one H100/H200)
 #     correctness of the GPU path, fit vs fit_many vs fit(compile=True) throughput (and
 #     fit vs fit_many for the suites' FNOs, where neuraloperator is there), and
-#     the quick suite's stackable pairs with one cell a task against --batch-cells 64.
+#     the quick suite's stackable pairs with one cell a task against --batch-cells 64,
+#     and its MLP pairs with successive halving against exhaustive selection.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
 #     the full suite (665 cells: n = 10, 30, 100, 300, 5 seeds, selection extending any
 #     edge choice) with the defaults on the GPU, 8 jobs, from the datasets in
@@ -47,6 +48,9 @@ quick)
     step quick 300 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
         --work /tmp/pacsim-quick --ks 1 64 --device cuda --pairs friedman diode burgers1d \
         --json "$OUT/quick_cuda.json"
+    step halving 240 $PY benchmarks/halving.py benchmarks/suites/quick.toml \
+        --work /tmp/pacsim-halving --pairs friedman pendulum diode --device cuda \
+        --json "$OUT/halving_cuda.json"
     ;;
 full)
     if [ ! -f datasets/built/full/darcy2d_source.h5 ]; then

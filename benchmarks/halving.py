@@ -7,7 +7,7 @@ pair and overall how many cells chose the same configuration and step count, the
 optimiser steps the cross-validation trained (``selection.cv_steps``), the cells' wall
 time and the target RMSE ratio. Usage:
 ``python benchmarks/halving.py SUITE --work DIR [--factor 3] [--pairs friedman diode]
-[--jobs 1] [--json OUT.json]``.
+[--jobs 1] [--device cuda] [--json OUT.json]``.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def _variant(suite: Path, halving: int, work: Path) -> Path:
     return out
 
 
-def _run(suite: Path, out: Path, jobs: int) -> float:
+def _run(suite: Path, out: Path, jobs: int, device: str) -> float:
     t0 = time.perf_counter()
-    run_suite(suite, out, jobs=jobs, devices="cpu", log=lambda m: None)
+    run_suite(suite, out, jobs=jobs, devices=device, log=lambda m: None)
     return time.perf_counter() - t0
 
 
@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=3)
     ap.add_argument("--pairs", nargs="*", default=None)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def main() -> None:
         out = args.work / f"halving{h}"
         if h and not (out / "cache").exists() and (args.work / "halving0" / "cache").exists():
             shutil.copytree(args.work / "halving0" / "cache", out / "cache")
-        wall = _run(suite, out, args.jobs)
+        wall = _run(suite, out, args.jobs, args.device)
         runs[h] = ({(r["pair"], r["method"], r["n_target"], r["seed"]): r
                     for r in read_results(out) if r.get("status") == "ok"}, wall)
     (off, wall_off), (on, wall_on) = runs[0], runs[args.factor]
@@ -86,7 +87,7 @@ def main() -> None:
                      "cv_steps_on": steps[1], "cell_seconds_off": secs[0],
                      "cell_seconds_on": secs[1], "rmse_ratio_median": statistics.median(rmse),
                      "rmse_ratio_max": max(rmse), "rmse_ratio_min": min(rmse)})
-    machine = one_line(torch.device("cpu"))
+    machine = one_line(torch.device(args.device))
     print(f"{machine}; suite {args.suite}; halving factor {args.factor}; "
           f"wall {wall_off:.0f} s -> {wall_on:.0f} s")
     print("| pair | cells | same choice (config and steps) | same configuration | CV steps "
