@@ -2,7 +2,7 @@
 # The GPU measurements of pacsim in one call on a machine with CUDA, run from the
 # repository root; every output lands in $OUT (default /tmp/pacsim-gpu).
 #
-#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (about 15 minutes on one H100/H200)
+#   OUT=/somewhere bash benchmarks/gpu_check.sh [quick]   (at most 580 s: one device call)
 #     correctness of the GPU path, fit vs fit_many vs fit(compile=True) throughput (and
 #     fit vs fit_many for the suites' FNOs, where neuraloperator is there), and
 #     the quick suite's stackable pairs with one cell a task against --batch-cells 64,
@@ -40,15 +40,15 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 }
 case "$MODE" in
 quick)
-    step smoke 120 $PY benchmarks/gpu_smoke.py --device cuda
-    step throughput 180 $PY benchmarks/throughput.py --device cuda --threads 16 \
+    step smoke 90 $PY benchmarks/gpu_smoke.py --device cuda
+    step throughput 150 $PY benchmarks/throughput.py --device cuda --threads 16 \
         --ks 1 8 32 64 --repeats 2 --compile --models mlp cnn
-    step throughput_fno 90 $PY benchmarks/throughput.py --device cuda --threads 16 \
+    step throughput_fno 60 $PY benchmarks/throughput.py --device cuda --threads 16 \
         --ks 1 8 32 64 --repeats 2 --models fno1d fno2d
-    step quick 300 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
+    step quick 180 $PY benchmarks/batch_cells.py benchmarks/suites/quick.toml \
         --work /tmp/pacsim-quick --ks 1 64 --device cuda --pairs friedman diode burgers1d \
         --json "$OUT/quick_cuda.json"
-    step halving 240 $PY benchmarks/halving.py benchmarks/suites/quick.toml \
+    step halving 100 $PY benchmarks/halving.py benchmarks/suites/quick.toml \
         --work /tmp/pacsim-halving --pairs friedman pendulum diode --device cuda \
         --json "$OUT/halving_cuda.json"
     ;;
