@@ -59,7 +59,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    base = _subset(args.suite.resolve(), args.pairs, args.work)
+    import tomllib
+
+    pairs = args.pairs or list(tomllib.loads(args.suite.read_text())["pair"])
+    base = _subset(args.suite.resolve(), pairs, args.work)  # recipe paths made absolute
     runs = {}
     for h in (0, args.factor):
         suite = _variant(base, h, args.work)
