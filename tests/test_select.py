@@ -568,7 +568,8 @@ def test_a_choice_at_a_grids_edge_extends_that_axis_until_it_is_interior():
 def test_extensions_stop_at_bounds_caps_and_option_limits():
     from pacsim.transfer.selection import _next_value
 
-    assert _next_value("lr", 0.5, 1, 3.0) is None, "the learning rate stays <= 1"
+    assert _next_value("lr", 0.5, 1, 3.0) == 1.0, "the bound is the last value tried"
+    assert _next_value("lr", 1.0, 1, 3.0) is None, "the learning rate stays <= 1"
     assert _next_value("lr", 0.3, 1, 3.0) == 0.9
     assert _next_value("alpha", 1e-4, -1, 100.0) == 1e-6
     assert _next_value("lam", 0.0, 1, 3.0) is None, "a geometric axis cannot leave 0"
@@ -644,3 +645,13 @@ def test_successive_halving_keeps_the_clear_winner_for_less_training():
     _same_result(runs[False], runs[True])
     with pytest.raises(ValueError, match="halving must be 0"):
         SelectionConfig(halving=1)
+
+
+def test_a_configuration_trained_again_for_a_longer_horizon_supersedes_the_shorter():
+    from types import SimpleNamespace
+
+    from pacsim.transfer.selection import _superseded
+
+    s = SimpleNamespace(configs=[{"lr": 0.1}, {"lr": 0.3}, {"lr": 0.1}],
+                        horizons=[20, 20, 40], origins=[0, 0, 0])
+    assert [_superseded(s, c) for c in range(3)] == [True, False, False]
