@@ -672,7 +672,8 @@ def fit_many(
     """
     if on_divergence not in ("raise", "keep"):
         raise ValueError(f"on_divergence must be 'raise' or 'keep', got {on_divergence!r}")
-    if prune is not None and restore_best and val is not None:
+    if prune is not None and restore_best and val is not None \
+            and any(v is not None for v in val):
         raise ValueError("fit_many's prune needs restore_best=False: a stopped model keeps "
                          "the weights it has")
     models = list(models)
@@ -858,7 +859,7 @@ def fit_many(
         epoch += 1
         alive = [k for k, b in zip(rows.ids, rows.budgets) if b > done]
         stop = set() if prune is None or not alive else {
-            int(k) for k in prune(done, alive, histories)}
+            int(k) for k in prune(done, alive, histories)} & set(alive)
         leave = [r for r, k in enumerate(rows.ids) if k in stop or rows.budgets[r] <= done]
         if stop and len(leave) < len(rows.ids):
             finished = _set_rows(finished, trained, rows.ids, leave, k_models)
@@ -889,8 +890,9 @@ def _set_rows(full: torch.Tensor | None, part: torch.Tensor, ids: Sequence[int],
     row r is model ``ids[r]``) written in at their models' places."""
     if full is None:
         full = part.new_zeros((k_models, *part.shape[1:]))
-    at = torch.tensor([ids[r] for r in rows], device=part.device)
-    full.index_copy_(0, at, part.index_select(0, torch.tensor(rows, device=part.device)))
+    at = torch.tensor([ids[r] for r in rows], dtype=torch.long, device=part.device)
+    full.index_copy_(0, at, part.index_select(
+        0, torch.tensor(list(rows), dtype=torch.long, device=part.device)))
     return full
 
 

@@ -510,3 +510,11 @@ def test_prune_stops_models_and_the_others_train_on_exactly_as_without_it(optimi
                        _net("mlp", 1).get_parameter("net.0.weight")), "frozen stays exact"
     with pytest.raises(ValueError, match="prune needs restore_best=False"):
         fit_many([_net("mlp", 0)], [data[0]], val=[vals[0]], steps=2, prune=prune, **CPU)
+
+
+def test_prune_may_name_models_that_already_stopped():
+    models = [_net("mlp", s) for s in range(3)]
+    data = [_data("mlp", s) for s in range(3)]
+    hist = fit_many(models, data, steps=9, batch_size=16, seeds=[0, 1, 2],
+                    prune=lambda steps, alive, h: {0}, val=[None] * 3, **CPU)
+    assert [h.steps for h in hist] == [3, 9, 9]

@@ -98,3 +98,18 @@ def test_edges_and_selection_cost_are_reported_per_cell_and_method():
     cost = {c["method"]: c for c in selection_cost(recs)}
     assert cost["finetune"]["interior"] == 0.75 and cost["pac"]["interior"] == 1.0
     assert cost["head"]["trainings"] == 12 and cost["head"]["seconds"] == 2.0
+
+
+def test_a_failed_method_is_the_worst_never_left_out_and_a_nan_best_is_skipped():
+    means = {("a", 10): {"scratch": float("nan"), "finetune": 1.0, "pac": 0.8},
+             ("b", 10): {"scratch": 2.0, "finetune": 1.0, "pac": float("inf")},
+             ("c", 10): {"scratch": 0.0, "finetune": 0.0, "pac": 0.5}}
+    ratios = ratios_to_best(means)
+    assert ratios["pac"][("a", 10)] == pytest.approx(0.8)   # best finite baseline: 1.0
+    assert ratios["scratch"][("a", 10)] == float("inf")
+    assert ratios["finetune"][("c", 10)] == 1.0 and ratios["pac"][("c", 10)] == float("inf")
+    rows = {r["method"]: r for r in ratio_summary(ratios)}
+    assert rows["pac"]["worst"] == float("inf") and rows["pac"]["worst_at"] == ("b", 10)
+    assert ratio_summary(ratios)[0]["method"] == "finetune", "a failure is never safest"
+    prof = performance_profile(means, ["scratch", "finetune", "pac"], TAUS)
+    assert prof["pac"][0] == pytest.approx(1 / 3) and prof["finetune"][0] == pytest.approx(2 / 3)

@@ -655,3 +655,52 @@ def test_a_configuration_trained_again_for_a_longer_horizon_supersedes_the_short
     s = SimpleNamespace(configs=[{"lr": 0.1}, {"lr": 0.3}, {"lr": 0.1}],
                         horizons=[20, 20, 40], origins=[0, 0, 0])
     assert [_superseded(s, c) for c in range(3)] == [True, False, False]
+
+
+def test_a_longer_run_that_diverges_does_not_hide_the_shorter_and_halving_falls_back():
+    import math
+    from types import SimpleNamespace
+
+    from pacsim.train import History
+    from pacsim.transfer.selection import _choose, _config_key
+
+    def fold(vals, every=2):
+        return History(train_loss=[1.0] * len(vals), val_loss=vals,
+                       val_steps=[every * (i + 1) for i in range(len(vals))],
+                       steps=every * len(vals))
+
+    configs = [{"lr": 0.1}, {"lr": 0.1}]
+    s = SimpleNamespace(configs=configs, horizons=[10, 20], origins=[0, 0], pruned=set(),
+                        kwargs={}, key=lambda c, base: f"{_config_key(configs[c])}@{c}")
+    short = [fold([0.5, 0.4, 0.3, 0.2, 0.1])] * 2
+    blown = [fold([0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1, math.nan, math.nan, math.nan])] * 2
+    assert _choose(s, [short, blown], 10)[:2] == (0, 10), "the longer run diverged"
+    fine = [fold([0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])] * 2
+    assert _choose(s, [short, fine], 10)[0] == 1, "a finite longer run supersedes"
+    # halving stopped every finite configuration: choose among them rather than fail
+    s2 = SimpleNamespace(configs=[{"lr": 0.1}, {"lr": 0.3}], horizons=[10, 10],
+                         origins=[0, 0], pruned={0}, kwargs={},
+                         key=lambda c, base: str(c))
+    assert _choose(s2, [short, [fold([0.5, math.nan] + [0.1] * 3)] * 2], 10)[0] == 0
+
+
+def test_auto_skips_a_candidate_whose_every_configuration_diverges(monkeypatch):
+    import pacsim.transfer.selection as mod
+
+    model, src, tgt = _problem()
+    real = mod._choose
+
+    def head_blows_up(s, histories, max_steps):
+        if s.method == "head":
+            raise ValueError("cross-validation produced no finite validation loss")
+        return real(s, histories, max_steps)
+
+    monkeypatch.setattr(mod, "_choose", head_blows_up)
+    res = select("auto", model, tgt, selection=SelectionConfig(folds=3, max_steps=8,
+                                                               extend=0),
+                 steps=4, seed=0, **KW)
+    assert res.selection["auto"]["cv_loss"]["head"] == float("inf")
+    assert res.method != "head"
+    with pytest.raises(ValueError, match="no finite validation loss"):
+        select("head", model, tgt, selection=SelectionConfig(folds=3, max_steps=8),
+               steps=4, seed=0, **KW)

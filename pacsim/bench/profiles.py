@@ -80,12 +80,28 @@ def ratios_to_best(means: dict[tuple[str, int], dict[str, float]],
     methods on that problem (problems without any reference method are left out)."""
     out: dict[str, dict[tuple[str, int], float]] = defaultdict(dict)
     for problem, by in means.items():
-        ref = [by[m] for m in reference if m in by]
-        if not ref or min(ref) <= 0:
+        best = _best(by, reference)
+        if best is None:
             continue
         for m, v in by.items():
-            out[m][problem] = v / min(ref)
+            out[m][problem] = _ratio(v, best)
     return dict(out)
+
+
+def _best(by: dict[str, float], reference: Sequence[str]) -> float | None:
+    """The lowest finite error of ``reference``'s methods (None if none is finite)."""
+    ref = [by[m] for m in reference if m in by and math.isfinite(by[m])]
+    return min(ref) if ref else None
+
+
+def _ratio(value: float, best: float) -> float:
+    """``value / best``: inf for an error that is not finite (a failure is the worst
+    outcome, never left out), 1 where both are 0."""
+    if not math.isfinite(value):
+        return math.inf
+    if best <= 0:
+        return 1.0 if value <= best else math.inf
+    return value / best
 
 
 def ratio_summary(ratios: dict[str, dict[tuple[str, int], float]]
@@ -94,12 +110,14 @@ def ratio_summary(ratios: dict[str, dict[tuple[str, int], float]]
     problem of the worst; sorted safest first (lowest worst, then geometric mean)."""
     rows = []
     for m, by in ratios.items():
-        vals = [v for v in by.values() if math.isfinite(v) and v > 0]
+        vals = [v for v in by.values() if not math.isnan(v)]
         if not vals:
             continue
-        worst = max(by, key=lambda p: by[p] if math.isfinite(by[p]) else -1)
-        rows.append({"method": m, "geomean": float(np.exp(np.mean(np.log(vals)))),
-                     "worst": float(max(vals)), "worst_at": worst, "problems": len(vals)})
+        worst = max(by, key=lambda p: by[p] if not math.isnan(by[p]) else -1)
+        with np.errstate(divide="ignore"):
+            geo = float(np.exp(np.mean(np.log(vals))))
+        rows.append({"method": m, "geomean": geo, "worst": float(max(vals)),
+                     "worst_at": worst, "problems": len(vals)})
     return sorted(rows, key=lambda r: (r["worst"], r["geomean"], r["method"]))
 
 
@@ -112,14 +130,14 @@ def performance_profile(means: dict[tuple[str, int], dict[str, float]],
     problem where a method did not run counts as not within any tau. Problems without a
     reference method are left out."""
     reference = list(methods if reference is None else reference)
-    probs = [p for p, by in means.items() if any(m in by for m in reference)]
+    probs = [p for p, by in means.items() if _best(by, reference) is not None]
     out = {}
     for m in methods:
         r = []
         for p in probs:
-            by = means[p]
-            best = min(by[k] for k in reference if k in by)
-            r.append(by[m] / best if m in by and best > 0 else math.inf)
+            by, best = means[p], _best(means[p], reference)
+            assert best is not None
+            r.append(_ratio(by[m], best) if m in by else math.inf)
         arr = np.asarray(r, dtype=float)
         out[m] = [float(np.mean(arr <= t * (1 + 1e-12))) if len(arr) else 0.0 for t in taus]
     return out

@@ -553,12 +553,12 @@ def write_report(out: str | os.PathLike[str], warn: Callable[[str], None] = _std
             cells.append(f"{_fmt(float(np.mean(v)))} ({np.mean(v) / before:.2f}x)" if v else "-")
         md.append(f"| {pair} | {_fmt(float(before))} | " + " | ".join(cells) + " |")
     md += ["", f"![forgetting]({save(plots.forgetting(ok), 'forgetting.png')})", ""]
-    chosen = chosen_table(records)
+    chosen = chosen_table(run)
     if chosen:
         md += ["## Chosen hyper-parameters", "",
                "Over the cells whose hyper-parameters were selected: per option the value "
                "chosen most often, and the median number of steps chosen.", ""] + chosen + [""]
-    md += compute_section(ok, machine_info)
+    md += compute_section(ok_records(run), machine_info)
     if failed:
         md += ["## Failed cells", ""]
         md += [f"- `{r['pair']}|{r['method']}|{r['n_target']}|{r['seed']}`: {r.get('error')}"

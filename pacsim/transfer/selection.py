@@ -319,8 +319,11 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
                                                                     batch_size)
             s.cv_steps += sum(h.steps for hs in new for h in hs)
             histories[i].extend(rounds[i].settle(new))
-        choices = {i: _choose(s, histories[i], max_steps) for i, s in searches.items()}
-        todo = {i: _extend(s, choices[i][0], choices[i][1], selection.extend, max_steps, cap)
+        choices = {i: _choose_or_none(s, histories[i], max_steps,
+                                      asked[owners[i]].method in AUTO_METHODS)
+                   for i, s in searches.items()}
+        todo = {i: [] if choices[i] is None else _extend(
+                    s, choices[i][0], choices[i][1], selection.extend, max_steps, cap)
                 for i, s in searches.items()}
         if not any(todo.values()):
             break
@@ -399,7 +402,7 @@ def _expand_auto(requests: list[SelectRequest], kwargs: Mapping[str, Any],
 
 
 def _auto_picks(asked: list[SelectRequest], requests: list[SelectRequest],
-                owners: list[int], choices: Mapping[int, Choice]
+                owners: list[int], choices: Mapping[int, Choice | None]
                 ) -> dict[int, dict[str, Any]]:
     """For each ``auto`` request, its candidate with the lowest CV loss (first in method
     order on a tie): request index -> what the record says of the pick."""
@@ -408,11 +411,28 @@ def _auto_picks(asked: list[SelectRequest], requests: list[SelectRequest],
         mine = [i for i, o in enumerate(owners) if o == a]
         if req.method not in AUTO_METHODS or not mine:
             continue
-        losses = {requests[i].method: choices[i][2] for i in mine}
-        best = min(mine, key=lambda i: choices[i][2])
+        losses = {requests[i].method: math.inf if choices[i] is None else choices[i][2]
+                  for i in mine}
+        ok = [i for i in mine if choices[i] is not None]
+        if not ok:
+            raise ValueError(f"{req.method}: cross-validation produced no finite validation "
+                             "loss for any method")
+        best = min(ok, key=lambda i: choices[i][2])
         picks[best] = {"method": req.method, "pick": requests[best].method,
                        "cv_loss": losses}
     return picks
+
+
+def _choose_or_none(s: _Search, histories: Histories, max_steps: int, candidate: bool
+                    ) -> Choice | None:
+    """:func:`_choose`; for a candidate of ``auto``, None instead of an error when every
+    configuration diverged (auto then picks among the others)."""
+    try:
+        return _choose(s, histories, max_steps)
+    except ValueError:
+        if not candidate:
+            raise
+        return None
 
 
 def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str, Any],
@@ -489,8 +509,9 @@ def _choose(s: _Search, histories: Histories, max_steps: int) -> Choice:
     """The configuration (its index) and step count with the lowest mean fold curve
     (first minimum wins: grid order, then fewest steps), its CV loss and the thinned
     curves. A configuration where a fold diverged (a training loss not finite) is never
-    chosen."""
-    curves, best, best_step, best_loss = {}, None, 1, math.inf
+    chosen; nor is one successive halving stopped or a finite longer run superseded,
+    unless no other configuration is left."""
+    curves, finite = {}, {}
     for c, hs in enumerate(histories):
         grid_steps = np.arange(1, s.horizons[c] + 1)
         curve = np.mean([_fold_curve(h, grid_steps) for h in hs], axis=0)
@@ -498,21 +519,30 @@ def _choose(s: _Search, histories: Histories, max_steps: int) -> Choice:
         if c in s.pruned and 0 < cut < len(grid_steps):  # halving stopped it: its curve
             grid_steps, curve = grid_steps[:cut], curve[:cut]
         curves[s.key(c, max_steps)] = _thin(grid_steps, curve)
-        if c in s.pruned or np.isnan(curve).any() or _superseded(s, c):
-            continue
+        if not np.isnan(curve).any():
+            finite[c] = (grid_steps, curve)
+    if not finite:
+        raise ValueError("cross-validation produced no finite validation loss")
+    scheduled = s.kwargs.get("lr_schedule") is not None
+    first = [c for c in finite if c not in s.pruned
+             and (scheduled or not _superseded(s, c, finite))]
+    best, best_step, best_loss = None, 1, math.inf
+    for c in first or list(finite):
+        grid_steps, curve = finite[c]
         i = int(np.argmin(curve))
         if curve[i] < best_loss:
             best, best_step, best_loss = c, int(grid_steps[i]), float(curve[i])
-    if best is None:
-        raise ValueError("cross-validation produced no finite validation loss")
+    assert best is not None
     return best, best_step, best_loss, curves
 
 
-def _superseded(s: _Search, c: int) -> bool:
-    """Whether configuration ``c`` also trained for a longer horizon: that curve holds
-    this one (the same steps, up to rounding), so only the longer one is chosen from."""
+def _superseded(s: _Search, c: int, finite: Mapping[int, Any] | None = None) -> bool:
+    """Whether configuration ``c`` also trained, without diverging, for a longer horizon:
+    with a constant learning rate that curve holds this one (the same steps, up to
+    rounding), so only the longer one is chosen from."""
     return any(other == s.configs[c] and h > s.horizons[c] and o == s.origins[c]
-               for other, h, o in zip(s.configs, s.horizons, s.origins))
+               and (finite is None or k in finite)
+               for k, (other, h, o) in enumerate(zip(s.configs, s.horizons, s.origins)))
 
 
 def _axis_edges(s: _Search, c: int) -> list[tuple[str, float, int, float]]:
