@@ -393,3 +393,35 @@ def test_a_damaged_cache_is_trained_again(tmp_path):
     assert [r["source_before"] for r in first_run] == [r["source_before"] for r in second_run]
     for p in caches:
         assert p.stat().st_size == len(first[p])
+
+
+def test_max_seeds_adds_seeds_where_pacs_verdict_is_within_the_seeds_noise(tmp_path,
+                                                                          monkeypatch):
+    from pacsim.bench import report
+
+    path = _suite(tmp_path, seeds=(0, 1, 2), n_target=(5, 8), top="max_seeds = 5")
+    real = report.comparisons
+    asked = []
+
+    def noisy_at_5(records):
+        rows = real(records)
+        asked.append(sorted({r["seed"] for r in records}))
+        for row in rows:  # n=5 within the noise, n=8 clear of it
+            row["pac ci"] = (0.9, 1.1) if row["n"] == 5 else (1.2, 1.4)
+        return rows
+
+    monkeypatch.setattr(report, "comparisons", noisy_at_5)
+    out = tmp_path / "out"
+    logs = []
+    run_suite(path, out, devices="cpu", log=logs.append)
+    recs = [r for r in read_results(out) if r["status"] == "ok"]
+    seeds = {n: sorted({r["seed"] for r in recs if r["n_target"] == n}) for n in (5, 8)}
+    assert seeds == {5: [0, 1, 2, 3, 4], 8: [0, 1, 2]}
+    assert any("fried n=5" in m and "2 more seeds" in m for m in logs)
+    assert asked and all(s == [0, 1, 2] for s in asked), "decided on the suite's seeds"
+    assert json.loads((out / "machine.json").read_text())["planned"] == {"fried": 18 + 6}
+    logs.clear()
+    run_suite(path, out, devices="cpu", log=logs.append)  # resumed: nothing more to run
+    assert len(read_results(out)) == len(recs)
+    with pytest.raises(SuiteError, match="max_seeds"):
+        load_suite(_suite(tmp_path, seeds=(0, 1, 2), top="max_seeds = 2"))

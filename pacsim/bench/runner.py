@@ -190,30 +190,73 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
         for recipe in suite.data_recipes():
             recipes.build(recipe, suite.data_dir,
                           log=lambda m: None if m.endswith("skipped") else log(m))
-        plan = plan_suite(suite, read_results(out), retry_failed)
-        log(_summary(suite, plan, how, out))
-        if not plan.todo:
-            return out / RESULTS
-        kind = "cuda" if cuda else "cpu"
-        if ray_opts is None:
-            batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
-                                 min(jobs, len(plan.todo)))
-            _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs,
-                                        "batch_cells": batch})
-            run = functools.partial(execute.run_cells, jobs=min(jobs, len(plan.todo)),
-                                    devices=devs, batch=batch)
-            _execute(suite, out, plan.cells(), run, log)
-            return out / RESULTS
-        with ray_executor.connect(ray_opts, log) as ray:
-            cluster = ray.cluster_resources()
-            batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
-                                 ray_opts.slots(cluster))
-            _write_machine(out, suite, {"executor": "ray", **dataclasses.asdict(ray_opts),
-                                        "jobs": ray_opts.slots(cluster),
-                                        "cluster": cluster, "batch_cells": batch})
-            run = functools.partial(ray_executor.run_cells, options=ray_opts, batch=batch)
-            _execute(suite, out, plan.cells(), run, log)
+        while True:  # the suite's seeds, then more where PAC's verdict is within noise
+            plan = plan_suite(suite, read_results(out), retry_failed)
+            log(_summary(suite, plan, how, out))
+            if plan.todo:
+                _run_plan(suite, out, plan, ray_opts, jobs, devs, batch_cells, k, cuda, log)
+            grown = _with_seeds(suite, read_results(out), log)
+            if grown is suite:
+                break
+            suite = grown
     return out / RESULTS
+
+
+def _with_seeds(suite: Suite, records: Sequence[dict[str, Any]],
+                log: Callable[[str], Any]) -> Suite:
+    """``suite`` with ``max_seeds`` applied: every (pair, n) whose suite seeds have all
+    finished and where PAC's ratio to the best baseline has a seed interval holding 1
+    (judged on the suite's seeds only, so a resumed run decides alike) runs on up to
+    ``max_seeds`` seeds (the next integers after the suite's). The same object when
+    nothing is added, so the runner's loop ends."""
+    if suite.max_seeds is None or suite.max_seeds <= len(suite.seeds):
+        return suite
+    from .report import comparisons
+
+    extra = dict(suite.extra_seeds)
+    current = [r for r in records if r.get("pair") in suite.pairs  # the suite's seeds:
+               and r.get("method") in suite.methods and r.get("seed") in suite.seeds
+               and r.get("cell_id") == suite.cell_id(
+                   Cell(r["pair"], r["method"], r["n_target"], r["seed"]))]
+    more = [s for s in range(max(suite.seeds) + 1, max(suite.seeds) + 1 + suite.max_seeds)
+            ][: suite.max_seeds - len(suite.seeds)]
+    for row in comparisons(current):
+        key = (row["pair"], row["n"])
+        ci = row.get("pac ci")
+        if (key in extra or row["pair"] not in suite.pairs
+                or row["n"] not in suite.pairs[row["pair"]].n_target
+                or row["seeds"] < len(suite.seeds) or ci is None or not ci[0] <= 1 <= ci[1]):
+            continue
+        extra[key] = more
+        log(f"{row['pair']} n={row['n']}: PAC / best baseline {row['pac']:.2f} "
+            f"({ci[0]:.2f}-{ci[1]:.2f}) is within the seeds' noise: {len(more)} more seeds")
+    return suite if extra == suite.extra_seeds else dataclasses.replace(
+        suite, extra_seeds=extra)
+
+
+def _run_plan(suite: Suite, out: Path, plan: Plan, ray_opts: Any, jobs: int | None,
+              devs: list[str], batch_cells: int | str, k: int, cuda: bool,
+              log: Callable[[str], Any]) -> None:
+    """Execute a plan's cells with the local processes or Ray."""
+    kind = "cuda" if cuda else "cpu"
+    if ray_opts is None:
+        batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
+                             min(jobs, len(plan.todo)))
+        _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs,
+                                    "batch_cells": batch})
+        run = functools.partial(execute.run_cells, jobs=min(jobs, len(plan.todo)),
+                                devices=devs, batch=batch)
+        _execute(suite, out, plan.cells(), run, log)
+        return
+    with ray_executor.connect(ray_opts, log) as ray:
+        cluster = ray.cluster_resources()
+        batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
+                             ray_opts.slots(cluster))
+        _write_machine(out, suite, {"executor": "ray", **dataclasses.asdict(ray_opts),
+                                    "jobs": ray_opts.slots(cluster),
+                                    "cluster": cluster, "batch_cells": batch})
+        run = functools.partial(ray_executor.run_cells, options=ray_opts, batch=batch)
+        _execute(suite, out, plan.cells(), run, log)
 
 
 #: Cells a task trains together under ``batch_cells="auto"``, on CUDA and on the CPU,

@@ -6,7 +6,9 @@ Everything is checked when the suite loads; a bad key or value is a one-line
 every cache name is a hash of the resolved configuration that shaped it
 (:meth:`Suite.cell_config`, :meth:`Suite.source_config`, :meth:`Suite.allocate_config`).
 
-Top-level keys: ``name``, ``seeds``, ``n_target``, ``methods``, ``selection`` (``"cv"``,
+Top-level keys: ``name``, ``seeds`` (``max_seeds``: more seeds, up to that count, for a
+pair and n where PAC's verdict is within the seeds' noise), ``n_target``, ``methods``,
+``selection`` (``"cv"``,
 ``"fixed"`` or a table; default ``"fixed"``), ``data_dir``, and the tables ``[train]``
 (:class:`TrainConfig`), ``[method.NAME]`` (the method's options plus an optional
 ``grid = {key = [values]}``) and ``[pair.NAME]`` (``recipe``, ``model``, optional
@@ -39,7 +41,7 @@ from ..transfer import DEFAULT_GRIDS, METHODS, Options, SelectionConfig, check_g
 #: Bump when the measurement of a cell changes meaning: every cell then re-runs.
 PROTOCOL = 2
 TOP_KEYS = ("name", "seeds", "n_target", "methods", "method", "train", "pair", "data_dir",
-            "selection")
+            "selection", "max_seeds")
 PAIR_KEYS = ("recipe", "model", "n_source", "n_target_pool", "n_target", "method")
 #: Models a suite can name; each is sized from the data by its ``for_data`` (its
 #: ``DATA_ARGS`` come from the data, every other constructor argument from the suite).
@@ -187,6 +189,11 @@ class Suite:
     #: :func:`pacsim.transfer.select`). Same trainings up to float rounding, so not part
     #: of any cell's identity; each record says so in ``selection["stacked"]``.
     stack: bool | str = False
+    #: Seeds up to which a (pair, n) runs on where PAC's ratio to the best baseline is
+    #: within the seeds' noise (its interval holds 1); None: ``seeds`` only.
+    max_seeds: int | None = None
+    #: Seeds added to a (pair, n) beyond ``seeds`` (by the runner, from ``max_seeds``).
+    extra_seeds: dict[tuple[str, int], list[int]] = field(default_factory=dict)
 
     def data_recipes(self) -> list[recipes.Recipe]:
         """The datasets the suite reads, each once (pairs may share one)."""
@@ -194,8 +201,10 @@ class Suite:
 
     def cells(self) -> list[Cell]:
         """Every (pair, method, n_target, seed), in run order."""
-        return [Cell(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
-                for n in spec.n_target for m in self.methods]
+        cells = [Cell(p, m, n, s) for p, spec in self.pairs.items() for s in self.seeds
+                 for n in spec.n_target for m in self.methods]
+        return cells + [Cell(p, m, n, s) for (p, n), seeds in self.extra_seeds.items()
+                        for s in seeds for m in self.methods]
 
     def method(self, pair: str, method: str) -> MethodSpec:
         """``method`` as ``pair`` runs it: the suite's options, with the pair's own."""
@@ -299,7 +308,13 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
                          "datasets/built/NAME, so it must be a plain file name (or give "
                          "data_dir)")
     ddir = Path(data_dir or raw.get("data_dir", f"datasets/built/{name}"))
-    return Suite(name, path, seeds, n_target, methods, pairs, ddir, selection)
+    max_seeds = raw.get("max_seeds")
+    if max_seeds is not None and (isinstance(max_seeds, bool) or not isinstance(max_seeds, int)
+                                  or max_seeds < len(seeds)):
+        raise SuiteError(f"{path}: 'max_seeds' must be an integer >= the number of seeds "
+                         f"({len(seeds)}), got {max_seeds!r}")
+    return Suite(name, path, seeds, n_target, methods, pairs, ddir, selection,
+                 max_seeds=max_seeds)
 
 
 def _share_data(pairs: dict[str, PairSpec]) -> None:
