@@ -157,6 +157,15 @@ def die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def format_bytes(b: float) -> str:
+    """``b`` bytes in decimal units, 3 significant digits (``"1.2 GB"``)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if b < 1000:
+            return f"{b:.3g} {unit}"
+        b /= 1000
+    return f"{b:.3g} TB"
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux ``MemAvailable``), else None."""
     try:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..procutil import available_memory
+from ..procutil import available_memory, format_bytes
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -58,14 +58,6 @@ def build(config: dict[str, Any]) -> nn.Module:
     return built(lambda: cls(**kwargs), name)
 
 
-def _size(b: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if b < 1000 or unit == "TB":
-            return f"{b:.3g} {unit}"
-        b /= 1000
-    return f"{b:.3g} TB"
-
-
 def built(factory: Callable[[], nn.Module], name: str) -> nn.Module:
     """``factory()``, refused with one ValueError line when the model cannot fit in
     memory: its parameters and buffers are counted first on the meta device (nothing
@@ -83,13 +75,15 @@ def built(factory: Callable[[], nn.Module], name: str) -> nn.Module:
     avail = available_memory()
     if count is not None and avail is not None and count[1] > avail:
         raise ValueError(f"not enough memory to build the model {name}: {count[0]:,} "
-                         f"parameters ({_size(count[1])}), {_size(avail)} available")
+                         f"parameters ({format_bytes(count[1])}), {format_bytes(avail)} "
+                         "available")
     try:
         return factory()
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
             raise
-        size = "" if count is None else f": {count[0]:,} parameters ({_size(count[1])})"
+        size = ("" if count is None
+                else f": {count[0]:,} parameters ({format_bytes(count[1])})")
         raise ValueError(f"not enough memory to build the model {name}{size}") from None
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from .. import procutil
 from ..data.writer import DatasetWriter
 from ..fsutil import check_target
+from ..procutil import format_bytes
 from ..progress import progress_bar
 
 Block = tuple[np.ndarray, np.ndarray]
@@ -243,14 +244,6 @@ def sample_bytes(input_shape: Sequence[int], target_shape: Sequence[int],
     return 4 * (math.prod(input_shape) + math.prod(target_shape)) + 8 * n_params + 8
 
 
-def _size(b: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if b < 1000 or unit == "TB":
-            return f"{b:.3g} {unit}"
-        b /= 1000
-    return f"{b:.3g} TB"
-
-
 def _available_memory() -> int | None:
     return procutil.available_memory()
 
@@ -263,20 +256,20 @@ def check_size(name: str, n: int, per_sample: int, out: str | os.PathLike[str]) 
     folder = Path(os.path.abspath(out)).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    what = f"{name}: {n} samples need about {_size(total)}"
+    what = f"{name}: {n} samples need about {format_bytes(total)}"
     if total > MAX_OUTPUT_BYTES:
         raise SimulationError(f"{what}, above the largest file simulate writes "
-                              f"({_size(MAX_OUTPUT_BYTES)}); write several smaller files")
+                              f"({format_bytes(MAX_OUTPUT_BYTES)}); write several smaller files")
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
     if free is not None and total > free:
-        raise SimulationError(f"{what} but {folder} has {_size(free)} free")
+        raise SimulationError(f"{what} but {folder} has {format_bytes(free)} free")
     memory = _available_memory()
     if memory is not None and n * _CLOSE_BYTES > memory:
-        raise SimulationError(f"{name}: {n} samples need about {_size(n * _CLOSE_BYTES)} of "
-                              f"memory to finish the file, more than the {_size(memory)} "
+        raise SimulationError(f"{name}: {n} samples need about {format_bytes(n * _CLOSE_BYTES)} of "
+                              f"memory to finish the file, more than the {format_bytes(memory)} "
                               "available")
 
 
