@@ -115,7 +115,7 @@ def test_a_fold_whose_training_loss_overflows_rules_out_its_configuration():
     from pacsim.transfer.selection import _config_key
 
     configs = [{"lr": 1.0}, {"lr": 0.1}]
-    s = SimpleNamespace(configs=configs, horizons=[12, 12], pruned=set(),
+    s = SimpleNamespace(configs=configs, horizons=[12, 12], pruned=set(), kwargs={}, origins=[0, 0],
                         key=lambda c, base: _config_key(configs[c]))
     good = [fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5]), fold([1.0, 0.5, 0.4], [0.9, 0.6, 0.5])]
     blown_stacked = [fold([1.0, math.inf, math.nan], [0.1, 0.2, 0.3]), good[0]]
