@@ -104,3 +104,33 @@ def fail_method(monkeypatch, method: str, exc: BaseException) -> None:
         return real(requests, **kwargs)
 
     monkeypatch.setattr(protocol, "select_many", flaky)
+
+
+#: A small friedman recipe (pacsim datasets / suites): format with ``name`` and ``n``,
+#: the target's sample count.
+RECIPE = """name = "{name}"
+simulator = "friedman"
+seed = 0
+[source]
+setting = "source"
+n = 20
+[target]
+setting = "target"
+n = {n}
+"""
+
+
+def overflowing_checkpoint(ckpt, out):
+    """A copy of checkpoint ``ckpt`` at ``out`` whose weights are all 3e38: loadable, but
+    its predictions are not finite."""
+    import torch
+
+    from pacsim.data.stats import Normalizer
+    from pacsim.io import load_checkpoint, save_checkpoint
+
+    model, _, meta = load_checkpoint(ckpt)
+    norm = Normalizer.from_dict(meta.pop("normalizer"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3e38)
+    return save_checkpoint(out, model, meta=meta, normalizer=norm)

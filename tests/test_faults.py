@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import RECIPE, make_model, overflowing_checkpoint
 
 from pacsim.data import write_dataset
 from pacsim.io import CheckpointError, load_checkpoint, save_checkpoint
@@ -176,15 +176,9 @@ def test_root_attributes_stored_as_bytes_are_read_as_text(tmp_path, cli):
 # --- 6. evaluate and predict agree on a model that is not finite ------------------------
 
 def test_evaluate_refuses_non_finite_predictions_like_predict(tmp_path, trained, cli):
-    from pacsim.data.stats import Normalizer
 
     data, ckpt = trained
-    model, _, meta = load_checkpoint(ckpt)
-    norm = Normalizer.from_dict(meta.pop("normalizer"))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(3e38)
-    huge = save_checkpoint(tmp_path / "huge.pt", model, meta=meta, normalizer=norm)
+    huge = overflowing_checkpoint(ckpt, tmp_path / "huge.pt")
     for cmd in (("evaluate", "--json", huge, data), ("evaluate", huge, data),
                 ("predict", huge, data, "--out", tmp_path / "p.h5")):
         code, out, err = cli(*cmd)
@@ -238,18 +232,6 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
 
 # --- 2. names that would escape --out ---------------------------------------------------
 
-RECIPE = """name = "{name}"
-simulator = "friedman"
-seed = 0
-[source]
-setting = "source"
-n = 20
-[target]
-setting = "target"
-n = 10
-"""
-
-
 @pytest.mark.parametrize("name, why", [("../../x", "holds a path separator"),
                                        ("..", "is '..'"), ("", "is empty"),
                                        (".hidden", "starts with a dot"),
@@ -260,7 +242,7 @@ def test_recipe_names_are_plain_file_names(tmp_path, cli, name, why):
     victim = tmp_path / "x_source.h5"
     victim.write_text("unrelated")
     recipe = work / "r.toml"
-    recipe.write_text(RECIPE.format(name=name))
+    recipe.write_text(RECIPE.format(name=name, n=10))
     _one_line(*cli("datasets", recipe, "--out", work / "built")[::2], "r.toml: name", why)
     assert victim.read_text() == "unrelated" and not (work / "built").exists()
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import RECIPE, make_model, overflowing_checkpoint
 
 from pacsim.data.stats import Normalizer
 from pacsim.io import CheckpointError, load_checkpoint, save_checkpoint
@@ -254,18 +254,6 @@ def test_inspect_check_names_the_broken_rule(tmp_path, cli, name, data, rule):
 
 # --- recipes are checked whole before anything is simulated --------------------------
 
-RECIPE = """name = "{name}"
-simulator = "friedman"
-seed = 0
-[source]
-setting = "source"
-n = 20
-[target]
-setting = "target"
-n = {n}
-"""
-
-
 @pytest.mark.parametrize("edit, needle", [
     (lambda t: t.replace("seed = 0", "seeed = 5"), "unknown key(s) ['seeed']"),
     (lambda t: t + "sett = {noise = 0}\n", "[target] unknown key(s) ['sett']"),
@@ -415,7 +403,6 @@ def test_overflow_and_non_finite_predictions_name_the_real_cause(tmp_path, cli):
     from pacsim.data import DatasetError, H5Dataset, write_dataset
     from pacsim.data.pdebench import PDEBenchFile
     from pacsim.data.writer import split_indices
-    from pacsim.io import load_checkpoint, save_checkpoint
 
     x = np.random.default_rng(0).random((40, 3), dtype=np.float32)
     x[split_indices(40, (0.8, 0.1, 0.1), 0)["test"][0], 0] = 3e38  # train stats are ~1
@@ -427,14 +414,7 @@ def test_overflow_and_non_finite_predictions_name_the_real_cause(tmp_path, cli):
     data = _small_file(tmp_path / "d.h5", n=40)
     ckpt = tmp_path / "m.pt"
     assert cli("train", data, "--out", ckpt, "--epochs", "1", "--set", "hidden=4,4")[0] == 0
-    model, _, meta = load_checkpoint(ckpt)
-    from pacsim.data.stats import Normalizer
-
-    norm = Normalizer.from_dict(meta.pop("normalizer"))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(3e38)
-    huge = save_checkpoint(tmp_path / "huge.pt", model, meta=meta, normalizer=norm)
+    huge = overflowing_checkpoint(ckpt, tmp_path / "huge.pt")
     _one_line(*cli("predict", huge, data, "--out", tmp_path / "p.h5")[::2],
               "huge.pt: its prediction for sample", "nothing was written")
     nan_in = _small_file(tmp_path / "nan.h5", n=40)
