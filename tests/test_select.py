@@ -46,7 +46,8 @@ def test_select_every_method_on_a_tiny_problem(method):
     grid = DEFAULT_GRIDS[method]
     keys = {k for g in (grid if isinstance(grid, list) else [grid]) for k in g}
     assert set(s["chosen"]) <= keys and "lr" in s["chosen"]
-    assert len(s["curves"]) == 4, "every method searches a grid of the same size"
+    # every baseline searches 4 configurations; PAC's ladder of 4 subspaces takes 5
+    assert len(s["curves"]) == (5 if method == "pac" else 4)
     best = min(min(loss for _, loss in c) for c in s["curves"].values())
     assert s["cv_loss"] == pytest.approx(best)
 
@@ -583,7 +584,11 @@ def test_extensions_stop_at_bounds_caps_and_option_limits():
 def test_every_default_grid_searches_the_same_size_and_l2sp_reaches_finetuning():
     from sklearn.model_selection import ParameterGrid
 
-    assert {len(ParameterGrid(g)) for g in DEFAULT_GRIDS.values()} == {4}
+    sizes = {m: len(ParameterGrid(g)) for m, g in DEFAULT_GRIDS.items()}
+    assert sizes.pop("pac") == 5, "PAC's ladder: biases, last, head at one lr; all at two"
+    assert set(sizes.values()) == {4}
+    ladder = [s for t in DEFAULT_GRIDS["pac"] for s in t["subspace"]]
+    assert ladder == ["biases", "last", "head", "all"]
     assert min(DEFAULT_GRIDS["l2sp"]["alpha"]) <= 1e-4
     assert max(DEFAULT_GRIDS["l2sp"]["lr"]) == max(DEFAULT_GRIDS["finetune"]["lr"])
 

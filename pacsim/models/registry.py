@@ -135,3 +135,22 @@ def declared_head(model: nn.Module) -> str | None:
         raise ValueError(f"{type(model).__name__}.HEAD_MODULE names no submodule: "
                          f"{name!r}") from None
     return name
+
+
+def last_layer(model: nn.Module) -> str:
+    """Module name of the last module (in registration order) that owns parameters."""
+    owners = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners:
+        raise ValueError("model has no parameters")
+    return owners[-1]
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Parameters that method ``head`` trains: every parameter under the submodule the
+    model names as its head (:func:`pacsim.models.declared_head`, e.g. the FNO's
+    projection), else the own parameters of :func:`last_layer`."""
+    declared = declared_head(model)
+    prefix = declared if declared is not None else last_layer(model)
+    prefix = f"{prefix}." if prefix else ""
+    return [n for n, _ in model.named_parameters()
+            if n.startswith(prefix) and (declared is not None or "." not in n[len(prefix):])]

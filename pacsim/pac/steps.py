@@ -11,7 +11,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..exact import L2Penalty
-from ..models.registry import declared_head
+from ..models.registry import declared_head, head_names
 from ..train import Data, History, fit
 from .masks import Masks, bias_names
 
@@ -52,7 +52,7 @@ def allocate(model: nn.Module, masks: Masks, source: Data, *, lam_sp: float = 0.
     return history
 
 
-SUBSPACES = ("all", "last", "biases")
+SUBSPACES = ("all", "last", "head", "biases")
 #: The paper's calibrate penalty on the freed weights.
 PAPER_LAM = 0.01
 
@@ -69,12 +69,18 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
     :func:`pacsim.models.declared_head`, else the last pruned tensor that has any
     redundant entry), plus with ``train_biases`` the biases of those layers (every
     bias, or the head's). ``"biases"`` trains no weight entry, only the target's own
-    biases (PAC's analogue of BitFit; needs ``train_biases``): the smallest subspace."""
+    biases (PAC's analogue of BitFit; needs ``train_biases``): the smallest subspace.
+    ``"head"`` trains the whole head, every entry of its weights and its bias (the
+    parameters :func:`pacsim.models.head_names` names), from their source values: the
+    target gets its own copy of the head, as the head baseline trains it, while the
+    source view puts the source's copy back (``train_biases`` adds nothing to it)."""
     if subspace not in SUBSPACES:
         raise ValueError(f"unknown calibration subspace {subspace!r}; choose one of {SUBSPACES}")
     if subspace == "biases" and not train_biases:
         raise ValueError("calibration subspace 'biases' trains only the target's biases: "
                          "it needs train_biases=True")
+    if subspace == "head":
+        return {n: True for n in head_names(model)}
     own = masks.owned_by(masks.latest)  # the newest setting's entries
     head = declared_head(model)
     names = [n for n in own if bool(own[n].any())]
@@ -96,11 +102,14 @@ def calibrate_update(model: nn.Module, masks: Masks, subspace: str = "all",
 
 def calibrate_penalty(masks: Masks, update: dict[str, bool | torch.Tensor], lam: float
                       ) -> L2Penalty:
-    """Calibrate's ``lam * ||w||^2`` pull to zero on the pruned tensors it trains.
+    """Calibrate's ``lam * ||w||^2`` pull to zero on the freed entries it trains.
 
     Penalising whole tensors is exact: essential entries are frozen, so only the
-    redundant entries' share of the gradient is used."""
-    return L2Penalty(lam, {n: None for n in update if n in masks.essential})
+    redundant entries' share of the gradient is used. A pruned tensor trained in full
+    (the ``"head"`` subspace's own copy of the head) is not pulled: its essential
+    entries train too, and zero is not their prior."""
+    return L2Penalty(lam, {n: None for n, spec in update.items()
+                           if n in masks.essential and spec is not True})
 
 
 def begin_calibrate(model: nn.Module, masks: Masks, lam: float = PAPER_LAM,

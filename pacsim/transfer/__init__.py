@@ -1,14 +1,13 @@
 """Transfer methods behind one interface (:func:`adapt`), their typed options, and
 target-only hyper-parameter selection."""
 
+from ..models.registry import head_names, last_layer
 from .methods import (
     METHODS,
     TrainingPlan,
     TransferResult,
     adapt,
     allocated_model,
-    head_names,
-    last_layer,
     training_plan,
 )
 from .options import DEFAULT_GRIDS, OPTIONS, Options, check_grid, method_options

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +35,9 @@ from .. import pac
 from ..device import resolve_device
 from ..exact import L2Penalty, MaskSpec
 from ..method_names import METHODS as _NAMES
-from ..models.registry import build, declared_head
+from ..models.registry import build, head_names
 from ..train import Data, History, fit, mean_loss
-from .options import OPTIONS, L2SPOptions, Options, PACOptions, ScratchOptions, method_options
+from .options import OPTIONS, L2SPOptions, Options, PACBaseOptions, ScratchOptions, method_options
 
 
 @dataclass
@@ -96,27 +96,8 @@ def _reinit(model: nn.Module, seed: int | None) -> nn.Module:
     return fresh.to(next(model.parameters()).device)
 
 
-def last_layer(model: nn.Module) -> str:
-    """Module name of the last module (in registration order) that owns parameters."""
-    owners = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
-    if not owners:
-        raise ValueError("model has no parameters")
-    return owners[-1]
-
-
 def _all(model: nn.Module) -> dict[str, bool]:
     return {n: True for n, _ in model.named_parameters()}
-
-
-def head_names(model: nn.Module) -> list[str]:
-    """Parameters that method ``head`` trains: every parameter under the submodule the
-    model names as its head (:func:`pacsim.models.declared_head`, e.g. the FNO's
-    projection), else the own parameters of :func:`last_layer`."""
-    declared = declared_head(model)
-    prefix = declared if declared is not None else last_layer(model)
-    prefix = f"{prefix}." if prefix else ""
-    return [n for n, _ in model.named_parameters()
-            if n.startswith(prefix) and (declared is not None or "." not in n[len(prefix):])]
 
 
 def _head(model: nn.Module) -> dict[str, bool]:
@@ -165,7 +146,7 @@ def training_plan(method: str, source_model: nn.Module, opts: Options, *,
     done (:func:`pacsim.pac.begin_calibrate`, on ``device``), so that its
     :meth:`TrainingPlan.result` serves both settings; a plan for a cross-validation fold
     shares the allocated masks and keeps no result."""
-    if isinstance(opts, PACOptions):
+    if isinstance(opts, PACBaseOptions):
         if allocated is None:
             raise ValueError(f"method {method!r} plans from an allocated (model, masks)")
         model = copy.deepcopy(allocated[0])
@@ -205,7 +186,7 @@ def source_loss(model: nn.Module, data: Data, loss: Any = "mse",
     return mean_loss(model, data, loss=loss, batch_size=batch_size)
 
 
-def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
+def prune_and_allocate(model: nn.Module, source: Data, opts: PACBaseOptions, *,
                        source_val: Data | None = None, **fit_kwargs: Any
                        ) -> tuple[pac.Masks, dict[str, Any]]:
     """PAC's first two steps on ``model`` (in place) with the recipe in ``opts``.
@@ -214,31 +195,66 @@ def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
     ``fit_kwargs``). ``allocate="source"`` first measures the unpruned model's source
     loss (on ``source_val``, else on ``source``), then retrains until the pruned model
     is back at it, for at most ``allocate_max_factor`` times the budget, stopping after
-    ``allocate_patience`` epochs without improvement and keeping the best epoch.
-    Returns the masks and a record of what happened.
+    ``allocate_patience`` epochs without improvement and keeping the best epoch. Where
+    the recipe asks for a recovered source (:meth:`PACOptions.recovery`) and the best
+    epoch is not within that factor of the unpruned loss, the pruning ratio backs off
+    (:meth:`PACOptions.ratios`) and allocate runs again from the unpruned weights; if no
+    ratio recovers, the one with the lowest source loss is kept.
+    Returns the masks and a record of what happened (``ratio`` used, ``reason``, and
+    per ratio tried its ``loss_ratio`` to the unpruned model).
     """
     yardstick = source_val if source_val is not None else source
     info: dict[str, Any] = {"allocate": opts.allocate}
-    if opts.allocate == "source":
-        dev = fit_kwargs.get("device", "auto")
-        model.to(resolve_device(dev))
-        # the loss allocate's validation uses (fit's), so the two compare
-        info["unpruned_loss"] = reference = source_loss(
-            model, yardstick, fit_kwargs.get("loss", "mse"), fit_kwargs.get("batch_size", 64))
-    masks = pac.prune(model, ratio=opts.ratio, scope=opts.scope)
-    if opts.allocate == "source":
-        budget = dict(fit_kwargs)
-        for key in ("epochs", "steps"):
-            if budget.get(key) is not None:
-                budget[key] = math.ceil(budget[key] * opts.allocate_max_factor)
+    if opts.allocate != "source":
+        masks = pac.prune(model, ratio=opts.ratio, scope=opts.scope)
+        info["history"] = pac.allocate(model, masks, source, lam_sp=opts.lam_sp, **fit_kwargs)
+        info["ratio"] = opts.ratio
+        return masks, info
+    model.to(resolve_device(fit_kwargs.get("device", "auto")))
+    # the loss allocate's validation uses (fit's), so the two compare
+    info["unpruned_loss"] = reference = source_loss(
+        model, yardstick, fit_kwargs.get("loss", "mse"), fit_kwargs.get("batch_size", 64))
+    budget = dict(fit_kwargs)
+    for key in ("epochs", "steps"):
+        if budget.get(key) is not None:
+            budget[key] = math.ceil(budget[key] * opts.allocate_max_factor)
+    tolerance = opts.recovery()
+    ratios = opts.ratios()
+    unpruned = copy.deepcopy(model.state_dict()) if len(ratios) > 1 else None
+    tries: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any], pac.Masks, History] | None = None
+    for i, ratio in enumerate(ratios):
+        if i:
+            model.load_state_dict(unpruned)
+        masks = pac.prune(model, ratio=ratio, scope=opts.scope)
         history = pac.allocate(
             model, masks, source, lam_sp=opts.lam_sp, val=yardstick,
             patience=opts.allocate_patience, restore_best=True,
             stop_when=lambda h: h.val_loss[-1] <= reference, **budget)
-        info["allocated_loss"] = history.best_val
+        loss = history.best_val
+        share = loss / reference if reference > 0 else (1.0 if loss <= 0 else math.inf)
+        recovered = tolerance is None or share <= tolerance
+        tries.append({"ratio": ratio, "loss": loss, "loss_ratio": share,
+                      "recovered": recovered})
+        if best is None or loss < best[0]:
+            state = copy.deepcopy(model.state_dict()) if not recovered and i + 1 < len(ratios) \
+                else None
+            best = (loss, state, masks, history)
+        if recovered:
+            break
+    assert best is not None
+    loss, state, masks, history = best
+    if state is not None:  # the lowest loss came from an earlier ratio
+        model.load_state_dict(state)
+    info.update(allocated_loss=loss, ratio=masks.ratio, tries=tries, history=history)
+    if tolerance is None:
+        info["reason"] = "the recipe's ratio"
+    elif next(t["recovered"] for t in tries if t["ratio"] == masks.ratio):
+        info["reason"] = (f"source recovered within {tolerance:g}x at ratio {masks.ratio:g}"
+                          + (f" after backing off from {ratios[0]:g}" if len(tries) > 1 else ""))
     else:
-        history = pac.allocate(model, masks, source, lam_sp=opts.lam_sp, **fit_kwargs)
-    info["history"] = history
+        info["reason"] = (f"no ratio down to {ratios[-1]:g} recovered the source within "
+                          f"{tolerance:g}x; kept ratio {masks.ratio:g}, the lowest source loss")
     return masks, info
 
 
@@ -246,7 +262,7 @@ def prune_and_allocate(model: nn.Module, source: Data, opts: PACOptions, *,
 _CALIBRATE_ONLY = ("val", "patience", "restore_best", "stop_when")
 
 
-def allocated_model(source_model: nn.Module, source: Data, opts: PACOptions, *,
+def allocated_model(source_model: nn.Module, source: Data, opts: PACBaseOptions, *,
                     source_val: Data | None = None,
                     allocate_kwargs: dict[str, Any] | None = None, **fit_kwargs: Any
                     ) -> tuple[nn.Module, pac.Masks, dict[str, Any]]:
@@ -265,7 +281,36 @@ def allocated_model(source_model: nn.Module, source: Data, opts: PACOptions, *,
     return model, masks, info
 
 
-def _pac(model: nn.Module, target: Data, opts: PACOptions, *, source: Data | None = None,
+def check_allocated(method: str, opts: Options, given: Iterable[str],
+                    masks: pac.Masks) -> None:
+    """Refuse a ``ratio`` or ``scope`` given with ``allocated=`` that its masks could not
+    have come from: allocate is done, so they would be recorded and silently ignored.
+    A ratio is consistent when the masks' ratio is one the recipe tries
+    (:meth:`PACOptions.ratios`: the ratio itself, or one it backs off to)."""
+    if not isinstance(opts, PACBaseOptions):
+        return
+    given = set(given)
+    if "scope" in given and opts.scope != masks.scope:
+        raise ValueError(f"method {method!r}: scope {opts.scope!r} disagrees with the "
+                         f"allocated masks (scope {masks.scope!r}); allocate is done, "
+                         "leave scope out or allocate again")
+    if "ratio" in given and not any(math.isclose(masks.ratio, r, abs_tol=1e-9)
+                                    for r in opts.ratios()):
+        raise ValueError(f"method {method!r}: ratio {opts.ratio:g} disagrees with the "
+                         f"allocated masks (ratio {masks.ratio:g}); allocate is done, "
+                         "leave ratio out or allocate again")
+
+
+def options_record(opts: Options, masks: pac.Masks | None) -> dict[str, Any]:
+    """The options a result records: ``opts``, with a PAC network's pruning ratio and
+    scope as its masks hold them (a backed-off ratio, or those of ``allocated=``)."""
+    out = opts.to_dict()
+    if masks is not None and isinstance(opts, PACBaseOptions):
+        out.update(ratio=float(masks.ratio), scope=masks.scope)
+    return out
+
+
+def _pac(model: nn.Module, target: Data, opts: PACBaseOptions, *, source: Data | None = None,
          source_val: Data | None = None, allocate_kwargs: dict[str, Any] | None = None,
          allocated: tuple[nn.Module, pac.Masks] | None = None,
          **fit_kwargs: Any) -> TransferResult:
@@ -319,19 +364,22 @@ def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | 
     raw = (options.to_dict() if isinstance(options, Options) else dict(options or {}))
     any_option = {f.name for c in OPTIONS.values() for f in dataclasses.fields(c)}
     raw.update({k: kwargs.pop(k) for k in list(kwargs) if k in names | any_option})
+    given = set(raw)
     opts = method_options(method, raw)
     pac_only = {"source_val", "allocate_kwargs", "allocated"} & set(kwargs)
-    if pac_only and not isinstance(opts, PACOptions):
+    if pac_only and not isinstance(opts, PACBaseOptions):
         raise ValueError(f"method {method!r} takes no {sorted(pac_only)[0]!r}")
+    if kwargs.get("allocated") is not None:
+        check_allocated(method, opts, given, kwargs["allocated"][1])
     unknown = sorted(set(kwargs) - _FIT_ARGS - pac_only)
     if unknown:
         raise ValueError(f"adapt() got an unknown argument {unknown[0]!r} (neither a "
                          f"{method!r} option nor a fit() argument)")
     # every runner copies the source model (a plan, or allocate's copy) before training
-    if isinstance(opts, PACOptions):
+    if isinstance(opts, PACBaseOptions):
         result = _pac(source_model, target, opts, source=source, **kwargs)
     else:
         result = _RUNNERS[method](source_model, target, opts, **kwargs)
     result.method = method
-    result.extra["options"] = opts.to_dict()
+    result.extra["options"] = options_record(opts, result.masks)
     return result

@@ -65,8 +65,8 @@ class L2SPOptions(Options):
 
 
 @dataclass(frozen=True)
-class PACOptions(Options):
-    """pacsim's PAC recipe (method ``pac``).
+class PACBaseOptions(Options):
+    """What every PAC recipe shares (``isinstance(opts, PACBaseOptions)``: a PAC method).
 
     - ``ratio``, ``scope``: pruning share and ranking (``"global"`` or per ``"layer"``).
     - ``lam_sp``: optional pull of allocate towards the pruned source weights.
@@ -76,9 +76,9 @@ class PACOptions(Options):
       ``allocate_patience`` epochs without improvement; ``"fixed"`` runs the budget.
     - ``lam``: ``lam * ||w_freed||^2`` during calibrate (the paper's 0.01 hurts far
       targets; selection chooses it per target).
-    - ``subspace``: which freed entries calibrate trains: ``"all"``, only those of the
-      ``"last"`` pruned layer that has any, or none (``"biases"``: only the target's own
-      biases).
+    - ``subspace``: what calibrate trains: every freed entry (``"all"``), the freed
+      entries of the head (``"last"``), the target's own copy of the whole head
+      (``"head"``), or no weight entry (``"biases"``: only the target's own biases).
     - ``train_biases``: the target gets its own biases (the source keeps its own).
     """
 
@@ -112,11 +112,66 @@ class PACOptions(Options):
             raise ValueError(f"pac allocate_patience must be >= 1, got "
                              f"{self.allocate_patience!r}")
 
+    def ratios(self) -> tuple[float, ...]:
+        """The pruning ratios allocate tries, in order: here only ``ratio``."""
+        return (self.ratio,)
+
+    def recovery(self) -> float | None:
+        """The source loss allocate must reach, as a multiple of the unpruned model's,
+        before it keeps a ratio (None: the first ratio is kept whatever the loss)."""
+        return None
+
+
+#: How far each back-off lowers the pruning ratio (0.8 -> 0.65 -> 0.5).
+RATIO_STEP = 0.15
+
 
 @dataclass(frozen=True)
-class PACPaperOptions(PACOptions):
+class PACOptions(PACBaseOptions):
+    """pacsim's PAC recipe (method ``pac``): the shared PAC options (see
+    :class:`PACBaseOptions`) and a source that is always recovered.
+
+    - ``source_tolerance``: with ``allocate="source"``, a pruning ratio is kept once
+      allocate brings the source validation loss within this factor of the unpruned
+      model's; otherwise the ratio backs off by :data:`RATIO_STEP`, down to
+      ``min_ratio``, and allocate runs again from the unpruned model. When no ratio
+      recovers the source, the one with the lowest source loss is kept. The record says
+      which ratio was used and why.
+    - ``min_ratio``: the lowest ratio tried (``min_ratio >= ratio``: no back-off).
+    """
+
+    PREPARE_FIELDS: ClassVar[tuple[str, ...]] = (
+        *PACBaseOptions.PREPARE_FIELDS, "source_tolerance", "min_ratio")
+
+    source_tolerance: float = 1.01
+    min_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.source_tolerance) and self.source_tolerance >= 1):
+            raise ValueError(f"pac source_tolerance must be >= 1, got "
+                             f"{self.source_tolerance!r}")
+        if not (math.isfinite(self.min_ratio) and 0.0 < self.min_ratio < 1.0):
+            raise ValueError(f"pac min_ratio must lie in (0, 1), got {self.min_ratio!r}")
+
+    def ratios(self) -> tuple[float, ...]:
+        """``ratio``, then lower by :data:`RATIO_STEP` while not below ``min_ratio``
+        (only with ``allocate="source"``, which measures the source loss)."""
+        if self.allocate != "source":
+            return (self.ratio,)
+        out = [self.ratio]
+        while round(out[-1] - RATIO_STEP, 6) >= self.min_ratio:
+            out.append(round(out[-1] - RATIO_STEP, 6))
+        return tuple(out)
+
+    def recovery(self) -> float | None:
+        return self.source_tolerance if self.allocate == "source" else None
+
+
+@dataclass(frozen=True)
+class PACPaperOptions(PACBaseOptions):
     """The paper's recipe (method ``pac-paper``): a fixed allocate budget, every freed
-    entry calibrated with ``lam = 0.01``, source biases shared."""
+    entry calibrated with ``lam = 0.01``, source biases shared, one pruning ratio."""
 
     allocate: str = "fixed"
     lam: float = PAPER_LAM
@@ -133,10 +188,11 @@ OPTIONS: dict[str, type[Options]] = {
     "pac-paper": PACPaperOptions,
 }
 
-#: Selection grids of equal size (4 configurations) for every method: the learning rate
-#: for methods without options of their own; L2-SP's strength beside it; for PAC the
-#: calibration subspace (the target's biases only, the last layer's freed entries, every
-#: freed entry: PAC's analogues of BitFit, head and fine-tuning) with the learning rate.
+#: Selection grids (4 configurations; PAC's 5) for every method: the learning rate for
+#: methods without options of their own; L2-SP's strength beside it; for PAC a ladder of
+#: calibration subspaces (the target's own biases, the head's freed entries, the target's
+#: own copy of the whole head, every freed entry: a superset of BitFit, head and
+#: fine-tuning on one network that keeps the source) with the learning rate.
 #: The step count is chosen on top of the grid, from the mean cross-validation curve; a
 #: choice at the edge of a numeric axis (or of the step horizon) extends that axis
 #: geometrically and searches on (:class:`pacsim.transfer.SelectionConfig`'s ``extend``).
@@ -148,7 +204,7 @@ DEFAULT_GRIDS: dict[str, Any] = {
     # from fine-tuning's learning rates; alpha from nearly none (fine-tuning) to strong
     "l2sp": {"lr": [1e-3, 1e-2], "alpha": [1e-4, 1e-2]},
     # a ladder of calibration subspaces, smallest to largest target capacity
-    "pac": [{"subspace": ["biases", "last"], "lr": [1e-2]},
+    "pac": [{"subspace": ["biases", "last", "head"], "lr": [1e-2]},
             {"subspace": ["all"], "lr": [1e-3, 1e-2]}],
     "pac-paper": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
 }

@@ -32,8 +32,16 @@ from ..many import OUT_OF_MEMORY, fit_many, not_vectorisable
 from ..method_names import METHODS, PAC_METHODS
 from ..models import FNO
 from ..train import Data, History, TrainingDiverged
-from .methods import TrainingPlan, TransferResult, adapt, allocated_model, training_plan
-from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACOptions, check_grid, method_options
+from .methods import (
+    TrainingPlan,
+    TransferResult,
+    adapt,
+    allocated_model,
+    check_allocated,
+    options_record,
+    training_plan,
+)
+from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACBaseOptions, check_grid, method_options
 
 SELECTION_MODES = ("cv", "fixed")
 
@@ -228,6 +236,8 @@ class _Search:
     pruned: set[int] = field(default_factory=set)
     #: Optimiser steps the cross-validation trained, over every fold and configuration.
     cv_steps: int = 0
+    #: What PAC's allocate did when this search ran it (ratio used and why), else None.
+    allocate: dict[str, Any] | None = None
 
     def train_args(self) -> dict[str, Any]:
         """The trainer arguments a stack of this search's trainings passes to fit_many."""
@@ -342,6 +352,8 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
             res = adapt(s.method, s.source_model, (s.x, s.y), **finals[i], steps=best_step,
                         batch_size=min(batch_size, len(s.x)), seed=s.seed,
                         **_final_schedule(s.kwargs, horizon), **s.kwargs)
+        if s.allocate is not None:
+            res.extra["allocate"] = s.allocate
         edges = _edges(s, c, best_step, selection.extend, max_steps, cap)
         res.selection = {
             "mode": "cv", "folds": len(s.splits), "max_steps": max_steps,
@@ -441,26 +453,30 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
     """Check a request and lay out its cross-validation (PAC allocates here, once)."""
     n = x.shape[0]
     opts = method_options(req.method, base)
-    if isinstance(opts, PACOptions) and kwargs.get("allocated") is None:
+    allocate = None
+    if isinstance(opts, PACBaseOptions) and kwargs.get("allocated") is None:
         # one allocate for every fold and configuration (it never sees target data)
         src = kwargs.pop("source", None)
         if src is None:
             raise ValueError(f"method {req.method!r} needs the source data: pass "
                              "source=(X, Y) (or allocated=(model, masks) from an earlier "
                              "allocate)")
-        alloc_model, alloc_masks, _ = allocated_model(
+        alloc_model, alloc_masks, info = allocated_model(
             req.source_model, src, opts, source_val=kwargs.pop("source_val", None),
             allocate_kwargs=kwargs.pop("allocate_kwargs", None), lr=lr, steps=steps,
             batch_size=batch_size, seed=req.seed,
             **{k: v for k, v in kwargs.items() if k in ("device", "weight_decay",
                                                           "optimizer", "progress")})
         kwargs["allocated"] = (alloc_model, alloc_masks)
+        allocate = {k: v for k, v in info.items() if k != "history"}
+    elif kwargs.get("allocated") is not None:
+        check_allocated(req.method, opts, base, kwargs["allocated"][1])
     splits = cv_splits(n, selection.folds, req.seed, req.groups)
     space = check_grid(req.method, DEFAULT_GRIDS[req.method] if req.grid is None
                        else req.grid)
     tables = space if isinstance(space, list) else [space]
     search = _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, [],
-                     splits, will_stack(req.source_model, stack, kwargs))
+                     splits, will_stack(req.source_model, stack, kwargs), allocate=allocate)
     for t, table in enumerate(tables):
         search.axes.update({(t, k): sorted(v) for k, v in table.items() if _numeric(v)})
         for config in ParameterGrid(table) if table else [{}]:
@@ -939,7 +955,7 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
                                    f"{bad[0]}); lower lr", h)
         res = job.plan.result(h)
         res.method = s.method
-        res.extra["options"] = opts.to_dict()
+        res.extra["options"] = options_record(opts, res.masks)
         out[i] = res
     return out
 
