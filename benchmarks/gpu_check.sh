@@ -17,6 +17,11 @@
 #     without either, the suite runs friedman, pendulum and diode only (385 cells). A run
 #     cut off at the limit leaves the cells it finished in $OUT/full/results.jsonl (a
 #     rerun resumes; the report marks what is missing).
+#   OUT=/somewhere bash benchmarks/gpu_check.sh width     (at most 9 minutes)
+#     where PAC pays: benchmarks/pac_width.py (PAC against the best baseline, MLP hidden
+#     32-1024 on friedman and pendulum, FNO channels on burgers1d where neuraloperator
+#     is there, n = 10 and 100, 5 seeds, full protocol), 8 jobs, from datasets/built/full;
+#     cut off at the limit, a rerun resumes each width and --report-only tabulates.
 set -u
 MODE=${1:-quick}
 OUT=${OUT:-/tmp/pacsim-gpu}
@@ -71,8 +76,17 @@ print(_subset(Path('$SUITE'), ['friedman', 'pendulum', 'diode'],
     step full 540 $PY -m pacsim bench "$SUITE" --out "$OUT/full" --jobs 8 --report
     rm -rf "$OUT/full/cache" "$OUT/full/predictions" "$OUT/full/figures"
     ;;
+width)
+    PAIRS="friedman pendulum"
+    $PY -c "import neuralop" >/dev/null 2>&1 && PAIRS="$PAIRS burgers1d"
+    step width 540 $PY benchmarks/pac_width.py --work "$OUT/width" --pairs $PAIRS \
+        --jobs 8 --device cuda
+    $PY benchmarks/pac_width.py --work "$OUT/width" --pairs $PAIRS --report-only \
+        >"$OUT/width_table.txt" 2>&1
+    rm -rf "$OUT"/width/w*/cache "$OUT"/width/w*/predictions
+    ;;
 *)
-    echo "usage: bash benchmarks/gpu_check.sh [quick|full]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [quick|full|width]" >&2
     exit 2
     ;;
 esac

@@ -333,7 +333,7 @@ def _typical(values: list[Any]) -> Any:
 def memory_table(records: Iterable[dict[str, Any]], pair: str) -> list[str]:
     """Markdown table of the memory each method of ``pair`` needs to serve both settings."""
     rs = [r for r in ok_records(records) if r["pair"] == pair]
-    md = ["| method | parameters | memory to serve both settings | / one network |",
+    md = ["| method | parameters | memory to serve both settings | worst / one network |",
           "|---|---|---|---|"]
     for m in methods_in(rs):
         mine = [r for r in rs if r["method"] == m]
@@ -341,10 +341,12 @@ def memory_table(records: Iterable[dict[str, Any]], pair: str) -> list[str]:
         mem = [b for b in map(memory_bytes, mine) if b is not None]
         p = _typical(params) if params else None
         b = _typical(mem) if mem else None
-        spread = " (varies by cell)" if len(set(mem)) > 1 else ""
+        # the head copy of PAC's head rung varies by cell: the worst cell is the claim
+        spread = f" (up to {_bytes(max(mem))})" if len(set(mem)) > 1 else ""
+        worst = max(mem) if mem else None
         md.append(f"| {m} | {'-' if p is None else f'{p:,}'} | "
                   f"{'-' if b is None else _bytes(b) + spread} | "
-                  f"{f'{b / (4 * p):.2f}x' if b is not None and p else '-'} |")
+                  f"{f'{worst / (4 * p):.2f}x' if worst is not None and p else '-'} |")
     return md
 
 
