@@ -14,8 +14,10 @@ every model's ``update_mask`` and ``penalty`` are first resolved and checked by 
 as :func:`pacsim.train.fit` does, and then stacked: :class:`StackedUpdateMask` restores
 every frozen entry from its snapshot with one ``torch.where`` after each optimiser step
 (``UpdateMask.after_step`` over K models), and :class:`StackedL2Pull` adds
-``2 w_k (p - anchor_k)`` to the stacked gradient (``L2Pull.apply`` over K models). So per
-model, every frozen entry keeps its exact bits and every PAC invariant holds.
+``2 w_k (p - anchor_k)`` to the stacked gradient (``L2Pull.apply`` over K models). Each
+step runs them in ``fit``'s order through
+:class:`~pacsim.training.core.StackedMaskedStep`. So per model, every frozen entry keeps
+its exact bits and every PAC invariant holds.
 
 The optimiser reproduces ``torch.optim``'s single-tensor CPU arithmetic (learning rate
 times bias correction computed in double and rounded once, as torch passes it to the
@@ -42,16 +44,17 @@ from torch.func import functional_call, grad_and_value, vmap
 from .data.batches import _TensorBatches, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
-from .train import (
+from .training.core import (
     History,
+    StackedMaskedStep,
     TrainingDiverged,
-    _make_loss,
     check_fit_options,
     check_float32,
     check_output_shape,
-    fit,
+    make_loss,
     schedule_horizon,
 )
+from .training.single import fit
 
 Pair = tuple[Any, Any]
 _BETAS = (0.9, 0.999)
@@ -585,11 +588,7 @@ def _record_epoch(histories: Sequence[History], members: Sequence[int], epoch: i
         h.epochs_run = epoch + 1
         h.steps = steps[k]
         if k in val_loss:
-            v = val_loss[k]
-            h.val_loss.append(v)
-            h.val_steps.append(steps[k])
-            if math.isfinite(v) and (h.best_val is None or v < h.best_val):
-                h.best_val, h.best_epoch = v, epoch  # a diverged epoch is never the best
+            if h.record_val(epoch, steps[k], val_loss[k]):  # never a diverged epoch
                 improved.append(k)
         else:
             h.best_epoch = epoch
@@ -694,7 +693,7 @@ def fit_many(
                       weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
     check_float32(models[0])  # one architecture, dtypes included
-    loss_fn = _make_loss(loss)
+    loss_fn = make_loss(loss)
     dev = resolve_device(device)
 
     epochs_in, budgets_in = epochs, budgets  # the stacked path below rewrites both
@@ -783,6 +782,7 @@ def fit_many(
 
     stack = _Stack(models, keeps, pulls, loss_fn)
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
+    step = StackedMaskedStep(stack.mask, stack.pull, opt)
     per_epoch = -(-n // batch_size)
     if budgets is not None:
         total_steps = max(budgets)
@@ -830,9 +830,7 @@ def fit_many(
                     detail = (str(exc).strip().splitlines() or [""])[0][:200]
                     return one_by_one(f"torch.func.vmap cannot run its training step "
                                       f"({type(exc).__name__}: {detail})")
-            stack.pull.apply(grad, stack.flat)
-            opt.step(stack.flat, grad, f, i)
-            stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits
+            step(stack.flat, grad, f, i)  # pull, optimiser, frozen entries back to their bits
             running += torch.where(early.active, losses.detach(), 0.0) * b
             early.after_step(done + i + 1, stack.flat)
         # samples each model saw this epoch: full batches, the last one possibly short
@@ -849,10 +847,9 @@ def fit_many(
                or (rows.ids[r] in with_val
                    and not math.isfinite(histories[rows.ids[r]].val_loss[-1]))]
         if bad and on_divergence == "raise":
-            raise TrainingDiverged(
-                f"training diverged: the training or validation loss of models[{bad[0]}] is "
-                f"not finite in epoch {epoch + 1}; no model was changed; check the data for "
-                "NaN/inf and lower lr", histories[bad[0]])
+            raise TrainingDiverged.because(
+                f"the training or validation loss of models[{bad[0]}] is not finite in epoch "
+                f"{epoch + 1}", "no model was changed", histories[bad[0]])
         if best_flat is not None and improved:
             at = torch.tensor(improved, device=dev)
             best_flat.index_copy_(0, at, trained.index_select(0, at))
