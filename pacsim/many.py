@@ -595,6 +595,60 @@ def _record_epoch(histories: Sequence[History], members: Sequence[int], epoch: i
     return improved
 
 
+def _one_by_one(why: str, models: Sequence[nn.Module], datasets: Sequence[Pair],
+                each: Sequence[dict[str, Any]], fit_kwargs: dict[str, Any],
+                on_divergence: str) -> list[History]:
+    """``fit_many``'s fallback: ``fit(models[k], datasets[k], **each[k], **fit_kwargs)``
+    for every k, with a warning saying ``why``; on an error every model is put back."""
+    warnings.warn(f"fit_many: training the {len(models)} models one by one with fit(): "
+                  f"{why}", stacklevel=4)
+    saved = [copy.deepcopy(m.state_dict()) for m in models]  # any failure: put back
+    out = []
+    for k, (m, d, kw) in enumerate(zip(models, datasets, each)):
+        try:
+            out.append(fit(m, d, **kw, **fit_kwargs))
+        except TrainingDiverged as exc:
+            if on_divergence == "keep":
+                out.append(exc.history)
+                continue
+            for model, state in zip(models, saved):
+                model.load_state_dict(state)
+            raise TrainingDiverged(f"models[{k}]: {exc}; no model was changed",
+                                   exc.history) from None
+        except BaseException:  # out of memory, say: a caller may retry the stack
+            for model, state in zip(models, saved):
+                model.load_state_dict(state)
+            raise
+    return out
+
+
+def _drop_unused(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 keeps: list[dict[str, bool | torch.Tensor]],
+                 pens: Sequence[L2Penalty | None], budgets: Sequence[int] | None,
+                 same_shapes: bool) -> bool:
+    """Freeze, in every model's mask ``keeps[k]``, the parameters the forward pass does
+    not use (see :func:`_probe`), refusing what ``fit`` would refuse; True if any."""
+    unused = _probe(model, x, y, [name for name in keeps[0]
+                                  if any(keep[name] is not False for keep in keeps)],
+                    same_shapes=same_shapes)
+    if not unused:
+        return False
+    for k, (keep, pen) in enumerate(zip(keeps, pens)):
+        trains = budgets is None or budgets[k] > 0  # fit(steps=0) refuses nothing
+        for name in unused:  # fit's optimiser skips a parameter without a gradient
+            if (trains and keep[name] is not False and pen is not None
+                    and pen.weight != 0 and name in pen.anchors):
+                # fit's L2Pull refuses this at its first step
+                raise RuntimeError(f"a penalised parameter received no gradient: "
+                                   f"{name!r} (models[{k}]) is not used by the forward "
+                                   "pass")
+            keep[name] = False
+        if trains and all(e is False for e in keep.values()):
+            raise ValueError(f"nothing to train in models[{k}]: the forward pass uses "
+                             "none of its trainable parameters")
+    return True
+
+
 def _budgets(steps: int | Sequence[int] | None, k_models: int, lr_schedule: str | None
              ) -> list[int] | None:
     """Per-model step budgets from ``steps`` (None: an epoch budget)."""
@@ -696,35 +750,16 @@ def fit_many(
     loss_fn = make_loss(loss)
     dev = resolve_device(device)
 
-    epochs_in, budgets_in = epochs, budgets  # the stacked path below rewrites both
+    fit_kwargs = dict(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+                      optimizer=optimizer, loss=loss, device=dev, progress=False,
+                      restore_best=restore_best, lr_schedule=lr_schedule,
+                      schedule_steps=schedule_steps)
+    each = [dict(val=v, steps=st, lr=r, update_mask=um, penalty=pen, seed=s)
+            for v, st, r, um, pen, s in zip(vals, budgets or [None] * k_models, lrs,
+                                            masks_in, pens, seeds_in)]
 
     def one_by_one(why: str) -> list[History]:
-        warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
-                      f"{why}", stacklevel=3)
-        saved = [copy.deepcopy(m.state_dict()) for m in models]  # any failure: put back
-        out = []
-        for k, (m, d, v, r, um, pen, s, st) in enumerate(zip(
-                models, datasets, vals, lrs, masks_in, pens, seeds_in,
-                budgets_in or [None] * k_models)):
-            try:
-                out.append(fit(m, d, val=v, epochs=epochs_in, steps=st, lr=r,
-                               batch_size=batch_size, weight_decay=weight_decay,
-                               optimizer=optimizer, loss=loss, update_mask=um, penalty=pen,
-                               device=dev, seed=s, progress=False, restore_best=restore_best,
-                               lr_schedule=lr_schedule, schedule_steps=schedule_steps))
-            except TrainingDiverged as exc:
-                if on_divergence == "keep":
-                    out.append(exc.history)
-                    continue
-                for model, state in zip(models, saved):
-                    model.load_state_dict(state)
-                raise TrainingDiverged(f"models[{k}]: {exc}; no model was changed",
-                                       exc.history) from None
-            except BaseException:  # out of memory, say: a caller may retry the stack
-                for model, state in zip(models, saved):
-                    model.load_state_dict(state)
-                raise
-        return out
+        return _one_by_one(why, models, datasets, each, fit_kwargs, on_divergence)
 
     why = not_vectorisable(models[0])
     if why is not None:
@@ -761,25 +796,9 @@ def fit_many(
         if all(e is False for e in keep.values()):
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
-    unused = _probe(models[0], x_all[0, :1], y_all[0, :1], [
-        name for name in keeps[0] if any(keep[name] is not False for keep in keeps)],
-        same_shapes=isinstance(loss, str))
-    if unused:
-        for k, (keep, pen) in enumerate(zip(keeps, pens)):
-            trains = budgets is None or budgets[k] > 0  # fit(steps=0) refuses nothing
-            for name in unused:  # fit's optimiser skips a parameter without a gradient
-                if (trains and keep[name] is not False and pen is not None
-                        and pen.weight != 0 and name in pen.anchors):
-                    # fit's L2Pull refuses this at its first step
-                    raise RuntimeError(f"a penalised parameter received no gradient: "
-                                       f"{name!r} (models[{k}]) is not used by the forward "
-                                       "pass")
-                keep[name] = False
-            if trains and all(e is False for e in keep.values()):
-                raise ValueError(f"nothing to train in models[{k}]: the forward pass uses "
-                                 "none of its trainable parameters")
+    if _drop_unused(models[0], x_all[0, :1], y_all[0, :1], keeps, pens, budgets,
+                    same_shapes=isinstance(loss, str)):
         pulls = build_pulls()
-
     stack = _Stack(models, keeps, pulls, loss_fn)
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
     step = StackedMaskedStep(stack.mask, stack.pull, opt)

@@ -230,8 +230,7 @@ def fit(
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if amp and dev.type == "cuda" else contextlib.nullcontext())
     bn = _bn_modules(model) if freeze_bn_stats else []
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs = 0
+    best = _BestEpoch(model, restore_best, patience)
     bar = progress_bar(progress, epochs, desc or "fit", unit="epoch", leave=False)
     t0 = time.perf_counter()
     was_training = model.training
@@ -292,9 +291,9 @@ def fit(
                     count = int(total)
                 history.train_loss.append(float(running) / count)
                 if not math.isfinite(history.train_loss[-1]):
-                    raise _diverged(model, best_state, epoch_start, history,
-                                    f"the loss is not finite in epoch {epoch + 1} (steps "
-                                    f"{first_step}-{history.steps})")
+                    raise best.diverged(epoch_start, history,
+                                        f"the loss is not finite in epoch {epoch + 1} (steps "
+                                        f"{first_step}-{history.steps})")
                 history.epochs_run = epoch + 1
                 if val_b is not None:
                     # the eager model: eval mode under no_grad would be further graphs
@@ -302,29 +301,17 @@ def fit(
                     v = _mean_loss(model, val_b, loss_fn, autocast, isinstance(loss, str))
                     improved = history.record_val(epoch, history.steps, v)
                     if not math.isfinite(v):  # the epoch's last steps broke the weights
-                        raise _diverged(model, best_state, epoch_start, history,
-                                        f"the validation loss is not finite after epoch "
-                                        f"{epoch + 1}")
-                    if improved:
-                        bad_epochs = 0
-                        if restore_best:
-                            best_state = copy.deepcopy(model.state_dict())
-                    else:
-                        bad_epochs += 1
+                        raise best.diverged(epoch_start, history,
+                                            f"the validation loss is not finite after epoch "
+                                            f"{epoch + 1}")
+                    best.update(improved)
                 else:
                     history.best_epoch = epoch
-                if bar is not None:
-                    bar.update(1)
-                    post = {"loss": f"{history.train_loss[-1]:.4g}"}
-                    if history.val_loss:
-                        post["val"] = f"{history.val_loss[-1]:.4g}"
-                    bar.set_postfix(post)
-                if ((patience is not None and val_b is not None and bad_epochs >= patience)
-                        or (stop_when is not None and stop_when(history))):
+                _show_epoch(bar, history)
+                if best.out_of_patience() or (stop_when is not None and stop_when(history)):
                     history.stopped_early = epoch + 1 < epochs
                     break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        best.restore()
     finally:
         model.train(was_training)
         for param, original in relaid:  # the trained values, in the original tensor
@@ -356,12 +343,50 @@ def _channels_last(model: nn.Module, wanted: bool | None, dev: torch.device,
             relaid.append((w, original))
 
 
-def _diverged(model: nn.Module, best_state: dict[str, Any] | None,
-              epoch_start: dict[str, Any], history: History, what: str) -> TrainingDiverged:
-    """Put ``model`` back at its best epoch (or the epoch's start) and say why it stopped."""
-    left = "its best epoch" if best_state is not None else "that epoch's start"
-    model.load_state_dict(best_state if best_state is not None else epoch_start)
-    return TrainingDiverged.because(what, f"the model is left at {left}", history)
+class _BestEpoch:
+    """The epoch ``fit`` keeps: with validation, the best one (``restore_best``) and the
+    ``patience`` count since it; on divergence, the best epoch or the epoch's start."""
+
+    def __init__(self, model: nn.Module, restore_best: bool, patience: int | None) -> None:
+        self.model, self.restore_best, self.patience = model, restore_best, patience
+        self.state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+
+    def update(self, improved: bool) -> None:
+        """After a validated epoch: keep it if ``improved``, else count it."""
+        if improved:
+            self.bad_epochs = 0
+            if self.restore_best:
+                self.state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+
+    def out_of_patience(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def restore(self) -> None:
+        """Load the kept epoch, if any."""
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+    def diverged(self, epoch_start: dict[str, Any], history: History, what: str
+                 ) -> TrainingDiverged:
+        """Put the model back at its best epoch (or the epoch's start) and say why it
+        stopped."""
+        left = "its best epoch" if self.state is not None else "that epoch's start"
+        self.model.load_state_dict(self.state if self.state is not None else epoch_start)
+        return TrainingDiverged.because(what, f"the model is left at {left}", history)
+
+
+def _show_epoch(bar: Any, history: History) -> None:
+    """Advance the progress bar (if any) by one epoch, with its losses."""
+    if bar is None:
+        return
+    bar.update(1)
+    post = {"loss": f"{history.train_loss[-1]:.4g}"}
+    if history.val_loss:
+        post["val"] = f"{history.val_loss[-1]:.4g}"
+    bar.set_postfix(post)
 
 
 @torch.no_grad()
