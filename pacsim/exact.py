@@ -1,8 +1,9 @@
 """Where the source is kept exact: :class:`UpdateMask` and the L2 pull :class:`L2Pull`.
 
-Every trainer in pacsim (``pacsim.train.fit`` and anything that trains through it: PAC's
-allocate and calibrate, every transfer baseline, the benchmark) enforces "which entries
-may change" here and nowhere else.
+Every trainer in pacsim (``pacsim.train.fit``, ``fit_many`` and anything that trains
+through them: PAC's allocate and calibrate, every transfer baseline, the benchmark)
+enforces "which entries may change" here and nowhere else, each optimiser step ordered by
+:class:`pacsim.training.core.MaskedStep`.
 
 The invariant: after every optimiser step, every entry that the mask freezes holds
 exactly the bits it had when the :class:`UpdateMask` was built. Zero gradients are not
@@ -59,7 +60,8 @@ class UpdateMask:
 
     ``spec``: parameter name -> bool (whole tensor) or bool tensor (per entry); names it
     leaves out are frozen; ``None`` trains every parameter with ``requires_grad``.
-    Use :meth:`frozen_tensors` around the training loop, :meth:`before_step` between
+    Use :meth:`frozen_tensors` around the training loop;
+    :class:`~pacsim.training.core.MaskedStep` calls :meth:`before_step` between
     ``backward`` and ``optimizer.step`` and :meth:`after_step` right after it.
     """
 

@@ -14,8 +14,10 @@ every model's ``update_mask`` and ``penalty`` are first resolved and checked by 
 as :func:`pacsim.train.fit` does, and then stacked: :class:`StackedUpdateMask` restores
 every frozen entry from its snapshot with one ``torch.where`` after each optimiser step
 (``UpdateMask.after_step`` over K models), and :class:`StackedL2Pull` adds
-``2 w_k (p - anchor_k)`` to the stacked gradient (``L2Pull.apply`` over K models). So per
-model, every frozen entry keeps its exact bits and every PAC invariant holds.
+``2 w_k (p - anchor_k)`` to the stacked gradient (``L2Pull.apply`` over K models). Each
+step runs them in ``fit``'s order through
+:class:`~pacsim.training.core.StackedMaskedStep`. So per model, every frozen entry keeps
+its exact bits and every PAC invariant holds.
 
 The optimiser reproduces ``torch.optim``'s single-tensor CPU arithmetic (learning rate
 times bias correction computed in double and rounded once, as torch passes it to the
@@ -42,16 +44,17 @@ from torch.func import functional_call, grad_and_value, vmap
 from .data.batches import _TensorBatches, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
-from .train import (
+from .training.core import (
     History,
+    StackedMaskedStep,
     TrainingDiverged,
-    _make_loss,
     check_fit_options,
     check_float32,
     check_output_shape,
-    fit,
+    make_loss,
     schedule_horizon,
 )
+from .training.single import fit
 
 Pair = tuple[Any, Any]
 _BETAS = (0.9, 0.999)
@@ -585,15 +588,65 @@ def _record_epoch(histories: Sequence[History], members: Sequence[int], epoch: i
         h.epochs_run = epoch + 1
         h.steps = steps[k]
         if k in val_loss:
-            v = val_loss[k]
-            h.val_loss.append(v)
-            h.val_steps.append(steps[k])
-            if math.isfinite(v) and (h.best_val is None or v < h.best_val):
-                h.best_val, h.best_epoch = v, epoch  # a diverged epoch is never the best
+            if h.record_val(epoch, steps[k], val_loss[k]):  # never a diverged epoch
                 improved.append(k)
         else:
             h.best_epoch = epoch
     return improved
+
+
+def _one_by_one(why: str, models: Sequence[nn.Module], datasets: Sequence[Pair],
+                each: Sequence[dict[str, Any]], fit_kwargs: dict[str, Any],
+                on_divergence: str) -> list[History]:
+    """``fit_many``'s fallback: ``fit(models[k], datasets[k], **each[k], **fit_kwargs)``
+    for every k, with a warning saying ``why``; on an error every model is put back."""
+    warnings.warn(f"fit_many: training the {len(models)} models one by one with fit(): "
+                  f"{why}", stacklevel=4)
+    saved = [copy.deepcopy(m.state_dict()) for m in models]  # any failure: put back
+    out = []
+    for k, (m, d, kw) in enumerate(zip(models, datasets, each)):
+        try:
+            out.append(fit(m, d, **kw, **fit_kwargs))
+        except TrainingDiverged as exc:
+            if on_divergence == "keep":
+                out.append(exc.history)
+                continue
+            for model, state in zip(models, saved):
+                model.load_state_dict(state)
+            raise TrainingDiverged(f"models[{k}]: {exc}; no model was changed",
+                                   exc.history) from None
+        except BaseException:  # out of memory, say: a caller may retry the stack
+            for model, state in zip(models, saved):
+                model.load_state_dict(state)
+            raise
+    return out
+
+
+def _drop_unused(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 keeps: list[dict[str, bool | torch.Tensor]],
+                 pens: Sequence[L2Penalty | None], budgets: Sequence[int] | None,
+                 same_shapes: bool) -> bool:
+    """Freeze, in every model's mask ``keeps[k]``, the parameters the forward pass does
+    not use (see :func:`_probe`), refusing what ``fit`` would refuse; True if any."""
+    unused = _probe(model, x, y, [name for name in keeps[0]
+                                  if any(keep[name] is not False for keep in keeps)],
+                    same_shapes=same_shapes)
+    if not unused:
+        return False
+    for k, (keep, pen) in enumerate(zip(keeps, pens)):
+        trains = budgets is None or budgets[k] > 0  # fit(steps=0) refuses nothing
+        for name in unused:  # fit's optimiser skips a parameter without a gradient
+            if (trains and keep[name] is not False and pen is not None
+                    and pen.weight != 0 and name in pen.anchors):
+                # fit's L2Pull refuses this at its first step
+                raise RuntimeError(f"a penalised parameter received no gradient: "
+                                   f"{name!r} (models[{k}]) is not used by the forward "
+                                   "pass")
+            keep[name] = False
+        if trains and all(e is False for e in keep.values()):
+            raise ValueError(f"nothing to train in models[{k}]: the forward pass uses "
+                             "none of its trainable parameters")
+    return True
 
 
 def _budgets(steps: int | Sequence[int] | None, k_models: int, lr_schedule: str | None
@@ -694,38 +747,19 @@ def fit_many(
                       weight_decay, optimizer, lr_schedule)
     _check_architectures(models)
     check_float32(models[0])  # one architecture, dtypes included
-    loss_fn = _make_loss(loss)
+    loss_fn = make_loss(loss)
     dev = resolve_device(device)
 
-    epochs_in, budgets_in = epochs, budgets  # the stacked path below rewrites both
+    fit_kwargs = dict(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+                      optimizer=optimizer, loss=loss, device=dev, progress=False,
+                      restore_best=restore_best, lr_schedule=lr_schedule,
+                      schedule_steps=schedule_steps)
+    each = [dict(val=v, steps=st, lr=r, update_mask=um, penalty=pen, seed=s)
+            for v, st, r, um, pen, s in zip(vals, budgets or [None] * k_models, lrs,
+                                            masks_in, pens, seeds_in)]
 
     def one_by_one(why: str) -> list[History]:
-        warnings.warn(f"fit_many: training the {k_models} models one by one with fit(): "
-                      f"{why}", stacklevel=3)
-        saved = [copy.deepcopy(m.state_dict()) for m in models]  # any failure: put back
-        out = []
-        for k, (m, d, v, r, um, pen, s, st) in enumerate(zip(
-                models, datasets, vals, lrs, masks_in, pens, seeds_in,
-                budgets_in or [None] * k_models)):
-            try:
-                out.append(fit(m, d, val=v, epochs=epochs_in, steps=st, lr=r,
-                               batch_size=batch_size, weight_decay=weight_decay,
-                               optimizer=optimizer, loss=loss, update_mask=um, penalty=pen,
-                               device=dev, seed=s, progress=False, restore_best=restore_best,
-                               lr_schedule=lr_schedule, schedule_steps=schedule_steps))
-            except TrainingDiverged as exc:
-                if on_divergence == "keep":
-                    out.append(exc.history)
-                    continue
-                for model, state in zip(models, saved):
-                    model.load_state_dict(state)
-                raise TrainingDiverged(f"models[{k}]: {exc}; no model was changed",
-                                       exc.history) from None
-            except BaseException:  # out of memory, say: a caller may retry the stack
-                for model, state in zip(models, saved):
-                    model.load_state_dict(state)
-                raise
-        return out
+        return _one_by_one(why, models, datasets, each, fit_kwargs, on_divergence)
 
     why = not_vectorisable(models[0])
     if why is not None:
@@ -762,27 +796,12 @@ def fit_many(
         if all(e is False for e in keep.values()):
             raise ValueError(f"nothing to train in models[{k}]: update_masks[{k}] freezes "
                              f"every parameter")
-    unused = _probe(models[0], x_all[0, :1], y_all[0, :1], [
-        name for name in keeps[0] if any(keep[name] is not False for keep in keeps)],
-        same_shapes=isinstance(loss, str))
-    if unused:
-        for k, (keep, pen) in enumerate(zip(keeps, pens)):
-            trains = budgets is None or budgets[k] > 0  # fit(steps=0) refuses nothing
-            for name in unused:  # fit's optimiser skips a parameter without a gradient
-                if (trains and keep[name] is not False and pen is not None
-                        and pen.weight != 0 and name in pen.anchors):
-                    # fit's L2Pull refuses this at its first step
-                    raise RuntimeError(f"a penalised parameter received no gradient: "
-                                       f"{name!r} (models[{k}]) is not used by the forward "
-                                       "pass")
-                keep[name] = False
-            if trains and all(e is False for e in keep.values()):
-                raise ValueError(f"nothing to train in models[{k}]: the forward pass uses "
-                                 "none of its trainable parameters")
+    if _drop_unused(models[0], x_all[0, :1], y_all[0, :1], keeps, pens, budgets,
+                    same_shapes=isinstance(loss, str)):
         pulls = build_pulls()
-
     stack = _Stack(models, keeps, pulls, loss_fn)
     opt = _StackedOptimizer(optimizer, stack.flat, weight_decay)
+    step = StackedMaskedStep(stack.mask, stack.pull, opt)
     per_epoch = -(-n // batch_size)
     if budgets is not None:
         total_steps = max(budgets)
@@ -830,9 +849,7 @@ def fit_many(
                     detail = (str(exc).strip().splitlines() or [""])[0][:200]
                     return one_by_one(f"torch.func.vmap cannot run its training step "
                                       f"({type(exc).__name__}: {detail})")
-            stack.pull.apply(grad, stack.flat)
-            opt.step(stack.flat, grad, f, i)
-            stack.mask.after_step(stack.flat)  # frozen entries back to their exact bits
+            step(stack.flat, grad, f, i)  # pull, optimiser, frozen entries back to their bits
             running += torch.where(early.active, losses.detach(), 0.0) * b
             early.after_step(done + i + 1, stack.flat)
         # samples each model saw this epoch: full batches, the last one possibly short
@@ -849,10 +866,9 @@ def fit_many(
                or (rows.ids[r] in with_val
                    and not math.isfinite(histories[rows.ids[r]].val_loss[-1]))]
         if bad and on_divergence == "raise":
-            raise TrainingDiverged(
-                f"training diverged: the training or validation loss of models[{bad[0]}] is "
-                f"not finite in epoch {epoch + 1}; no model was changed; check the data for "
-                "NaN/inf and lower lr", histories[bad[0]])
+            raise TrainingDiverged.because(
+                f"the training or validation loss of models[{bad[0]}] is not finite in epoch "
+                f"{epoch + 1}", "no model was changed", histories[bad[0]])
         if best_flat is not None and improved:
             at = torch.tensor(improved, device=dev)
             best_flat.index_copy_(0, at, trained.index_select(0, at))

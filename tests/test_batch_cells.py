@@ -66,7 +66,8 @@ def test_a_failing_cell_fails_only_its_own_record(tmp_path, monkeypatch):
         "after a failed batch each cell ran alone"
 
 
-@pytest.mark.parametrize("stack,jobs,expect", [("auto", 1, 4), ("auto", 2, 2), (False, 1, 1)])
+@pytest.mark.parametrize("stack,jobs,expect", [
+    ("auto", 1, 4), pytest.param("auto", 2, 2, marks=pytest.mark.slow), (False, 1, 1)])
 def test_auto_batches_only_pairs_whose_cells_stack(tmp_path, stack, jobs, expect):
     """Under --batch-cells auto a pair's cells share tasks only where they stack (an MLP
     on the CPU under --stack auto does; nothing does under --stack off), in batches

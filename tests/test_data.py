@@ -156,6 +156,7 @@ def test_overwrite_is_refused_unless_asked(tab):
     assert H5Dataset(path, "train", normalize=False).info.n == 5
 
 
+@pytest.mark.slow
 def test_failed_or_killed_write_leaves_nothing(tmp_path):
     x, y = _arrays()
     with pytest.raises(RuntimeError), DatasetWriter(tmp_path / "d.h5", input_shape=(3,),
@@ -225,6 +226,7 @@ def _corrupt(path, how):
     ("foreign", "not a pacsim-h5 file"),
     ("nan", r"inputs contain NaN or inf \(sample 4\)"),
 ])
+@pytest.mark.slow
 def test_bad_files_give_one_line_error_and_cli_exit_2(tab, how, match):
     path = tab[0]
     _corrupt(path, how)
@@ -259,6 +261,7 @@ def test_batch_indexing_keeps_order_and_duplicates(tab, in_memory):
         ds[[len(ds)]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("context", ["spawn", "forkserver", "fork"])
 def test_workers_give_the_same_batches(tab, context):
     ds = H5Dataset(tab[0], in_memory=False)
@@ -289,6 +292,7 @@ def test_trainer_reads_h5_datasets_and_checkpoints_keep_units(tab, tmp_path):
     assert np.array_equal(d.target_std, ds.normalizer.target_std)
 
 
+@pytest.mark.slow
 def test_inspect_reports_everything(tab):
     d = describe(tab[0], check=True)
     assert d["format"] == "pacsim-h5" and d["format_version"] == 1

@@ -1,4 +1,5 @@
-"""The named home of the exactness guarantee: UpdateMask and L2Pull on their own."""
+"""The named home of the exactness guarantee: UpdateMask and L2Pull, ordered by
+MaskedStep, without a trainer around them."""
 
 from __future__ import annotations
 
@@ -6,20 +7,18 @@ import pytest
 import torch
 
 from pacsim.exact import L2Penalty, L2Pull, UpdateMask
+from pacsim.training.core import MaskedStep
 
 
 def _loop(model, mask, pull=None, steps=5, clip=None):
-    opt = torch.optim.AdamW(mask.trainable, lr=0.1, weight_decay=0.5)
+    step = MaskedStep(mask, pull, torch.optim.AdamW(mask.trainable, lr=0.1, weight_decay=0.5),
+                      clip)
     x = torch.randn(8, 3)
     with mask.frozen_tensors():
         for _ in range(steps):
-            opt.zero_grad()
+            step.zero_grad()
             model(x).square().mean().backward()
-            if pull is not None:
-                pull.apply()
-            mask.before_step(clip)
-            opt.step()
-            mask.after_step()
+            step()
 
 
 @pytest.mark.parametrize("clip", [None, 0.1])

@@ -24,6 +24,7 @@ from pacsim.exact import L2Penalty, L2Pull, UpdateMask  # noqa: E402
 from pacsim.io import load_checkpoint, load_predictor, save_checkpoint  # noqa: E402
 from pacsim.models import FNO, PhysicalModel, build  # noqa: E402
 from pacsim.train import fit, fit_many, predict  # noqa: E402
+from pacsim.training.core import MaskedStep  # noqa: E402
 from pacsim.transfer import METHODS, adapt, head_names  # noqa: E402
 
 SPECTRAL = "net.fno_blocks.convs.*.weight.tensor"
@@ -243,15 +244,14 @@ def test_update_mask_with_clipping_keeps_complex_entries():
     keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) > 0.5
     before = w.detach().clone()
     mask = UpdateMask(model, {name: keep}, torch.device("cpu"))
-    opt = torch.optim.AdamW(mask.trainable, lr=0.1, weight_decay=0.5)
+    step = MaskedStep(mask, None, torch.optim.AdamW(mask.trainable, lr=0.1, weight_decay=0.5),
+                      0.1)
     x = make_fields(1, n=4)[0]
     with mask.frozen_tensors():
         for _ in range(3):
-            opt.zero_grad()
+            step.zero_grad()
             model(x).square().mean().backward()
-            mask.before_step(0.1)
-            opt.step()
-            mask.after_step()
+            step()
     assert torch.equal(w[~keep], before[~keep]) and not torch.equal(w[keep], before[keep])
 
 

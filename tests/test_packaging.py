@@ -12,6 +12,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 from pathlib import Path
 
+import pytest
+
 import pacsim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +40,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_version_and_help():
     out = _cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"pacsim {pacsim.__version__}"
@@ -45,12 +48,14 @@ def test_cli_version_and_help():
     assert out.returncode == 0 and "demo" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_argument_is_one_line_exit_2():
     out = _cli("demo", "--n-target", "0")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--n-target must be positive" in out.stderr
 
 
+@pytest.mark.slow
 def test_submodules_are_reachable_from_the_package():
     run = subprocess.run([sys.executable, "-c",
                           "import pacsim; m = pacsim.models.MLP(2, 1, hidden=[4]); "

@@ -240,6 +240,7 @@ def _imports_torch(code: str) -> bool:
     return run.stdout.strip() == "True"
 
 
+@pytest.mark.slow
 def test_import_pacsim_bench_report_does_not_import_torch():
     assert not _imports_torch("import sys; ")
 

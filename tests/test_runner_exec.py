@@ -80,6 +80,7 @@ def _done(value) -> cf.Future:
     return fut
 
 
+@pytest.mark.slow
 def test_source_model_failure_one_line_per_cell(tmp_path):
     # a CNN on tabular data passes the schema but fails when the source model is built
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,),
@@ -96,6 +97,7 @@ def test_source_model_failure_one_line_per_cell(tmp_path):
                                                         "a CNN needs field inputs") for r in recs)
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_folder_is_refused(tmp_path):
     path = _suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,))
     out = tmp_path / "out"
@@ -128,6 +130,7 @@ def test_devices():
             execute.resolve_devices("cpu,cuda:1")
 
 
+@pytest.mark.slow
 def test_cells_spread_over_devices(tmp_path):
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune",), n_target=(5,)), out,

@@ -191,6 +191,7 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
     (annealing over the chosen count instead would train a path nobody validated)."""
     import pacsim.many
     import pacsim.train
+    import pacsim.training.single
 
     horizons: list[tuple[int | None, int]] = []
     real = pacsim.train.schedule_horizon
@@ -200,7 +201,7 @@ def test_a_scheduled_final_retrain_follows_the_path_its_folds_validated(monkeypa
         return real(schedule_steps, budget)
 
     model, _, tgt = _problem()
-    monkeypatch.setattr(pacsim.train, "schedule_horizon", spy)
+    monkeypatch.setattr(pacsim.training.single, "schedule_horizon", spy)
     monkeypatch.setattr(pacsim.many, "schedule_horizon", spy)
     res = select("finetune", model, tgt, selection=SelectionConfig(folds=3, max_steps=12, extend=0),
                  steps=4, seed=0, lr_schedule="cosine", stack=stack, **KW)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import fail_method
 from test_bench import RECIPE, _suite
 
@@ -110,6 +111,7 @@ def test_records_carry_identity_and_parameter_count(tmp_path):
     assert "history" in meta["allocate"] and "unpruned_loss" in meta["allocate"]
 
 
+@pytest.mark.slow
 def test_dry_run_lists_what_would_run_and_why(tmp_path, monkeypatch):
     out = tmp_path / "out"
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"), n_target=(5,))
