@@ -132,8 +132,9 @@ def _workflow_parsers(sub: Any) -> None:
     x.add_argument("checkpoint", help="source checkpoint (from pacsim train)")
     x.add_argument("target", help="target pacsim-h5 file")
     x.add_argument("--method", default="pac",
-                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit, scratch, or "
-                        "auto: every method's CV on the same folds, the lowest CV loss "
+                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit, scratch, "
+                        "another registered method (pacsim.transfer.names()), or auto: "
+                        "every default method's CV on the same folds, the lowest CV loss "
                         "retrained")
     x.add_argument("--keep-source", action="store_true",
                    help="with --method auto: choose among the PAC methods only, so the "
