@@ -216,7 +216,7 @@ register(Method("pac-paper", PACPaperOptions, {"lr": list(LR_GRID)}, _pac_plan,
 register(Method("pac", PACOptions, [{"subspace": ["biases", "last", "head"], "lr": [1e-2]},
                                     {"subspace": ["all"], "lr": [1e-3, 1e-2]}],
                 _pac_plan, keeps_source=True, allocates=True))
-assert names() == _NAMES and names(keeps_source=True) == _KEEP_SOURCE, \
+assert names(default=True) == _NAMES and names(keeps_source=True) == _KEEP_SOURCE, \
     "pacsim.method_names lists the built-in methods in registration order"
 
 
