@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev,device,ray,operators]'
+	$(BIN)/python -m pip install -e '.[dev,device,ray,operators,lora]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -107,8 +107,9 @@ def _workflow_parsers(sub: Any) -> None:
                                    "with the lowest val loss, write a checkpoint. Under "
                                    "torchrun it trains data-parallel (DDP).")
     t.add_argument("data", help="pacsim-h5 file (e.g. from pacsim simulate or convert)")
-    t.add_argument("--model", default="auto", choices=("auto", "mlp", "cnn", "fno"),
-                   help="auto: mlp for flat samples, cnn for fields (default); fno: a "
+    t.add_argument("--model", default="auto",
+                   help="auto: mlp for flat samples, cnn for fields (default); or the name "
+                        "of a registered model (pacsim.models.registered()), e.g. fno: a "
                         "Fourier neural operator (pip install 'pacsim[operators]')")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option, e.g. hidden=64,64 (mlp) or width=32 (cnn)")
@@ -131,8 +132,9 @@ def _workflow_parsers(sub: Any) -> None:
     x.add_argument("checkpoint", help="source checkpoint (from pacsim train)")
     x.add_argument("target", help="target pacsim-h5 file")
     x.add_argument("--method", default="pac",
-                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit, scratch, or "
-                        "auto: every method's CV on the same folds, the lowest CV loss "
+                   help="pac (default), pac-paper, finetune, head, l2sp, bitfit, scratch, "
+                        "another registered method (pacsim.transfer.names()), or auto: "
+                        "every default method's CV on the same folds, the lowest CV loss "
                         "retrained")
     x.add_argument("--keep-source", action="store_true",
                    help="with --method auto: choose among the PAC methods only, so the "
@@ -269,7 +271,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     view = f" (setting {printable(res['setting'])})" if res["setting"] else ""
     print(f"{printable(args.checkpoint)}{view} on {printable(args.data)}, split {args.split} "
           f"({res['n']} samples)")
-    names = ("rmse", "nrmse", "mae", "max_error", "r2")
+    from .metrics import METRICS as names
+
     print(f"{'':<10}" + "".join(f"{m:>12}" for m in names))
     print(f"{'all':<10}" + "".join(f"{res[m]:>12.4g}" for m in names))
     for c, ch in enumerate(res.get("channels", [])):

@@ -20,6 +20,7 @@ from .models import MLP
 from .sims import friedman
 from .train import evaluate, fit
 from .transfer import METHODS, adapt
+from .transfer.registry import get
 
 
 @dataclass
@@ -74,7 +75,7 @@ def run_demo(*, n_source: int = 4000, n_target: int = 100, q: float = 1.0, seed:
     for method in methods:
         t0 = time.perf_counter()
         kw: dict[str, Any] = dict(target_kw)
-        if method.startswith("pac"):
+        if get(method).allocates:
             kw["allocate_kwargs"] = {"epochs": max(1, source_epochs // 3), "batch_size": 64}
         res = adapt(method, source_model, prob.target_train, source=prob.source_train, **kw)
         with res.source_view() as m:

@@ -23,7 +23,7 @@ from . import __version__
 from .data.stats import Normalizer, stat_shape
 from .fsutil import atomic_write, disk_error, not_a_file
 from .models.physical import PhysicalModel
-from .models.registry import build
+from .models.registry import build, model_class, registered
 from .pac.masks import Masks
 from .pac.view import view as pac_view
 
@@ -198,10 +198,9 @@ def _expected_stat_shapes(config: dict[str, Any], meta: dict[str, Any]
     if isinstance(data, dict) and "input_shape" in data and "target_shape" in data:
         return (stat_shape(tuple(data["input_shape"])),
                 stat_shape(tuple(data["target_shape"])))
-    if config.get("name") == "cnn":
-        tail = (1,) * int(config.get("dim", 1))
-        return (int(config["in_channels"]), *tail), (int(config["out_channels"]), *tail)
-    return None, None
+    name = config.get("name")
+    shapes = model_class(name).stat_shapes(config) if name in registered() else None
+    return shapes if shapes is not None else (None, None)
 
 
 def _check_normalizer(norm: Normalizer, config: dict[str, Any], meta: dict[str, Any]) -> None:

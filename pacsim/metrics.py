@@ -12,8 +12,13 @@ from __future__ import annotations
 import torch
 
 from .data.stats import merge_moments
-
-METRICS = ("rmse", "nrmse", "mae", "max_error", "r2")
+from .metric_names import (  # noqa: F401 - the names live there, importable without torch
+    ABSOLUTE_METRICS,
+    METRICS,
+    PRIMARY,
+    SOURCE_METRICS,
+    TARGET_METRICS,
+)
 
 _EPS = 1e-12
 

@@ -295,7 +295,7 @@ def test_report_from_synthetic_results(tmp_path):
     (None, "no such suite file"),
     ("seeds = [0]\nn_target = [5]\n[pair.x]\nrecipe='r'\nmodel={name='mlp'}", "not found"),
     ("seeds = 'zero'", "'seeds' must be a non-empty list"),
-    ("seeds = [0]\nn_target = [5]\nmethods = ['lora']", "unknown methods"),
+    ("seeds = [0]\nn_target = [5]\nmethods = ['nope']", "unknown methods"),
     ("seeds = [0]\nn_target = [5]\nflavour = 1", "unknown top-level keys"),
     ("seeds = [0\n", "not valid TOML"),
     ("seeds = [0]\nn_target = [5]", "no [pair.NAME] sections"),

@@ -107,8 +107,8 @@ def test_pac_full_pipeline_and_errors():
     for bad in (0, 1, 1.5, -0.2, float("nan")):
         with pytest.raises(ValueError, match=f"ratio must lie in \\(0, 1\\), got {bad}"):
             adapt("pac", model, make_data("mlp"), source=make_data("mlp"), ratio=bad, **KW)
-    with pytest.raises(ValueError, match="unknown transfer method 'lora'"):
-        adapt("lora", model, make_data("mlp"), **KW)
+    with pytest.raises(ValueError, match="unknown transfer method 'nope'"):
+        adapt("nope", model, make_data("mlp"), **KW)
     res = adapt("pac", model, make_data("mlp", shift=1.0), source=make_data("mlp"), ratio=0.5,
                 allocate="fixed", allocate_kwargs={"epochs": 2}, **KW)
     assert res.masks.stage == "calibrated"

@@ -33,7 +33,7 @@ from ..data import H5Dataset, Normalizer
 from ..device import resolve_device
 from ..fsutil import atomic_write
 from ..io import CheckpointError, load_checkpoint, save_checkpoint
-from ..metrics import Accumulator
+from ..metrics import SOURCE_METRICS, TARGET_METRICS, Accumulator
 from ..models.sizing import for_data
 from ..pac import Masks
 from ..sims import recipes
@@ -343,10 +343,10 @@ def _record(ctx: Context, cell: Cell, req: SelectRequest, res: TransferResult,
         src_after = data.physical(m, data.source_test, data.source_test_y)[0]
     record: dict[str, Any] = {
         **ctx.suite.identity(cell), "status": "ok",
-        "target": {k: tgt[k] for k in ("rmse", "nrmse", "max_error", "r2")},
-        "source_after": {k: src_after[k] for k in ("rmse", "nrmse")},
-        "source_before": {k: src_meta["source"][k] for k in ("rmse", "nrmse")},
-        "zero_shot": {k: src_meta["zero_shot"][k] for k in ("rmse", "nrmse")},
+        "target": {k: tgt[k] for k in TARGET_METRICS},
+        "source_after": {k: src_after[k] for k in SOURCE_METRICS},
+        "source_before": {k: src_meta["source"][k] for k in SOURCE_METRICS},
+        "zero_shot": {k: src_meta["zero_shot"][k] for k in SOURCE_METRICS},
         "trainable": res.trainable, "n_params": sum(p.numel() for p in res.model.parameters()),
         "memory_bytes": res.serving_bytes(), "selection": res.selection,
         "steps": res.history.steps, "seconds": seconds,

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import plots
 from ..fsutil import atomic_write
+from ..metric_names import PRIMARY
 from ..plots import (
     BASELINES,
     PAC_METHODS,
@@ -66,7 +67,7 @@ Records = list[dict[str, Any]]
 Grid = dict[tuple[str, str, int], dict[int, float]]
 
 
-def grid(records: Iterable[dict[str, Any]], metric: str = "rmse") -> Grid:
+def grid(records: Iterable[dict[str, Any]], metric: str = PRIMARY) -> Grid:
     """(pair, method, n_target) -> {seed: target error}."""
     out: Grid = defaultdict(dict)
     for r in ok_records(records):

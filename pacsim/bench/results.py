@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import not_a_file
+from ..metric_names import PRIMARY
 
 RESULTS = "results.jsonl"
 
@@ -27,12 +28,12 @@ def record_problem(rec: Any, complete: bool = False) -> str | None:
     missing = [k for k in KEYS if k not in rec]
     if complete and rec.get("status") == "ok":
         missing += [k for k in OK_METRICS
-                    if not isinstance(rec.get(k), dict) or "rmse" not in rec[k]]
+                    if not isinstance(rec.get(k), dict) or PRIMARY not in rec[k]]
     if missing:
         return f"lacks {', '.join(repr(k) for k in missing)}"
     wrong = [k for k in ("n_target", "seed") if not _is_int(rec[k])]
     if complete and rec.get("status") == "ok":
-        wrong += [f"{k}.rmse" for k in OK_METRICS if not _is_number(rec[k]["rmse"])]
+        wrong += [f"{k}.{PRIMARY}" for k in OK_METRICS if not _is_number(rec[k][PRIMARY])]
         pac = rec.get("pac")
         if pac is not None and not (isinstance(pac, dict) and isinstance(
                 pac.get("summary", []), list)):

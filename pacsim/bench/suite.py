@@ -37,6 +37,8 @@ from ..fsutil import plain_name
 from ..sims import recipes
 from ..train import OPTIMIZERS
 from ..transfer import DEFAULT_GRIDS, METHODS, Options, SelectionConfig, check_grid, method_options
+from ..transfer.registry import get
+from ..transfer.registry import names as registered_methods
 
 #: Bump when the measurement of a cell changes meaning: every cell then re-runs.
 PROTOCOL = 2
@@ -45,7 +47,6 @@ TOP_KEYS = ("name", "seeds", "n_target", "methods", "method", "train", "pair", "
 PAIR_KEYS = ("recipe", "model", "n_source", "n_target_pool", "n_target", "method")
 #: Models a suite can name; each is sized from the data by its ``for_data`` (its
 #: ``DATA_ARGS`` come from the data, every other constructor argument from the suite).
-MODELS = ("mlp", "cnn", "fno")
 
 
 class SuiteError(ValueError):
@@ -156,7 +157,7 @@ class MethodSpec:
     @property
     def needs_allocate(self) -> bool:
         """Whether the method starts from a cached PAC-allocated model."""
-        return bool(self.options.prepare_config())
+        return get(self.name).allocates
 
 
 @dataclass
@@ -330,9 +331,10 @@ def _methods(path: Path, raw: dict[str, Any]) -> dict[str, MethodSpec]:
     names = raw.get("methods", list(METHODS))
     if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
         raise SuiteError(f"{path}: 'methods' must be a list of method names")
-    bad = [m for m in names if m not in METHODS]
+    bad = [m for m in names if m not in registered_methods()]
     if bad or not names:
-        raise SuiteError(f"{path}: unknown methods {bad}; choose from {list(METHODS)}")
+        raise SuiteError(f"{path}: unknown methods {bad}; choose from "
+                         f"{list(registered_methods())}")
     dup = sorted({m for m in names if names.count(m) > 1})
     if dup:
         raise SuiteError(f"{path}: 'methods' has duplicate values {dup}")
@@ -420,14 +422,14 @@ def _example_shapes(cls: type, kwargs: dict[str, Any]
 def _model(where: str, raw: Any) -> dict[str, Any]:
     """The pair's model table, its keys checked against the model's constructor and its
     values by building it once without memory (on the meta device)."""
-    if not isinstance(raw, dict) or raw.get("name") not in MODELS:
-        raise SuiteError(f"{where} model must be a table with name one of "
-                         f"{', '.join(repr(m) for m in MODELS)}")
     import torch
 
-    from ..models import model_class
+    from ..models import model_class, registered
     from ..models.sizing import model_options
 
+    if not isinstance(raw, dict) or raw.get("name") not in registered():
+        raise SuiteError(f"{where} model must be a table with name one of "
+                         f"{', '.join(repr(m) for m in registered())}")
     cls = model_class(raw["name"])
     kwargs = {k: v for k, v in raw.items() if k != "name"}
     allowed = model_options(raw["name"])

@@ -66,6 +66,13 @@ class CNN(Configurable, nn.Module):
         dim, c_in, c_out = field_args("a CNN", input_shape, target_shape)
         return cls(dim, c_in, c_out, **kwargs)
 
+    @classmethod
+    def stat_shapes(cls, config: dict[str, Any]
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Per-channel statistics: (channels, 1, ...) on each side."""
+        tail = (1,) * int(config.get("dim", 1))
+        return (int(config["in_channels"]), *tail), (int(config["out_channels"]), *tail)
+
     def __init__(
         self,
         dim: int,

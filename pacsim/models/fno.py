@@ -183,6 +183,11 @@ class FNO(Configurable, nn.Module):
         dim, c_in, c_out = field_args("an FNO", input_shape, target_shape)
         return cls(dim, c_in, c_out, **kwargs)
 
+    @property
+    def grid_convolution(self) -> bool:
+        """Spectral convolutions over a 2D grid (``dim >= 2``)."""
+        return self.dim > 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.dim + 2:
             raise ValueError(

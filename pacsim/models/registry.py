@@ -105,6 +105,20 @@ class Configurable:
         raise ValueError(f"model {cls.registry_name!r} cannot be sized from data (it "
                          "defines no for_data)")
 
+    @classmethod
+    def stat_shapes(cls, config: dict[str, Any]
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Shapes of the input and target normalisation statistics that a config fixes
+        (checked when a checkpoint loads without recorded data shapes); None: unknown."""
+        return None
+
+    @property
+    def grid_convolution(self) -> bool:
+        """Whether the model convolves over 2D/3D grids in a way its ``nn.Conv2d`` /
+        ``nn.Conv3d`` layers do not show (an FNO's spectral convolutions): selection
+        trains such models one by one on the CPU, where stacks of them ran slower."""
+        return False
+
     def _set_config(self, **kwargs: Any) -> None:
         self._config = {k: _jsonable(v) for k, v in kwargs.items()}
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -35,9 +34,19 @@ from .. import pac
 from ..device import resolve_device
 from ..exact import L2Penalty, MaskSpec
 from ..method_names import METHODS as _NAMES
+from ..method_names import PAC_METHODS as _KEEP_SOURCE
 from ..models.registry import build, head_names
 from ..train import Data, History, fit, mean_loss
-from .options import OPTIONS, L2SPOptions, Options, PACBaseOptions, ScratchOptions, method_options
+from .options import (
+    L2SPOptions,
+    Options,
+    PACBaseOptions,
+    PACOptions,
+    PACPaperOptions,
+    ScratchOptions,
+    method_options,
+)
+from .registry import Method, PlanBuilder, PlanContext, get, names, register
 
 
 @dataclass
@@ -122,61 +131,108 @@ class TrainingPlan:
     penalty: L2Penalty | None = None
     #: PAC's own copy of the masks, calibrate's bookkeeping done (a ``final`` plan)
     masks: pac.Masks | None = None
+    #: What turns the trained model into the result's (e.g. merging an adapter into
+    #: plain weights of the registered model class); None: the model as trained.
+    finish: Callable[[nn.Module], nn.Module] | None = None
 
     def result(self, history: History) -> TransferResult:
         """The :class:`TransferResult` once ``model`` has trained on this plan."""
         if self.masks is not None:
             self.masks.stage = "calibrated"
-        return TransferResult("", self.model, history, masks=self.masks,
-                              trainable=_count(self.model, self.update_mask))
+        trainable = _count(self.model, self.update_mask)
+        model = self.model if self.finish is None else self.finish(self.model)
+        return TransferResult("", model, history, masks=self.masks, trainable=trainable)
 
 
-_SELECTORS: dict[str, Callable[[nn.Module], dict[str, bool]]] = {
-    "scratch": _all, "finetune": _all, "head": _head, "l2sp": _all, "bitfit": _biases}
+def _copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def _scratch_plan(source_model: nn.Module, opts: Options, ctx: PlanContext) -> TrainingPlan:
+    assert isinstance(opts, ScratchOptions)
+    model = _reinit(source_model, opts.init_seed if opts.init_seed is not None else ctx.seed)
+    return TrainingPlan(model, _all(model))
+
+
+def _masked_plan(select: Callable[[nn.Module], dict[str, bool]]) -> PlanBuilder:
+    """A plan builder that trains ``select(copy)`` of a copy of the source model."""
+    def plan(source_model: nn.Module, opts: Options, ctx: PlanContext) -> TrainingPlan:
+        model = _copy(source_model)
+        return TrainingPlan(model, select(model))
+    return plan
+
+
+def _l2sp_plan(source_model: nn.Module, opts: Options, ctx: PlanContext) -> TrainingPlan:
+    assert isinstance(opts, L2SPOptions)
+    model = _copy(source_model)
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return TrainingPlan(model, _all(model), L2Penalty(opts.alpha / 2, anchors))
+
+
+def _pac_plan(source_model: nn.Module, opts: Options, ctx: PlanContext) -> TrainingPlan:
+    """PAC's calibrate from ``ctx.allocated``: a ``final`` plan gets its own copy of the
+    masks with calibrate's bookkeeping done (:func:`pacsim.pac.begin_calibrate`, on
+    ``ctx.device``), so that its result serves both settings; a plan for a
+    cross-validation fold shares the allocated masks and keeps no result."""
+    assert isinstance(opts, PACBaseOptions)
+    if ctx.allocated is None:
+        raise ValueError(f"method {ctx.method!r} plans from an allocated (model, masks)")
+    model = copy.deepcopy(ctx.allocated[0])
+    if ctx.final:
+        masks = copy.deepcopy(ctx.allocated[1])
+        # after allocate, or after extend() for one more setting in the same network
+        masks.require("allocated", "extended", action=f"adapt({ctx.method!r}, allocated=...)")
+        update, penalty = pac.begin_calibrate(
+            model, masks, opts.lam, opts.train_biases, opts.subspace,
+            fit_kwargs={"device": ctx.device})
+        return TrainingPlan(model, update, penalty, masks)
+    masks = ctx.allocated[1]
+    update = pac.calibrate_update(model, masks, opts.subspace, opts.train_biases)
+    return TrainingPlan(model, update, pac.calibrate_penalty(masks, update, opts.lam))
+
+
+#: The learning rates every method without options of its own searches.
+LR_GRID = [3e-4, 1e-3, 3e-3, 1e-2]
+
+# The built-in methods, in report order. Selection grids: 4 configurations (PAC's 5);
+# the learning rate for methods without options of their own; L2-SP's strength beside
+# it; for PAC a ladder of calibration subspaces (the target's own biases, the head's
+# freed entries, the target's own copy of the whole head, every freed entry: a superset
+# of BitFit, head and fine-tuning on one network that keeps the source) with the
+# learning rate. The step count is chosen on top of the grid, from the mean
+# cross-validation curve; a choice at the edge of a numeric axis (or of the step
+# horizon) extends that axis geometrically and searches on
+# (:class:`pacsim.transfer.SelectionConfig`'s ``extend``).
+register(Method("scratch", ScratchOptions, {"lr": list(LR_GRID)}, _scratch_plan))
+register(Method("finetune", Options, {"lr": list(LR_GRID)}, _masked_plan(_all)))
+register(Method("head", Options, {"lr": list(LR_GRID)}, _masked_plan(_head)))
+# from fine-tuning's learning rates; alpha from nearly none (fine-tuning) to strong
+register(Method("l2sp", L2SPOptions, {"lr": [1e-3, 1e-2], "alpha": [1e-4, 1e-2]},
+                _l2sp_plan))
+register(Method("bitfit", Options, {"lr": list(LR_GRID)}, _masked_plan(_biases)))
+register(Method("pac-paper", PACPaperOptions, {"lr": list(LR_GRID)}, _pac_plan,
+                keeps_source=True, allocates=True))
+# a ladder of calibration subspaces, smallest to largest target capacity
+register(Method("pac", PACOptions, [{"subspace": ["biases", "last", "head"], "lr": [1e-2]},
+                                    {"subspace": ["all"], "lr": [1e-3, 1e-2]}],
+                _pac_plan, keeps_source=True, allocates=True))
+assert names(default=True) == _NAMES and names(keeps_source=True) == _KEEP_SOURCE, \
+    "pacsim.method_names lists the built-in methods in registration order"
 
 
 def training_plan(method: str, source_model: nn.Module, opts: Options, *,
                   allocated: tuple[nn.Module, pac.Masks] | None = None,
                   seed: int | None = None, final: bool = False,
                   device: str | torch.device = "auto") -> TrainingPlan:
-    """The :class:`TrainingPlan` of ``method`` with options ``opts`` (PAC methods need
-    ``allocated``, the model and masks after allocate); the source model is copied.
+    """The :class:`TrainingPlan` of ``method`` with options ``opts``, built by the
+    method's registered plan builder (PAC methods need ``allocated``, the model and
+    masks after allocate); the source model is copied.
 
     A ``final`` PAC plan gets its own copy of the masks with calibrate's bookkeeping
-    done (:func:`pacsim.pac.begin_calibrate`, on ``device``), so that its
-    :meth:`TrainingPlan.result` serves both settings; a plan for a cross-validation fold
-    shares the allocated masks and keeps no result."""
-    if isinstance(opts, PACBaseOptions):
-        if allocated is None:
-            raise ValueError(f"method {method!r} plans from an allocated (model, masks)")
-        model = copy.deepcopy(allocated[0])
-        if final:
-            masks = copy.deepcopy(allocated[1])
-            # after allocate, or after extend() for one more setting in the same network
-            masks.require("allocated", "extended", action=f"adapt({method!r}, allocated=...)")
-            update, penalty = pac.begin_calibrate(
-                model, masks, opts.lam, opts.train_biases, opts.subspace,
-                fit_kwargs={"device": device})
-            return TrainingPlan(model, update, penalty, masks)
-        masks = allocated[1]
-        update = pac.calibrate_update(model, masks, opts.subspace, opts.train_biases)
-        return TrainingPlan(model, update, pac.calibrate_penalty(masks, update, opts.lam))
-    if isinstance(opts, ScratchOptions):
-        model = _reinit(source_model, opts.init_seed if opts.init_seed is not None else seed)
-    else:
-        model = copy.deepcopy(source_model)
-    penalty = None
-    if isinstance(opts, L2SPOptions):
-        anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
-        penalty = L2Penalty(opts.alpha / 2, anchors)
-    return TrainingPlan(model, _SELECTORS[method](model), penalty)
-
-
-def _plain(method: str, model: nn.Module, target: Data, opts: Options, **fit_kwargs: Any
-           ) -> TransferResult:
-    plan = training_plan(method, model, opts, seed=fit_kwargs.get("seed"))
-    return plan.result(fit(plan.model, target, update_mask=plan.update_mask,
-                           penalty=plan.penalty, **fit_kwargs))
+    done, so that its :meth:`TrainingPlan.result` serves both settings; a plan for a
+    cross-validation fold shares the allocated masks and keeps no result."""
+    ctx = PlanContext(method, seed=seed, allocated=allocated, final=final, device=device)
+    return get(method).plan(source_model, opts, ctx)
 
 
 def source_loss(model: nn.Module, data: Data, loss: Any = "mse",
@@ -287,8 +343,9 @@ def check_allocated(method: str, opts: Options, given: Iterable[str],
     have come from: allocate is done, so they would be recorded and silently ignored.
     A ratio is consistent when the masks' ratio is one the recipe tries
     (:meth:`PACOptions.ratios`: the ratio itself, or one it backs off to)."""
-    if not isinstance(opts, PACBaseOptions):
+    if not get(method).allocates:
         return
+    assert isinstance(opts, PACBaseOptions)
     given = set(given)
     if "scope" in given and opts.scope != masks.scope:
         raise ValueError(f"method {method!r}: scope {opts.scope!r} disagrees with the "
@@ -310,42 +367,40 @@ def options_record(opts: Options, masks: pac.Masks | None) -> dict[str, Any]:
     return out
 
 
-def _pac(model: nn.Module, target: Data, opts: PACBaseOptions, *, source: Data | None = None,
-         source_val: Data | None = None, allocate_kwargs: dict[str, Any] | None = None,
+def _run(method: str, model: nn.Module, target: Data, opts: Options, *,
+         source: Data | None = None, source_val: Data | None = None,
+         allocate_kwargs: dict[str, Any] | None = None,
          allocated: tuple[nn.Module, pac.Masks] | None = None,
          **fit_kwargs: Any) -> TransferResult:
+    """One method's transfer: allocate first where the method plans from an allocated
+    model (and none is given), then its final plan trained by :func:`fit`."""
     extra: dict[str, Any] = {}
-    if allocated is None:
+    if get(method).allocates and allocated is None:
         if source is None:
-            raise ValueError("method 'pac' needs the source data: pass source=(X, Y) "
+            raise ValueError(f"method {method!r} needs the source data: pass source=(X, Y) "
                              "(or allocated=(model, masks) from an earlier allocate)")
+        assert isinstance(opts, PACBaseOptions)
         alloc_model, alloc_masks, info = allocated_model(
             model, source, opts, source_val=source_val, allocate_kwargs=allocate_kwargs,
             **fit_kwargs)
         allocated = (alloc_model, alloc_masks)
         extra["allocate_history"] = info.pop("history")
         extra["allocate"] = info
-    plan = training_plan("pac", model, opts, allocated=allocated, final=True,
-                         device=fit_kwargs.get("device", "auto"))
+    plan = training_plan(method, model, opts, allocated=allocated, final=True,
+                         seed=fit_kwargs.get("seed"), device=fit_kwargs.get("device", "auto"))
     result = plan.result(fit(plan.model, target, update_mask=plan.update_mask,
                              penalty=plan.penalty, **fit_kwargs))
     result.extra.update(extra)
     return result
 
 
-_RUNNERS: dict[str, Callable[..., TransferResult]] = {
-    **{name: functools.partial(_plain, name) for name in _SELECTORS},
-    "pac": _pac,
-    "pac-paper": _pac,
-}
-METHODS = _NAMES
-assert set(METHODS) == set(_RUNNERS) == set(OPTIONS), "one name list for every method"
 _FIT_ARGS = set(inspect.signature(fit).parameters) - {"model", "train", "update_mask"}
 
 
 def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | None = None,
           options: Mapping[str, Any] | Options | None = None, **kwargs: Any) -> TransferResult:
-    """Transfer ``source_model`` to ``target`` data with ``method`` (one of :data:`METHODS`).
+    """Transfer ``source_model`` to ``target`` data with ``method`` (a registered method,
+    :mod:`pacsim.transfer.registry`; the built-ins are :data:`METHODS`).
 
     Method options (see :mod:`pacsim.transfer.options`: ``alpha`` for l2sp; ``ratio``,
     ``lam``, ``subspace``, ``train_biases``, ``allocate``, ... for pac and pac-paper;
@@ -357,17 +412,15 @@ def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | 
     source training data, required by PAC unless ``allocated`` is given. The source
     model is never modified.
     """
-    if method not in _RUNNERS:
-        raise ValueError(f"unknown transfer method {method!r}; choose one of {list(METHODS)}")
-    cls = OPTIONS[method]
-    names = {f.name for f in dataclasses.fields(cls)}
+    entry = get(method)
     raw = (options.to_dict() if isinstance(options, Options) else dict(options or {}))
-    any_option = {f.name for c in OPTIONS.values() for f in dataclasses.fields(c)}
-    raw.update({k: kwargs.pop(k) for k in list(kwargs) if k in names | any_option})
+    # any method's option name is an option (a wrong one is refused by name below)
+    any_option = {f.name for n in names() for f in dataclasses.fields(get(n).options)}
+    raw.update({k: kwargs.pop(k) for k in list(kwargs) if k in any_option})
     given = set(raw)
     opts = method_options(method, raw)
     pac_only = {"source_val", "allocate_kwargs", "allocated"} & set(kwargs)
-    if pac_only and not isinstance(opts, PACBaseOptions):
+    if pac_only and not entry.allocates:
         raise ValueError(f"method {method!r} takes no {sorted(pac_only)[0]!r}")
     if kwargs.get("allocated") is not None:
         check_allocated(method, opts, given, kwargs["allocated"][1])
@@ -375,11 +428,8 @@ def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | 
     if unknown:
         raise ValueError(f"adapt() got an unknown argument {unknown[0]!r} (neither a "
                          f"{method!r} option nor a fit() argument)")
-    # every runner copies the source model (a plan, or allocate's copy) before training
-    if isinstance(opts, PACBaseOptions):
-        result = _pac(source_model, target, opts, source=source, **kwargs)
-    else:
-        result = _RUNNERS[method](source_model, target, opts, **kwargs)
+    # every plan copies the source model (or allocate's copy) before training
+    result = _run(method, source_model, target, opts, source=source, **kwargs)
     result.method = method
     result.extra["options"] = options_record(opts, result.masks)
     return result

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ..pac import DEFAULT_RATIO, PAPER_LAM, SCOPES, SUBSPACES
+from .registry import View
 
 ALLOCATE_MODES = ("fixed", "source")
 
@@ -66,7 +67,7 @@ class L2SPOptions(Options):
 
 @dataclass(frozen=True)
 class PACBaseOptions(Options):
-    """What every PAC recipe shares (``isinstance(opts, PACBaseOptions)``: a PAC method).
+    """What every PAC recipe shares.
 
     - ``ratio``, ``scope``: pruning share and ranking (``"global"`` or per ``"layer"``).
     - ``lam_sp``: optional pull of allocate towards the pruned source weights.
@@ -178,36 +179,13 @@ class PACPaperOptions(PACBaseOptions):
     train_biases: bool = False
 
 
-OPTIONS: dict[str, type[Options]] = {
-    "scratch": ScratchOptions,
-    "finetune": Options,
-    "head": Options,
-    "l2sp": L2SPOptions,
-    "bitfit": Options,
-    "pac": PACOptions,
-    "pac-paper": PACPaperOptions,
-}
+#: Every registered method's options class (a live view of
+#: :mod:`pacsim.transfer.registry`, where each method declares it).
+OPTIONS: Mapping[str, type[Options]] = View("options")
 
-#: Selection grids (4 configurations; PAC's 5) for every method: the learning rate for
-#: methods without options of their own; L2-SP's strength beside it; for PAC a ladder of
-#: calibration subspaces (the target's own biases, the head's freed entries, the target's
-#: own copy of the whole head, every freed entry: a superset of BitFit, head and
-#: fine-tuning on one network that keeps the source) with the learning rate.
-#: The step count is chosen on top of the grid, from the mean cross-validation curve; a
-#: choice at the edge of a numeric axis (or of the step horizon) extends that axis
-#: geometrically and searches on (:class:`pacsim.transfer.SelectionConfig`'s ``extend``).
-DEFAULT_GRIDS: dict[str, Any] = {
-    "scratch": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-    "finetune": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-    "head": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-    "bitfit": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-    # from fine-tuning's learning rates; alpha from nearly none (fine-tuning) to strong
-    "l2sp": {"lr": [1e-3, 1e-2], "alpha": [1e-4, 1e-2]},
-    # a ladder of calibration subspaces, smallest to largest target capacity
-    "pac": [{"subspace": ["biases", "last", "head"], "lr": [1e-2]},
-            {"subspace": ["all"], "lr": [1e-3, 1e-2]}],
-    "pac-paper": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]},
-}
+#: Every registered method's default selection grid (a view of the registry; the
+#: built-ins' grids and why they are what they are: :mod:`pacsim.transfer.methods`).
+DEFAULT_GRIDS: Mapping[str, Any] = View("grid")
 
 #: Grid keys that are not method options: training settings every method shares.
 TRAIN_GRID_KEYS = ("lr",)

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -29,8 +29,6 @@ from torch import nn
 from ..data.batches import as_tensor
 from ..device import resolve_device
 from ..many import OUT_OF_MEMORY, fit_many, not_vectorisable
-from ..method_names import METHODS, PAC_METHODS
-from ..models import FNO
 from ..train import Data, History, TrainingDiverged
 from .methods import (
     TrainingPlan,
@@ -42,6 +40,7 @@ from .methods import (
     training_plan,
 )
 from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACBaseOptions, check_grid, method_options
+from .registry import get, names
 
 SELECTION_MODES = ("cv", "fixed")
 
@@ -293,7 +292,7 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     searches: dict[int, _Search] = {}
     for i, req in enumerate(requests):
         rkw = {**kwargs, **req.extra}
-        if asked[owners[i]].method in AUTO_METHODS and req.method not in PAC_METHODS:
+        if asked[owners[i]].method in AUTO_METHODS and not get(req.method).allocates:
             rkw = {k: v for k, v in rkw.items() if k not in _PAC_ONLY}
         x, y = _as_pair(req.target, "target")
         base = dict(req.options or {})
@@ -373,9 +372,26 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     return out  # type: ignore[return-value]
 
 
-#: ``auto`` methods: every method's cross-validation on the same folds, the lowest CV
-#: loss wins and only it is retrained; ``auto-keep-source`` chooses among PAC methods.
-AUTO_METHODS: dict[str, tuple[str, ...]] = {"auto": METHODS, "auto-keep-source": PAC_METHODS}
+class _Candidates(Mapping[str, tuple[str, ...]]):
+    """``auto`` method -> its candidates, read from the registry when asked."""
+
+    _FLAGS: dict[str, dict[str, bool]] = {
+        "auto": {"default": True}, "auto-keep-source": {"default": True, "keeps_source": True}}
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return names(**self._FLAGS[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._FLAGS)
+
+    def __len__(self) -> int:
+        return len(self._FLAGS)
+
+
+#: ``auto`` methods: every default method's cross-validation on the same folds, the
+#: lowest CV loss wins and only it is retrained; ``auto-keep-source`` chooses among the
+#: methods that keep the source (PAC's).
+AUTO_METHODS: Mapping[str, tuple[str, ...]] = _Candidates()
 _PAC_ONLY = ("source", "source_val", "allocate_kwargs", "allocated")
 
 
@@ -402,8 +418,8 @@ def _expand_auto(requests: list[SelectRequest], kwargs: Mapping[str, Any],
             raise ValueError(f"method {req.method!r} allocates for each PAC method itself: "
                              "pass source=(X, Y), not allocated=")
         candidates = [m for m in AUTO_METHODS[req.method]
-                      if m not in PAC_METHODS or given.get("source") is not None]
-        if not any(m in PAC_METHODS for m in candidates) and req.method != "auto":
+                      if not get(m).allocates or given.get("source") is not None]
+        if not any(get(m).allocates for m in candidates) and req.method != "auto":
             raise ValueError(f"method {req.method!r} needs the source data: pass "
                              "source=(X, Y)")
         for m in candidates:
@@ -454,7 +470,8 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
     n = x.shape[0]
     opts = method_options(req.method, base)
     allocate = None
-    if isinstance(opts, PACBaseOptions) and kwargs.get("allocated") is None:
+    if get(req.method).allocates and kwargs.get("allocated") is None:
+        assert isinstance(opts, PACBaseOptions)
         # one allocate for every fold and configuration (it never sees target data)
         src = kwargs.pop("source", None)
         if src is None:
@@ -671,9 +688,10 @@ def will_stack(model: nn.Module, stack: bool | str, kwargs: Mapping[str, Any]) -
 
 
 def _grid_convolutions(model: nn.Module) -> bool:
-    """Whether ``model`` convolves over 2D/3D grids, in space or in Fourier space (an
-    FNO with ``dim >= 2``): stacks of those ran slower than one by one on the CPU."""
-    return any(isinstance(m, (nn.Conv2d, nn.Conv3d)) or (isinstance(m, FNO) and m.dim > 1)
+    """Whether ``model`` convolves over 2D/3D grids, in space or in Fourier space (a
+    model whose class declares ``grid_convolution``, as an FNO with ``dim >= 2`` does):
+    stacks of those ran slower than one by one on the CPU."""
+    return any(isinstance(m, (nn.Conv2d, nn.Conv3d)) or getattr(m, "grid_convolution", False)
                for m in model.modules())
 
 

@@ -26,6 +26,7 @@ from ..data.stats import Normalizer
 from ..data.writer import DatasetWriter
 from ..device import resolve_device
 from ..io import load_checkpoint
+from ..metrics import ABSOLUTE_METRICS
 from ..models.physical import PhysicalModel
 from ..train import evaluate
 from .provenance import check_out, check_shapes, file_fingerprint, file_info
@@ -80,7 +81,7 @@ def evaluate_file(checkpoint: str | os.PathLike[str], data: str | os.PathLike[st
         if not len(ds):
             raise ValueError(f"{data}: split {split!r} has no samples")
         metrics = evaluate(phys, ds, per_channel=True, device=resolve_device(device))
-        if not all(np.isfinite(metrics[k]) for k in ("rmse", "mae", "max_error")):
+        if not all(np.isfinite(metrics[k]) for k in ABSOLUTE_METRICS):
             raise ValueError(_not_finite(checkpoint, _first_non_finite_prediction(
                 phys, ds, resolve_device(device)), data, "no metrics"))
     return {"checkpoint": str(checkpoint), "data": str(data), "split": split,

@@ -25,12 +25,12 @@ from ..data.format import FileInfo
 from ..distributed import init_from_env, is_main, launched
 from ..fsutil import check_not_input
 from ..io import load_checkpoint, save_checkpoint
-from ..method_names import PAC_METHODS
 from ..models.physical import PhysicalModel
 from ..models.sizing import default_model, for_data
 from ..train import evaluate, fit
-from ..transfer import METHODS, SelectionConfig, select
+from ..transfer import SelectionConfig, select
 from ..transfer.options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, method_options
+from ..transfer.registry import get, names
 from ..transfer.selection import AUTO_METHODS
 from .provenance import check_out, check_shapes, data_record, file_fingerprint, file_info
 
@@ -279,9 +279,9 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     if method == "auto" and keep_source:
         method = "auto-keep-source"
     auto = method in AUTO_METHODS
-    if method not in METHODS and not auto:
+    if method not in names() and not auto:
         raise ValueError(f"unknown method {method!r}; choose one of "
-                         f"{[*METHODS, 'auto']}")
+                         f"{[*names(), 'auto']}")
     opts = dict(options or {})
     if auto and opts:
         raise ValueError(f"--method {method} takes no --set: each candidate searches its own "
@@ -299,7 +299,7 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     if "normalizer" not in meta:
         raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
                          "pacsim train)")
-    is_pac = method in PAC_METHODS or method == "auto-keep-source"
+    is_pac = method == "auto-keep-source" or (not auto and get(method).keeps_source)
     if method == "auto" and masks is not None:
         raise ValueError(f"{checkpoint} is a PAC network: name the method that adds a "
                          "setting to it (--method pac), or --method auto --keep-source")
