@@ -25,12 +25,12 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 # Methods in display order: the five baselines, then the PAC family (torch-free names).
-from .method_names import BASELINES, PAC_METHODS  # noqa: E402,F401 - used by the report
 from .method_names import METHODS as METHOD_ORDER  # noqa: E402
+from .method_names import PAC_METHODS  # noqa: E402
 
 COLORS = {"scratch": "#999999", "finetune": "#1f77b4", "head": "#9467bd", "l2sp": "#2ca02c",
           "bitfit": "#8c564b", "pac-paper": "#ff7f0e", "pac": "#d62728", "auto": "#000000",
-          "auto-keep-source": "#e377c2"}
+          "auto-keep-source": "#e377c2", "lora": "#17becf"}
 
 
 def ok_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -113,3 +113,21 @@ def test_a_failed_method_is_the_worst_never_left_out_and_a_nan_best_is_skipped()
     assert ratio_summary(ratios)[0]["method"] == "finetune", "a failure is never safest"
     prof = performance_profile(means, ["scratch", "finetune", "pac"], TAUS)
     assert prof["pac"][0] == pytest.approx(1 / 3) and prof["finetune"][0] == pytest.approx(2 / 3)
+
+
+def test_a_registered_extra_method_is_a_baseline_of_the_ratios_and_the_report():
+    """A method outside the built-in list (e.g. ``lora``) counts as a baseline: it can be a
+    problem's best, it is ranked, and it is never an ``auto`` candidate (auto searches
+    the default methods, as ``select("auto")`` does)."""
+    from pacsim.bench.report import comparisons
+
+    recs = _records() + [_rec("a", "lora", 10, s, 0.5, 0.01) for s in (0, 1)]
+    ratios = ratios_to_best(problem_means(recs))
+    assert ratios["pac"][("a", 10)] == pytest.approx(2.2), "lora (0.5) is a's best baseline"
+    assert ratios["pac"][("b", 10)] == pytest.approx(1.3), "b has no lora: finetune stays"
+    assert ratios["lora"] == {("a", 10): 1.0}
+    rows = {(r["pair"], r["n"]): r for r in comparisons(recs)}
+    assert rows[("a", 10)]["best"] == "lora" and rows[("b", 10)]["best"] == "finetune"
+    assert all(r["auto"]["pick"] != "lora" for r in auto_records(recs))
+    assert any("`lora`" in line or "`pac`" in line for line in first_lines(recs))
+    assert "lora" in {c["method"] for c in selection_cost(recs)}

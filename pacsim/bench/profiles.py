@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..method_names import BASELINES, METHODS, PAC_METHODS
-from ..plots import ok_records, paired
+from ..method_names import DERIVED, METHODS, PAC_METHODS, is_baseline
+from ..plots import methods_in, ok_records, paired
 
 #: Derived methods: their candidates.
 AUTO_CANDIDATES: dict[str, tuple[str, ...]] = {"auto": METHODS,
@@ -74,13 +74,16 @@ def problem_means(records: Iterable[dict[str, Any]], metric: str = "rmse"
 
 
 def ratios_to_best(means: dict[tuple[str, int], dict[str, float]],
-                   reference: Sequence[str] = BASELINES
+                   reference: Sequence[str] | None = None
                    ) -> dict[str, dict[tuple[str, int], float]]:
     """method -> problem -> its mean error / the lowest mean error of ``reference``'s
-    methods on that problem (problems without any reference method are left out)."""
+    methods on that problem (default: the baselines present, see
+    :func:`~pacsim.method_names.is_baseline`; problems without any reference method are
+    left out)."""
     out: dict[str, dict[tuple[str, int], float]] = defaultdict(dict)
     for problem, by in means.items():
-        best = _best(by, reference)
+        best = _best(by, [m for m in by if is_baseline(m)] if reference is None
+                     else reference)
         if best is None:
             continue
         for m, v in by.items():
@@ -149,7 +152,7 @@ def first_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     baseline)."""
     records = list(records)
     rows = ratio_summary(ratios_to_best(problem_means(records)))
-    single = [r for r in rows if r["method"] in METHODS]
+    single = [r for r in rows if r["method"] not in DERIVED]
     if not single:
         return []
     best = single[0]
@@ -179,7 +182,7 @@ def edge_cells(records: Iterable[dict[str, Any]]) -> list[str]:
     out = []
     for r in ok_records(records):
         sel = r.get("selection") or {}
-        if r["method"] not in METHODS or sel.get("mode") != "cv" or sel.get("interior", True):
+        if r["method"] in DERIVED or sel.get("mode") != "cv" or sel.get("interior", True):
             continue
         edges = "; ".join(str(e) for e in sel.get("edges") or []) or "at an edge"
         out.append(f"`{r['pair']}|{r['method']}|{r['n_target']}|{r['seed']}`: {edges}")
@@ -191,10 +194,10 @@ def selection_cost(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     x configurations), mean cell seconds and the share of cells chosen in the interior."""
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in ok_records(records):
-        if (r.get("selection") or {}).get("mode") == "cv" and r["method"] in METHODS:
+        if (r.get("selection") or {}).get("mode") == "cv" and r["method"] not in DERIVED:
             by[r["method"]].append(r)
     rows = []
-    for m in [m for m in METHODS if m in by]:
+    for m in methods_in({"method": m} for m in by):
         rs = by[m]
         sels = [r["selection"] for r in rs]
         configs = [s["configs"] for s in sels if isinstance(s.get("configs"), int)]

@@ -23,10 +23,9 @@ import numpy as np
 
 from .. import plots
 from ..fsutil import atomic_write
+from ..method_names import PAC_METHODS, is_baseline
 from ..metric_names import PRIMARY
 from ..plots import (
-    BASELINES,
-    PAC_METHODS,
     forgetting_ratio,
     methods_in,
     non_dominated,
@@ -131,7 +130,7 @@ def comparisons(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         rs = paired(ok, pair, n)
         means = {m: float(np.mean([r["target"]["rmse"] for r in rs if r["method"] == m]))
                  for m in methods_in(rs)}
-        base = {m: v for m, v in means.items() if m in BASELINES and not math.isnan(v)}
+        base = {m: v for m, v in means.items() if is_baseline(m) and not math.isnan(v)}
         if not base:
             continue
         best = min(base, key=base.get)
@@ -180,7 +179,8 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
                      f"and loses at {count['loses']} of the {len(mine)} (pair, n) "
                      "combinations against "
                      f"the best baseline (the lowest mean target RMSE of "
-                     f"{', '.join(BASELINES)}, over the seeds where every method finished).")
+                     f"{', '.join(m for m in methods_in(ok) if is_baseline(m))}, over the seeds "
+                     "where every method finished).")
     for pair in sorted({r["pair"] for r in rows}):
         mine = [r for r in rows if r["pair"] == pair]
         parts = [f"n={r['n']}: PAC {verdict(r['pac'])} ({_ratio_text(r['pac'])}"
