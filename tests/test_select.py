@@ -710,3 +710,41 @@ def test_auto_skips_a_candidate_whose_every_configuration_diverges(monkeypatch):
     with pytest.raises(ValueError, match="no finite validation loss"):
         select("head", model, tgt, selection=SelectionConfig(folds=3, max_steps=8),
                steps=4, seed=0, **KW)
+
+
+def test_final_best_keeps_the_retrains_lowest_loss_epoch_on_the_target_samples():
+    """``final="best"`` keeps the final retrain's epoch with the lowest loss on its own
+    n samples: same choice and steps as ``"last"``, a lower loss where the last state sat
+    on a spike (lr 0.3 here), stacked or not, and PAC's source view stays exact."""
+    import dataclasses
+
+    model, src, _ = _problem()
+    tgt = make_data("mlp", n=16, seed=2, shift=0.5)
+    kw = {**KW, "batch_size": 4}
+    last = SelectionConfig(folds=2, max_steps=40, extend=0)
+    best = dataclasses.replace(last, final="best")
+    assert "final" not in last.to_dict() and best.to_dict()["final"] == "best"
+    with pytest.raises(ValueError, match="selection final must be one of"):
+        SelectionConfig(final="first")
+
+    def mse(res):
+        return float(torch.mean((predict(res.model, tgt[0]) - tgt[1]) ** 2))
+
+    losses = {}
+    for stack in (False, True):
+        a = select("finetune", model, tgt, selection=last, steps=20, grid={"lr": [0.3]},
+                   seed=0, stack=stack, **kw)
+        b = select("finetune", model, tgt, selection=best, steps=20, grid={"lr": [0.3]},
+                   seed=0, stack=stack, **kw)
+        assert a.selection["steps"] == b.selection["steps"]
+        assert mse(b) < 0.95 * mse(a), "the last state sat on a spike: an earlier epoch is kept"
+        assert mse(b) == pytest.approx(min(b.history.val_loss), rel=1e-5)
+        losses[stack] = mse(b)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    alloc = allocated_model(model, src, method_options("pac", {}), epochs=4, seed=0,
+                            device="cpu")
+    for stack in (False, True):
+        res = select("pac", model, tgt, selection=best, steps=20,
+                     grid={"lr": [0.3], "subspace": ["all"]}, seed=0, stack=stack,
+                     allocated=alloc[:2], **kw)
+        check_source_view(res.model, res.masks, alloc[0], src[0])

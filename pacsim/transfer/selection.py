@@ -43,6 +43,8 @@ from .options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, PACBaseOptions, check_grid,
 from .registry import get, names
 
 SELECTION_MODES = ("cv", "fixed")
+#: SelectionConfig.final's values.
+FINAL_STATES = ("last", "best")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class SelectionConfig:
     #: on the quick suite a factor of 3 chose as exhaustive search in 75 % of the cells
     #: for 1.41x fewer CV steps (benchmarks/README.md).
     halving: int = 0
+    #: Which state of the final retrain (all n samples, the chosen step count) is kept:
+    #: ``"last"``, the state at the chosen step; or ``"best"``, the epoch with the lowest
+    #: loss on those n samples, so a loss spike of a high learning rate near the chosen
+    #: step is not what the transfer delivers (it reads the target samples only).
+    final: str = "last"
 
     def __post_init__(self) -> None:
         if self.mode not in SELECTION_MODES:
@@ -85,6 +92,9 @@ class SelectionConfig:
                 raise ValueError(f"selection {key} must be an integer >= {low}, got {v!r}")
         if self.halving == 1:
             raise ValueError("selection halving must be 0 (off) or a factor >= 2, got 1")
+        if self.final not in FINAL_STATES:
+            raise ValueError(f"selection final must be one of {list(FINAL_STATES)}, "
+                             f"got {self.final!r}")
 
     @classmethod
     def from_value(cls, raw: str | Mapping[str, Any] | None) -> SelectionConfig:
@@ -103,8 +113,12 @@ class SelectionConfig:
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able copy."""
-        return asdict(self)
+        """JSON-able copy; ``final`` only where it is not ``"last"``, so the records (and
+        benchmark cell identities) written before it existed still describe their runs."""
+        out = asdict(self)
+        if out["final"] == "last":
+            del out["final"]
+        return out
 
 
 #: Points kept per recorded CV curve (the curve itself is evaluated at every epoch).
@@ -342,7 +356,7 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
     stacked = [i for i in stacked if i in searches]
     finals = {i: _resolve(s.configs[choices[i][0]], s.base, lr) for i, s in searches.items()}
     done = _finals_stacked({i: searches[i] for i in stacked}, finals, choices, batch_size,
-                           max_stack)
+                           max_stack, selection.final)
     for i, s in searches.items():
         c, best_step, best_loss, curves = choices[i]
         horizon = s.horizons[c]
@@ -350,6 +364,7 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
         if res is None:
             res = adapt(s.method, s.source_model, (s.x, s.y), **finals[i], steps=best_step,
                         batch_size=min(batch_size, len(s.x)), seed=s.seed,
+                        **_final_val(s, selection.final),
                         **_final_schedule(s.kwargs, horizon), **s.kwargs)
         if s.allocate is not None:
             res.extra["allocate"] = s.allocate
@@ -948,9 +963,15 @@ def _final_schedule(train_args: Mapping[str, Any], max_steps: int) -> dict[str, 
     return {"schedule_steps": max_steps} if train_args.get("lr_schedule") else {}
 
 
+def _final_val(s: _Search, final: str) -> dict[str, Any]:
+    """The final retrain's validation data: its own samples under ``final="best"`` (the
+    epoch with the lowest loss on them is kept), none under ``"last"``."""
+    return {"val": (s.x, s.y)} if final == "best" else {}
+
+
 def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, Any]],
-                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None
-                    ) -> dict[int, TransferResult]:
+                    choices: dict[int, Choice], batch_size: int, max_stack: int | str | None,
+                    final: str = "last") -> dict[int, TransferResult]:
     """The final retrains of stacked searches (all n samples, the chosen configuration
     and step count), stacked; the same trainings :func:`adapt` would run."""
     jobs, order = [], []
@@ -960,7 +981,8 @@ def _finals_stacked(searches: dict[int, _Search], finals: dict[int, dict[str, An
                              allocated=s.kwargs.get("allocated"), final=True,
                              device=s.kwargs.get("device", "auto"))
         horizon = s.horizons[choices[i][0]]
-        jobs.append(_Job(plan, (s.x, s.y), None, finals[i]["lr"], s.seed, choices[i][1],
+        jobs.append(_Job(plan, (s.x, s.y), _final_val(s, final).get("val"), finals[i]["lr"],
+                         s.seed, choices[i][1],
                          {**s.train_args(), **_final_schedule(s.kwargs, horizon)}))
         order.append((i, opts))
     out = {}
