@@ -17,6 +17,11 @@
 #     without either, the suite runs friedman, pendulum and diode only (385 cells). A run
 #     cut off at the limit leaves the cells it finished in $OUT/full/results.jsonl (a
 #     rerun resumes; the report marks what is missing).
+#   OUT=/somewhere bash benchmarks/gpu_check.sh fno       (at most 9 minutes)
+#     only the full suite's FNO pairs (burgers1d, darcy2d: 280 cells, the part the
+#     committed CPU run in benchmarks/results/full-v3 is slowest at), 8 jobs, into
+#     $OUT/fno; copy its results.jsonl lines into full-v3's to complete that run (cells
+#     record their device). Needs neuraloperator or the wheels in .whl, and the datasets.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh width     (at most 9 minutes)
 #     where PAC pays: benchmarks/pac_width.py (PAC against the best baseline, MLP hidden
 #     32-1024 on friedman and pendulum, FNO channels on burgers1d where neuraloperator
@@ -76,6 +81,21 @@ print(_subset(Path('$SUITE'), ['friedman', 'pendulum', 'diode'],
     step full 540 $PY -m pacsim bench "$SUITE" --out "$OUT/full" --jobs 8 --report
     rm -rf "$OUT/full/cache" "$OUT/full/predictions" "$OUT/full/figures"
     ;;
+fno)
+    if ! $PY -c "import neuralop" >/dev/null 2>&1 || \
+            [ ! -f datasets/built/full/darcy2d_source.h5 ]; then
+        echo "fno mode needs neuraloperator (or .whl) and datasets/built/full" \
+            | tee -a "$OUT/steps.txt"
+        exit 2
+    fi
+    mkdir -p /tmp/pacsim-sub
+    SUITE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks')
+from pathlib import Path; from batch_cells import _subset
+print(_subset(Path('benchmarks/suites/full.toml'), ['burgers1d', 'darcy2d'],
+              Path('/tmp/pacsim-sub')))")
+    step fno 540 $PY -m pacsim bench "$SUITE" --out "$OUT/fno" --jobs 8 --report
+    rm -rf "$OUT/fno/cache" "$OUT/fno/predictions" "$OUT/fno/figures"
+    ;;
 width)
     PAIRS="friedman pendulum"
     $PY -c "import neuralop" >/dev/null 2>&1 && PAIRS="$PAIRS burgers1d"
@@ -86,7 +106,7 @@ width)
     rm -rf "$OUT"/width/w*/cache "$OUT"/width/w*/predictions
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_check.sh [quick|full|width]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [quick|full|fno|width]" >&2
     exit 2
     ;;
 esac
