@@ -30,6 +30,7 @@ factors are precomputed once an epoch; losses are read once an epoch, as ``fit``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -44,6 +45,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from .data.batches import _TensorBatches, batches
 from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
+from .training.config import FIT_ONLY, TrainConfig, resolve_config
 from .training.core import (
     History,
     StackedMaskedStep,
@@ -62,6 +64,7 @@ _EPS = 1e-8
 _MOMENTUM = 0.9
 #: torch.OutOfMemoryError (torch >= 2.5; before, only the CUDA one existed).
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_DEFAULTS = TrainConfig()
 
 
 # ----------------------------------------------------------------------------- layout
@@ -596,17 +599,18 @@ def _record_epoch(histories: Sequence[History], members: Sequence[int], epoch: i
 
 
 def _one_by_one(why: str, models: Sequence[nn.Module], datasets: Sequence[Pair],
-                each: Sequence[dict[str, Any]], fit_kwargs: dict[str, Any],
-                on_divergence: str) -> list[History]:
-    """``fit_many``'s fallback: ``fit(models[k], datasets[k], **each[k], **fit_kwargs)``
-    for every k, with a warning saying ``why``; on an error every model is put back."""
+                each: Sequence[tuple[TrainConfig, dict[str, Any]]], on_divergence: str
+                ) -> list[History]:
+    """``fit_many``'s fallback: ``fit(models[k], datasets[k], config_k, **kwargs_k)`` for
+    every k (``each[k]``), with a warning saying ``why``; on an error every model is put
+    back."""
     warnings.warn(f"fit_many: training the {len(models)} models one by one with fit(): "
                   f"{why}", stacklevel=4)
     saved = [copy.deepcopy(m.state_dict()) for m in models]  # any failure: put back
     out = []
-    for k, (m, d, kw) in enumerate(zip(models, datasets, each)):
+    for k, (m, d, (config, kw)) in enumerate(zip(models, datasets, each)):
         try:
-            out.append(fit(m, d, **kw, **fit_kwargs))
+            out.append(fit(m, d, config, callbacks=(), **kw))
         except TrainingDiverged as exc:
             if on_divergence == "keep":
                 out.append(exc.history)
@@ -668,31 +672,25 @@ def _budgets(steps: int | Sequence[int] | None, k_models: int, lr_schedule: str 
 def fit_many(
     models: Sequence[nn.Module],
     datasets: Sequence[Pair],
+    config: TrainConfig | None = None,
     *,
     update_masks: Sequence[MaskSpec | None] | None = None,
     penalties: Sequence[L2Penalty | None] | None = None,
     seeds: Sequence[int | None] | None = None,
-    epochs: int | None = None,
-    steps: int | Sequence[int] | None = None,
-    lr: float | Sequence[float] = 1e-3,
-    batch_size: int = 64,
-    weight_decay: float = 0.0,
-    optimizer: str = "adam",
-    loss: str | Callable[..., torch.Tensor] = "mse",
     val: Sequence[Pair | None] | None = None,
-    restore_best: bool = True,
-    lr_schedule: str | None = None,
-    schedule_steps: int | None = None,
-    device: str | torch.device = "auto",
-    on_divergence: str = "raise",
     prune: Callable[[int, Sequence[int], Sequence[History]], Iterable[int]] | None = None,
+    **overrides: Any,
 ) -> list[History]:
     """Train K models of one architecture at once; one :class:`History` per model.
 
-    Per model k, this is :func:`pacsim.train.fit` ``(models[k], datasets[k],
-    update_mask=update_masks[k], penalty=penalties[k], seed=seeds[k], lr=lr[k],
-    val=val[k], ...)`` with the shared options (budget, batch size, optimiser, weight
-    decay, loss, schedule, ``restore_best``): same shuffling (one generator per seed,
+    ``config`` (a :class:`~pacsim.training.config.TrainConfig`) and keyword ``overrides``
+    of its fields are the training options, as for :func:`pacsim.train.fit`; fit's own
+    options (``patience``, ``clip_grad``, ``amp``, ``freeze_bn_stats``, ``compile``,
+    ``channels_last``) must keep their defaults. Per model k, this is
+    :func:`pacsim.train.fit` ``(models[k], datasets[k], update_mask=update_masks[k],
+    penalty=penalties[k], seed=seeds[k], lr=lr[k], val=val[k], ...)`` with the shared
+    options (budget, batch size, optimiser, weight decay, loss, schedule,
+    ``restore_best``): same shuffling (one generator per seed,
     ``fit``'s permutation rule), same exact update masks, same L2 pull, same selection of
     the best validation epoch. ``datasets`` are in-memory pairs ``(X, Y)`` with the same
     number of samples and shapes (vectorised batches); ``val`` sets may differ in size.
@@ -723,8 +721,15 @@ def fit_many(
     there; the others train on exactly as without it. Models trained one by one (the
     fallback) train their whole budget. Needs ``restore_best=False`` when ``val`` is given.
     """
-    if on_divergence not in ("raise", "keep"):
-        raise ValueError(f"on_divergence must be 'raise' or 'keep', got {on_divergence!r}")
+    cfg = resolve_config(config, overrides, "fit_many")
+    for name in FIT_ONLY:
+        if getattr(cfg, name) != getattr(_DEFAULTS, name):
+            raise ValueError(f"fit_many takes no {name}={getattr(cfg, name)!r} (an option of "
+                             f"fit alone); leave it at {getattr(_DEFAULTS, name)!r}")
+    epochs, steps, lr, batch_size = cfg.epochs, cfg.steps, cfg.lr, cfg.batch_size
+    weight_decay, optimizer, loss = cfg.weight_decay, cfg.optimizer, cfg.loss
+    restore_best, lr_schedule = cfg.restore_best, cfg.lr_schedule
+    schedule_steps, on_divergence = cfg.schedule_steps, cfg.on_divergence
     if prune is not None and restore_best and val is not None \
             and any(v is not None for v in val):
         raise ValueError("fit_many's prune needs restore_best=False: a stopped model keeps "
@@ -748,18 +753,17 @@ def fit_many(
     _check_architectures(models)
     check_float32(models[0])  # one architecture, dtypes included
     loss_fn = make_loss(loss)
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
 
-    fit_kwargs = dict(epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
-                      optimizer=optimizer, loss=loss, device=dev, progress=False,
-                      restore_best=restore_best, lr_schedule=lr_schedule,
-                      schedule_steps=schedule_steps)
-    each = [dict(val=v, steps=st, lr=r, update_mask=um, penalty=pen, seed=s)
+    # the fallback's fit runs: fit raises on divergence, _one_by_one applies on_divergence
+    shared = dataclasses.replace(cfg, device=dev, on_divergence="raise")
+    each = [(dataclasses.replace(shared, lr=r, steps=st),
+             dict(val=v, update_mask=um, penalty=pen, seed=s))
             for v, st, r, um, pen, s in zip(vals, budgets or [None] * k_models, lrs,
                                             masks_in, pens, seeds_in)]
 
     def one_by_one(why: str) -> list[History]:
-        return _one_by_one(why, models, datasets, each, fit_kwargs, on_divergence)
+        return _one_by_one(why, models, datasets, each, on_divergence)
 
     why = not_vectorisable(models[0])
     if why is not None:

@@ -2,10 +2,11 @@
 stack of models), :func:`predict`, :func:`mean_loss` and :func:`evaluate`.
 
 Every training loop in pacsim goes through :func:`fit` (:mod:`pacsim.training.single`)
-or :func:`fit_many` (:mod:`pacsim.many`); both take each optimiser step through
-:class:`pacsim.training.core.MaskedStep`, the one place where ``update_mask`` is enforced
-to the bit (:class:`pacsim.exact.UpdateMask`) and L2 penalties are added as gradients
-(:class:`pacsim.exact.L2Pull`).
+or :func:`fit_many` (:mod:`pacsim.many`); both take their options as one
+:class:`TrainConfig` (and keyword overrides of its fields), and both take each optimiser
+step through :class:`pacsim.training.core.MaskedStep`, the one place where
+``update_mask`` is enforced to the bit (:class:`pacsim.exact.UpdateMask`) and L2
+penalties are added as gradients (:class:`pacsim.exact.L2Pull`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .device import resolve_device
 from .exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
 from .many import fit_many
 from .metrics import Accumulator
+from .training.callbacks import Callback, ProgressBar, StopWhen
+from .training.config import TrainConfig
 from .training.core import (
     LOSSES,
     OPTIMIZERS,
@@ -35,10 +38,11 @@ from .training.core import (
 )
 from .training.single import RECOMPILE_LIMIT, _mean_loss, compile_options, fit
 
-__all__ = ["LOSSES", "OPTIMIZERS", "RECOMPILE_LIMIT", "Data", "History", "L2Penalty", "L2Pull",
-           "MaskSpec", "TrainingDiverged", "UpdateMask", "check_fit_options", "check_float32",
-           "check_output_shape", "compile_options", "evaluate", "fit", "fit_many", "mean_loss",
-           "predict", "schedule_horizon"]
+__all__ = ["LOSSES", "OPTIMIZERS", "RECOMPILE_LIMIT", "Callback", "Data", "History", "L2Penalty",
+           "L2Pull", "MaskSpec", "ProgressBar", "StopWhen", "TrainConfig", "TrainingDiverged",
+           "UpdateMask", "check_fit_options", "check_float32", "check_output_shape",
+           "compile_options", "evaluate", "fit", "fit_many", "mean_loss", "predict",
+           "schedule_horizon"]
 
 
 # ----------------------------------------------------------------------------- inference

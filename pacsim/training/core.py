@@ -203,8 +203,20 @@ def check_fit_options(epochs: int | None, steps: int | None, lrs: Sequence[float
                       clip_grad: float | None = None) -> None:
     """Check the budget and optimiser options of :func:`fit` (and ``fit_many``: one
     learning rate per model); ValueError names the bad one."""
+    check_budget(epochs, steps)
+    check_option_values(epochs, steps, lrs, weight_decay, optimizer, lr_schedule, clip_grad)
+
+
+def check_budget(epochs: int | None, steps: Any) -> None:
+    """A training budget is exactly one of ``epochs`` and ``steps``."""
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= and steps=")
+
+
+def check_option_values(epochs: int | None, steps: int | None, lrs: Sequence[float],
+                        weight_decay: float, optimizer: str, lr_schedule: str | None,
+                        clip_grad: float | None = None) -> None:
+    """:func:`check_fit_options` without the budget rule: each value on its own."""
     for name, value in (("epochs", epochs), ("steps", steps)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{name} must be a whole number, got {value!r}")

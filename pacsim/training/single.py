@@ -15,8 +15,8 @@ import copy
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,12 +25,12 @@ from ..data.batches import Batches, Data, batches
 from ..device import resolve_device
 from ..distributed import all_sum, world
 from ..exact import L2Penalty, L2Pull, MaskSpec, UpdateMask
-from ..progress import progress_bar
+from .callbacks import ProgressBar, StopWhen, call
+from .config import TrainConfig, resolve_config
 from .core import (
     History,
     MaskedStep,
     TrainingDiverged,
-    check_fit_options,
     check_float32,
     check_output_shape,
     make_loss,
@@ -116,37 +116,40 @@ def compile_options(compile: bool | str | Mapping[str, Any], device: torch.devic
 
 # ----------------------------------------------------------------------------- fit
 
+#: The keywords of :func:`fit` that build callbacks rather than set a TrainConfig field.
+CALLBACK_KEYWORDS = ("progress", "desc", "stop_when")
+
+
+def _callbacks(given: Sequence[Any] | None, hooks: dict[str, Any]) -> list[Any]:
+    """The callbacks of one :func:`fit`: ``given`` (None: a progress bar on a terminal),
+    the progress bar ``progress``/``desc`` ask for instead, then ``stop_when``."""
+    out = [ProgressBar()] if given is None else list(given)
+    if "progress" in hooks or "desc" in hooks:
+        bar = ProgressBar(hooks.get("progress"), hooks.get("desc"))
+        out = [bar, *out[1:]] if given is None else [*out, bar]
+    if hooks.get("stop_when") is not None:
+        out.append(StopWhen(hooks["stop_when"]))
+    return out
+
 
 def fit(
     model: nn.Module,
     train: Data,
+    config: TrainConfig | None = None,
     *,
     val: Data | None = None,
-    epochs: int | None = None,
-    steps: int | None = None,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    weight_decay: float = 0.0,
-    optimizer: str = "adam",
-    loss: str | Callable[..., torch.Tensor] = "mse",
     update_mask: MaskSpec | None = None,
     penalty: L2Penalty | None = None,
-    device: str | torch.device = "auto",
     seed: int | None = None,
-    progress: bool | None = None,
-    patience: int | None = None,
-    restore_best: bool = True,
-    lr_schedule: str | None = None,
-    schedule_steps: int | None = None,
-    clip_grad: float | None = None,
-    amp: bool = False,
-    freeze_bn_stats: bool = False,
-    stop_when: Callable[[History], bool] | None = None,
-    desc: str | None = None,
-    compile: bool | str | Mapping[str, Any] = False,
-    channels_last: bool | None = None,
+    callbacks: Sequence[Any] | None = None,
+    **overrides: Any,
 ) -> History:
     """Train ``model`` in place on ``train`` and return its :class:`History`.
+
+    ``config`` (a :class:`~pacsim.training.config.TrainConfig`, default ``TrainConfig()``)
+    holds the training options; keyword ``overrides`` replace its fields by name
+    (``fit(model, data, lr=1e-2, steps=500)``, or ``fit(model, data, config, lr=1e-2)``;
+    a budget given alone replaces the config's). An unknown keyword is a TypeError.
 
     ``train``/``val``: ``(X, Y)`` tensors or arrays, a Dataset of ``(x, y)``, or a DataLoader.
     ``update_mask``: parameter name -> bool (whole tensor) or bool tensor (per entry) of
@@ -161,12 +164,19 @@ def fit(
     saw it). ``amp`` enables bf16 autocast on CUDA (ignored on CPU).
     ``freeze_bn_stats`` keeps BatchNorm running statistics fixed while training.
     The budget is ``epochs`` passes or exactly ``steps`` optimiser steps (the last pass
-    may stop part-way); give one of them. ``stop_when(history)`` is asked after every
-    epoch and ends training when it returns True (e.g. a target validation loss).
+    may stop part-way); give one of them.
     A loss that is not finite ends training with a ValueError naming the epoch and its
     steps (checked once an epoch, no host sync per step); the model is left at its best
-    epoch, else as it was when that epoch began. With a built-in loss, model outputs and
-    targets must have the same shape.
+    epoch, else as it was when that epoch began (``on_divergence="keep"``: the history is
+    returned instead). With a built-in loss, model outputs and targets must have the same
+    shape.
+
+    ``callbacks`` (see :mod:`pacsim.training.callbacks`) are told when training begins,
+    after every epoch (a callback returning True from ``on_epoch_end`` ends training
+    there, e.g. at a target validation loss) and when it ends. ``None``: a progress bar
+    on a terminal. Three keywords build callbacks: ``progress`` (True, False or None: on a
+    terminal) and ``desc`` set the progress bar (added to ``callbacks``),
+    ``stop_when(history) -> bool`` ends training when it returns True.
 
     ``compile`` runs the training forward (and so its backward) through
     ``torch.compile``, see :func:`compile_options`: ``True`` (CUDA graphs on CUDA), a
@@ -188,14 +198,18 @@ def fit(
     losses are averaged over the ranks, so the run follows the one-process run with the
     same ``batch_size``.
     """
-    check_fit_options(epochs, steps, [lr], weight_decay, optimizer, lr_schedule, clip_grad)
+    hooks = {k: overrides.pop(k) for k in CALLBACK_KEYWORDS if k in overrides}
+    cfg = resolve_config(config, overrides, "fit", also=CALLBACK_KEYWORDS)
+    cbs = _callbacks(callbacks, hooks)
+    cfg.check_budget()
+    if isinstance(cfg.lr, tuple) or isinstance(cfg.steps, tuple):
+        raise ValueError("fit trains one model: lr and steps take one value (one per model "
+                         "is fit_many's)")
+    epochs, steps = cfg.epochs, cast("int | None", cfg.steps)
+    loss, batch_size = cfg.loss, cfg.batch_size
     check_float32(model)
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
-    if channels_last is not None and not isinstance(channels_last, bool):
-        raise ValueError(f"channels_last must be None, True or False, got {channels_last!r}")
-    dev = resolve_device(device)
-    compile_opts = compile_options(compile, dev)
+    dev = resolve_device(cfg.device)
+    compile_opts = compile_options(cfg.compile, dev)
     loss_fn = make_loss(loss)
     shard = world()
     if shard is not None and seed is None:
@@ -216,27 +230,28 @@ def fit(
         return history
     if not trainable:
         raise ValueError("nothing to train: update_mask freezes every parameter")
-    opt = make_optimizer(optimizer, trainable, lr, weight_decay)
-    step = MaskedStep(mask, pull, opt, clip_grad)
+    opt = make_optimizer(cfg.optimizer, trainable, cast(float, cfg.lr), cfg.weight_decay)
+    step = MaskedStep(mask, pull, opt, cfg.clip_grad)
     if steps is not None:
         epochs = -(-steps // len(train_b))
         total_steps = steps
     else:
         assert epochs is not None
         total_steps = epochs * len(train_b)
-    horizon = schedule_horizon(schedule_steps, total_steps)
+    horizon = schedule_horizon(cfg.schedule_steps, total_steps)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=horizon)
-             if lr_schedule == "cosine" else None)
+             if cfg.lr_schedule == "cosine" else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if amp and dev.type == "cuda" else contextlib.nullcontext())
-    bn = _bn_modules(model) if freeze_bn_stats else []
-    best = _BestEpoch(model, restore_best, patience)
-    bar = progress_bar(progress, epochs, desc or "fit", unit="epoch", leave=False)
+                if cfg.amp and dev.type == "cuda" else contextlib.nullcontext())
+    bn = _bn_modules(model) if cfg.freeze_bn_stats else []
+    best = _BestEpoch(model, cfg.restore_best, cfg.patience)
+    keep_diverged = cfg.on_divergence == "keep"
     t0 = time.perf_counter()
     was_training = model.training
     relaid: list[tuple[nn.Parameter, torch.Tensor]] = []
     try:
-        _channels_last(model, channels_last, dev, shard is not None, relaid)
+        call(cbs, "on_train_begin", epochs)
+        _channels_last(model, cfg.channels_last, dev, shard is not None, relaid)
         with mask.frozen_tensors(), _seeded(seed, dev) as gen:
             # Compiled after the frozen tensors lose requires_grad (the graphs are traced
             # with it). The wrapper shares ``model``'s parameters and leaves ``model``
@@ -291,9 +306,12 @@ def fit(
                     count = int(total)
                 history.train_loss.append(float(running) / count)
                 if not math.isfinite(history.train_loss[-1]):
-                    raise best.diverged(epoch_start, history,
-                                        f"the loss is not finite in epoch {epoch + 1} (steps "
-                                        f"{first_step}-{history.steps})")
+                    failure = best.diverged(epoch_start, history,
+                                            f"the loss is not finite in epoch {epoch + 1} "
+                                            f"(steps {first_step}-{history.steps})")
+                    if keep_diverged:
+                        break
+                    raise failure
                 history.epochs_run = epoch + 1
                 if val_b is not None:
                     # the eager model: eval mode under no_grad would be further graphs
@@ -301,14 +319,17 @@ def fit(
                     v = _mean_loss(model, val_b, loss_fn, autocast, isinstance(loss, str))
                     improved = history.record_val(epoch, history.steps, v)
                     if not math.isfinite(v):  # the epoch's last steps broke the weights
-                        raise best.diverged(epoch_start, history,
-                                            f"the validation loss is not finite after epoch "
-                                            f"{epoch + 1}")
+                        failure = best.diverged(epoch_start, history,
+                                                f"the validation loss is not finite after "
+                                                f"epoch {epoch + 1}")
+                        if keep_diverged:
+                            break
+                        raise failure
                     best.update(improved)
                 else:
                     history.best_epoch = epoch
-                _show_epoch(bar, history)
-                if best.out_of_patience() or (stop_when is not None and stop_when(history)):
+                asked = call(cbs, "on_epoch_end", history)
+                if best.out_of_patience() or asked:
                     history.stopped_early = epoch + 1 < epochs
                     break
         best.restore()
@@ -319,8 +340,7 @@ def fit(
         if compile_opts is not None:  # no gradient in memory a CUDA graph may reuse
             for p in trainable:
                 p.grad = None
-        if bar is not None:
-            bar.close()
+        call(cbs, "on_train_end", history)
     history.seconds = time.perf_counter() - t0
     return history
 
@@ -376,17 +396,6 @@ class _BestEpoch:
         left = "its best epoch" if self.state is not None else "that epoch's start"
         self.model.load_state_dict(self.state if self.state is not None else epoch_start)
         return TrainingDiverged.because(what, f"the model is left at {left}", history)
-
-
-def _show_epoch(bar: Any, history: History) -> None:
-    """Advance the progress bar (if any) by one epoch, with its losses."""
-    if bar is None:
-        return
-    bar.update(1)
-    post = {"loss": f"{history.train_loss[-1]:.4g}"}
-    if history.val_loss:
-        post["val"] = f"{history.val_loss[-1]:.4g}"
-    bar.set_postfix(post)
 
 
 @torch.no_grad()

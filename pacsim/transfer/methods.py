@@ -37,6 +37,8 @@ from ..method_names import METHODS as _NAMES
 from ..method_names import PAC_METHODS as _KEEP_SOURCE
 from ..models.registry import build, head_names
 from ..train import Data, History, fit, mean_loss
+from ..training.config import FIELDS as TRAIN_FIELDS
+from ..training.single import CALLBACK_KEYWORDS
 from .options import (
     L2SPOptions,
     Options,
@@ -394,7 +396,9 @@ def _run(method: str, model: nn.Module, target: Data, opts: Options, *,
     return result
 
 
-_FIT_ARGS = set(inspect.signature(fit).parameters) - {"model", "train", "update_mask"}
+#: The trainer keywords adapt passes on: fit's keywords and the TrainConfig fields.
+_FIT_ARGS = ((set(inspect.signature(fit).parameters) | set(TRAIN_FIELDS)
+              | set(CALLBACK_KEYWORDS)) - {"model", "train", "update_mask", "config", "overrides"})
 
 
 def adapt(method: str, source_model: nn.Module, target: Data, *, source: Data | None = None,
