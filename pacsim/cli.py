@@ -224,37 +224,40 @@ def _settings(items: list[str]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .workflow import train_surrogate
+    from .workflow import TrainSettings, train_surrogate
 
-    train_surrogate(args.data, args.out, model=args.model, options=_settings(args.set),
-                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, patience=args.patience,
-                    device=args.device, seed=args.seed, amp=args.amp, compile=args.compile,
-                    overwrite=args.overwrite)
+    settings = TrainSettings(model=args.model, options=_settings(args.set), epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, patience=args.patience,
+                             device=args.device, seed=args.seed, amp=args.amp,
+                             compile=args.compile)
+    train_surrogate(args.data, args.out, settings, overwrite=args.overwrite)
     return 0
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from .workflow import transfer_surrogate
+    from .workflow import TransferSettings, transfer_surrogate
 
-    transfer_surrogate(args.checkpoint, args.target, args.out, method=args.method, n=args.n,
-                       options=_settings(args.set), source=args.source,
-                       selection=args.select, folds=args.folds, steps=args.steps,
-                       lr=args.lr, batch_size=args.batch_size,
-                       weight_decay=args.weight_decay, allocate_epochs=args.allocate_epochs,
-                       device=args.device, seed=args.seed, setting=args.setting,
-                       extend_ratio=args.extend_ratio, keep_source=args.keep_source,
+    settings = TransferSettings(method=args.method, n=args.n, options=_settings(args.set),
+                                source=args.source, selection=args.select, folds=args.folds,
+                                steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                weight_decay=args.weight_decay,
+                                allocate_epochs=args.allocate_epochs, device=args.device,
+                                seed=args.seed, setting=args.setting,
+                                extend_ratio=args.extend_ratio, keep_source=args.keep_source)
+    transfer_surrogate(args.checkpoint, args.target, args.out, settings,
                        overwrite=args.overwrite)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .workflow import predict_file
+    from .workflow.inference import view_setting
 
     path = predict_file(args.checkpoint, args.inputs, args.out, split=args.split,
-                        source_view=args.source_view, setting=args.setting,
-                        batch_size=args.batch_size,
-                        device=args.device, overwrite=args.overwrite)
+                        setting=view_setting(args.source_view, args.setting),
+                        batch_size=args.batch_size, device=args.device,
+                        overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
@@ -388,13 +391,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoSettings, run_demo
 
-    for name in ("n_source", "n_target", "source_epochs", "target_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    run_demo(n_source=args.n_source, n_target=args.n_target, q=args.q, seed=args.seed,
-             source_epochs=args.source_epochs, target_steps=args.target_steps, device=args.device)
+    run_demo(DemoSettings(n_source=args.n_source, n_target=args.n_target, q=args.q,
+                          seed=args.seed, source_epochs=args.source_epochs,
+                          target_steps=args.target_steps), device=args.device)
     return 0
 
 

@@ -51,10 +51,32 @@ def make_problem(n_source: int = 4000, n_target: int = 100, n_test: int = 2000, 
                    pair(xt[:n_target], yt[:n_target]), pair(xt[n_target:], yt[n_target:]), std)
 
 
-def run_demo(*, n_source: int = 4000, n_target: int = 100, q: float = 1.0, seed: int = 0,
-             source_epochs: int = 60, target_steps: int = 600, methods: Sequence[str] = METHODS,
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's problem and budgets: ``n_source`` and ``n_target`` samples, the
+    target's distance ``q`` from the source, the ``seed`` of data and training, the
+    source model's epochs and every method's target steps (all counts positive)."""
+
+    n_source: int = 4000
+    n_target: int = 100
+    q: float = 1.0
+    seed: int = 0
+    source_epochs: int = 60
+    target_steps: int = 600
+
+    def __post_init__(self) -> None:
+        for name in ("n_source", "n_target", "source_epochs", "target_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+
+def run_demo(settings: DemoSettings | None = None, *, methods: Sequence[str] = METHODS,
              device: str = "auto", log: Callable[[str], Any] = print) -> list[dict[str, Any]]:
-    """Run the demo and return one row per method (errors in physical units)."""
+    """Run the demo (default :class:`DemoSettings`'s defaults) and return one row per
+    method (errors in physical units)."""
+    cfg = DemoSettings() if settings is None else settings
+    n_source, n_target, q, seed = cfg.n_source, cfg.n_target, cfg.q, cfg.seed
+    source_epochs, target_steps = cfg.source_epochs, cfg.target_steps
     dev = resolve_device(device)
     prob = make_problem(n_source=n_source, n_target=n_target, q=q, seed=seed)
     log(f"pacsim demo: Friedman #1 transfer (q={q}), {n_source} source samples, "

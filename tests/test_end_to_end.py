@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pacsim.demo import make_problem, run_demo
+from pacsim.demo import DemoSettings, make_problem, run_demo
 from pacsim.models import MLP
 from pacsim.train import evaluate, fit
 from pacsim.transfer import METHODS, adapt
@@ -49,7 +49,7 @@ def test_pac_source_view_equals_post_allocate_exactly(setup):
 
 def test_demo_runs_every_method():
     lines: list[str] = []
-    rows = run_demo(n_source=300, n_target=20, source_epochs=2, target_steps=4, device="cpu",
-                    log=lines.append)
+    rows = run_demo(DemoSettings(n_source=300, n_target=20, source_epochs=2, target_steps=4),
+                    device="cpu", log=lines.append)
     assert [r["method"] for r in rows] == list(METHODS)
     assert any("target RMSE" in line for line in lines)

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from pacsim.data import H5Dataset, write_dataset
+from pacsim.demo import DemoSettings
 from pacsim.io import load_checkpoint, load_predictor
+from pacsim.workflow import TrainSettings, TransferSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -73,8 +75,9 @@ def test_train_can_compile_its_forward(files, tmp_path):
     rounding (torch.compile's portable backend here: CI machines may lack a C compiler)."""
     from pacsim.workflow import train_surrogate
 
-    metas = [train_surrogate(files / "src.h5", tmp_path / f"{c}.pt", epochs=3, compile=c,
-                             options={"hidden": [16]}, progress=False, log=lambda m: None)
+    metas = [train_surrogate(files / "src.h5", tmp_path / f"{c}.pt",
+                             TrainSettings(epochs=3, compile=c, options={"hidden": [16]}),
+                             progress=False, log=lambda m: None)
              for c in (False, {"backend": "aot_eager"})]
     assert metas[1]["train"]["compile"] == "{'backend': 'aot_eager'}"
     assert metas[1]["metrics"]["val"]["rmse"] == pytest.approx(
@@ -344,3 +347,104 @@ def test_transfer_method_auto_picks_by_cv_and_keep_source_keeps_a_pac_network(cl
                      (("--method", "auto", "--select", "fixed"), "needs --select cv")):
         code, _, err = _transfer(cli, files, "bad.pt", *bad)
         assert code == 2 and why in err and not (files / "bad.pt").exists()
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda: TrainSettings(epochs=0),
+     "--epochs must be >= 1, got 0"),
+    (lambda: TransferSettings(method="pac", keep_source=True),
+     "--keep-source chooses among PAC methods with --method auto; 'pac' is one method"),
+    (lambda: TransferSettings(method="nope"), "unknown method 'nope'; choose one of"),
+    (lambda: TransferSettings(method="auto", options={"ratio": 0.5}),
+     "--method auto takes no --set"),
+    (lambda: TransferSettings(method="auto", keep_source=True, options={"ratio": 0.5}),
+     "--method auto-keep-source takes no --set"),
+    (lambda: TransferSettings(method="auto", selection="fixed"),
+     "--method auto chooses by cross-validation: it needs --select cv"),
+    (lambda: TransferSettings(method="l2sp", options={"alpha": -1}),
+     "alpha must be a finite number >= 0, got -1.0"),
+    (lambda: TransferSettings(options={"lamda": 1}), "has no option 'lamda'"),
+    (lambda: TransferSettings(allocate_epochs=0), "--allocate-epochs must be >= 1, got 0"),
+    (lambda: TransferSettings(folds=1), "selection folds must be an integer >= 2, got 1"),
+    (lambda: TransferSettings(selection="grid"), "selection mode must be one of"),
+    (lambda: DemoSettings(target_steps=0),
+     "--target-steps must be positive"),
+])
+def test_settings_refuse_bad_values_when_made(make, needle):
+    """A bad setting fails when the settings are made, before any file is read, with
+    the message the command line prints."""
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        make()
+
+
+def test_settings_are_frozen_and_keep_their_own_options():
+    import dataclasses
+
+    options = {"ratio": 0.5}
+    s = TransferSettings(options=options)
+    options["ratio"] = 0.9
+    assert s.options == {"ratio": 0.5}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.steps = 3  # type: ignore[misc]
+    auto = TransferSettings(method="auto", keep_source=True)
+    assert auto.resolved_method == "auto-keep-source" and auto.auto and auto.keeps_source
+    assert not TransferSettings(method="finetune").keeps_source
+    assert dataclasses.replace(TrainSettings(), epochs=5).epochs == 5
+    with pytest.raises(ValueError, match="--epochs"):
+        dataclasses.replace(TrainSettings(), epochs=0)
+
+
+def _same_checkpoints(a: Path, b: Path) -> None:
+    """Two checkpoints equal to the bit: weights, masks and metadata (but the seconds)."""
+    def timeless(d):
+        if isinstance(d, dict):
+            return {k: timeless(v) for k, v in d.items() if k != "seconds"}
+        return [timeless(v) for v in d] if isinstance(d, list) else d
+
+    (ma, ka, ea), (mb, kb, eb) = load_checkpoint(a), load_checkpoint(b)
+    sa, sb = ma.state_dict(), mb.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (ka is None) == (kb is None)
+    if ka is not None:
+        assert ka.settings == kb.settings
+        assert all(torch.equal(ka.essential[k], kb.essential[k]) for k in ka.essential)
+    assert timeless(ea) == timeless(eb)
+
+
+def test_the_python_api_writes_what_the_command_line_writes(cli, files, tmp_path):
+    """train_surrogate / transfer_surrogate / predict_file with settings: the same
+    checkpoints, predictions and log lines as the commands with the same flags."""
+    from pacsim.workflow import predict_file, train_surrogate, transfer_surrogate
+
+    src, tgt = files / "src.h5", files / "tgt.h5"
+    code, text, err = cli("train", src, "--out", tmp_path / "cli.pt", "--epochs", "3",
+                          "--set", "hidden=8,8", "--batch-size", "32", "--seed", "2")
+    assert code == 0, err
+    lines: list[str] = []
+    meta = train_surrogate(src, tmp_path / "api.pt", TrainSettings(
+        options={"hidden": [8, 8]}, epochs=3, batch_size=32, seed=2), progress=False,
+        log=lines.append)
+    _same_checkpoints(tmp_path / "cli.pt", tmp_path / "api.pt")
+    written = load_checkpoint(tmp_path / "api.pt")[2]
+    assert meta == {k: v for k, v in written.items() if k != "normalizer"}
+    assert text.splitlines()[:-1] == lines[:-1]
+
+    code, text, err = cli("transfer", files / "src.pt", tgt, "--n", "16", "--steps", "10",
+                          "--select", "fixed", "--setting", "warm", "--set", "ratio=0.4",
+                          "--out", tmp_path / "cli_t.pt")
+    assert code == 0, err
+    lines = []
+    settings = TransferSettings(n=16, steps=10, selection="fixed", setting="warm",
+                                options={"ratio": 0.4})
+    transfer_surrogate(files / "src.pt", tgt, tmp_path / "api_t.pt", settings,
+                       progress=False, log=lines.append)
+    _same_checkpoints(tmp_path / "cli_t.pt", tmp_path / "api_t.pt")
+    assert text.splitlines()[:-1] == lines[:-1] and "source view" in text
+
+    code, _, err = cli("predict", tmp_path / "cli_t.pt", src, "--source-view", "--out",
+                       tmp_path / "cli.h5")
+    assert code == 0, err
+    predict_file(tmp_path / "cli_t.pt", src, tmp_path / "api.h5", setting="source")
+    with h5py.File(tmp_path / "cli.h5") as a, h5py.File(tmp_path / "api.h5") as b:
+        assert np.array_equal(a["targets"][:], b["targets"][:])
+        assert dict(a.attrs) == dict(b.attrs) and b.attrs["source_view"]

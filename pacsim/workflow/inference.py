@@ -34,7 +34,9 @@ from .provenance import check_out, check_shapes, file_fingerprint, file_info
 PREDICT_SPLITS = (*SPLITS, "all")
 
 
-def _setting(source_view: bool, setting: str | None) -> str | None:
+def view_setting(source_view: bool, setting: str | None) -> str | None:
+    """The setting ``--source-view`` and ``--setting`` ask for together (``source_view``
+    is ``setting="source"``); both naming different settings is refused."""
     if source_view and setting not in (None, pac.SOURCE):
         raise ValueError(f"--source-view is --setting source, not --setting {setting}")
     return pac.SOURCE if source_view else setting
@@ -74,7 +76,7 @@ def evaluate_file(checkpoint: str | os.PathLike[str], data: str | os.PathLike[st
     setting's network of a PAC checkpoint."""
     _check_split(split, SPLITS)
     info = file_info(data)
-    setting = _setting(source_view, setting)
+    setting = view_setting(source_view, setting)
     with _served(checkpoint, setting, device) as (phys, model, _, meta):
         check_shapes(model, meta, checkpoint, data, info)
         ds = H5Dataset(data, split, normalize=False)
@@ -110,17 +112,15 @@ def _first_non_finite_prediction(phys: nn.Module, ds: H5Dataset, dev: torch.devi
 
 
 def predict_file(checkpoint: str | os.PathLike[str], inputs: str | os.PathLike[str],
-                 out: str | os.PathLike[str], *, split: str = "test", source_view: bool = False,
-                 setting: str | None = None, batch_size: int = 1024, device: str = "auto",
-                 overwrite: bool = False) -> Path:
+                 out: str | os.PathLike[str], *, split: str = "test", setting: str | None = None,
+                 batch_size: int = 1024, device: str = "auto", overwrite: bool = False) -> Path:
     """Predict the ``inputs`` of one split of a pacsim-h5 file (``"all"``: every sample,
     in file order) and write ``out``: a pacsim-h5 file with those inputs, the predictions
     as ``targets`` (physical units), all samples in its test split, and the checkpoint,
     source file and view in its attributes. Streams ``batch_size`` samples at a time;
-    the file appears only when complete. ``setting`` (``source_view``: ``"source"``):
-    that setting's network of a PAC checkpoint."""
+    the file appears only when complete. ``setting``: that setting's network of a PAC
+    checkpoint (``"source"``: its source view, ``pacsim predict --source-view``)."""
     _check_split(split, PREDICT_SPLITS)
-    setting = _setting(source_view, setting)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     check_out(out, overwrite, checkpoint, inputs)

@@ -2,9 +2,10 @@
 
 These are ``pacsim train`` and ``pacsim transfer`` as functions. Both write a pacsim
 checkpoint (model config, weights, PAC masks, the normalisation and a record of the data)
-and return a summary dict. Under ``torchrun`` they train data-parallel (see
-:mod:`pacsim.distributed`): every rank reads its share of each batch lazily from the
-file and only rank 0 prints and writes.
+and return a summary dict; their settings are :class:`TrainSettings` and
+:class:`TransferSettings`, checked before any file is read. Under ``torchrun`` they
+train data-parallel (see :mod:`pacsim.distributed`): every rank reads its share of each
+batch lazily from the file and only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,11 @@ from ..fsutil import check_not_input
 from ..io import load_checkpoint, save_checkpoint
 from ..models.physical import PhysicalModel
 from ..models.sizing import default_model, for_data
-from ..train import evaluate, fit
-from ..transfer import SelectionConfig, select
-from ..transfer.options import DEFAULT_GRIDS, TRAIN_GRID_KEYS, method_options
-from ..transfer.registry import get, names
-from ..transfer.selection import AUTO_METHODS
+from ..train import History, evaluate, fit
+from ..transfer import TransferResult, select
+from ..transfer.options import DEFAULT_GRIDS, TRAIN_GRID_KEYS
 from .provenance import check_out, check_shapes, data_record, file_fingerprint, file_info
+from .settings import TrainSettings, TransferSettings
 
 Log = Callable[[str], Any]
 
@@ -74,32 +75,23 @@ def _log(log: Log | None) -> Log:
     return (log or print) if is_main() else (lambda _msg: None)
 
 
-def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                    model: str = "auto", options: Mapping[str, Any] | None = None,
-                    epochs: int = 100, batch_size: int = 64, lr: float = 1e-3,
-                    weight_decay: float = 0.0, optimizer: str = "adam",
-                    patience: int | None = None, lr_schedule: str | None = "cosine",
-                    device: str = "auto", seed: int = 0, amp: bool = False,
-                    compile: bool | str | Mapping[str, Any] = False, overwrite: bool = False,
+def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str],
+                    settings: TrainSettings | None = None, *, overwrite: bool = False,
                     progress: bool | None = None, log: Log | None = None) -> dict[str, Any]:
     """Fit a surrogate on ``data``'s train split, keep the epoch with the lowest loss on
-    its val split, and write the checkpoint ``out``.
+    its val split, and write the checkpoint ``out``, as ``settings`` say (default
+    :class:`TrainSettings`'s defaults).
 
-    ``model``: ``"mlp"``, ``"cnn"`` or ``"auto"`` (mlp for flat samples, cnn for fields),
-    sized from the data; ``options`` are the model's other arguments (e.g. ``width``).
-    ``compile``: the training forward through ``torch.compile`` (see
-    :func:`pacsim.train.fit`). Returns the checkpoint's metadata (what was trained on,
-    how, and its val metrics).
+    Returns the checkpoint's metadata (what was trained on, how, and its val metrics).
     """
+    s = TrainSettings() if settings is None else settings
     say = _log(log)
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
     check_out(out, overwrite, data)
     info = file_info(data)
-    name = default_model(info.input_shape) if model == "auto" else model
-    torch.manual_seed(seed)
-    net = for_data(name, info.input_shape, info.target_shape, options)
-    dev = init_from_env(device)
+    name = default_model(info.input_shape) if s.model == "auto" else s.model
+    torch.manual_seed(s.seed)
+    net = for_data(name, info.input_shape, info.target_shape, s.options)
+    dev = init_from_env(s.device)
     train = _split(data, "train", normalize=True)
     if train is None:
         raise ValueError(f"{data}: the train split is empty")
@@ -109,19 +101,7 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
     say(f"training {name} ({sum(p.numel() for p in net.parameters()):,} parameters) on "
         f"{len(train)} samples of {data}, device {dev}")
     _check_training_memory(net, name, dev)
-    try:
-        history = fit(net, _trainable(train), val=_trainable(val), epochs=epochs, lr=lr,
-                      batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer,
-                      patience=patience, lr_schedule=lr_schedule, device=dev, seed=seed,
-                      amp=amp, compile=compile, progress=progress if is_main() else False,
-                      desc="train")
-    except (MemoryError, RuntimeError) as exc:  # the allocator's, CUDA's out of memory
-        text = str(exc).lower()
-        if isinstance(exc, MemoryError) or "alloc" in text or "out of memory" in text:
-            raise ValueError(f"not enough memory to train the model {name} on {dev} "
-                             f"({_param_bytes(net) / 1e9:.3g} GB of parameters; try a "
-                             "smaller model or --batch-size)") from None
-        raise
+    history = _fit(net, name, (train, val), s, dev, progress)
     normalizer = train.normalizer
     assert normalizer is not None
     metrics = {"val": physical_metrics(net, normalizer, data, "val", device=dev)}
@@ -129,22 +109,54 @@ def train_surrogate(data: str | os.PathLike[str], out: str | os.PathLike[str], *
         "kind": "source",
         "model": name,
         "data": data_record(data, info),
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                  "weight_decay": weight_decay, "optimizer": optimizer, "patience": patience,
-                  "lr_schedule": lr_schedule, "seed": seed, "amp": amp,
-                  "compile": compile if isinstance(compile, (bool, str)) else repr(compile),
-                  "best_epoch": history.best_epoch,
-                  "epochs_run": history.epochs_run, "seconds": history.seconds},
+        "train": _train_record(s, history),
         "metrics": metrics,
     }
     if metrics["val"] is not None:
         say(f"val RMSE {metrics['val']['rmse']:.4g} (physical units), nRMSE "
             f"{metrics['val']['nrmse']:.4g}, best epoch {(history.best_epoch or 0) + 1} "
             f"of {history.epochs_run}")
-    if is_main():
-        save_checkpoint(out, net, meta=meta, normalizer=normalizer, overwrite=overwrite)
-        say(f"wrote {out}")
+    _write(out, net, None, meta, normalizer, overwrite, say)
     return meta
+
+
+def _fit(net: nn.Module, name: str, splits: tuple[H5Dataset, H5Dataset | None],
+         s: TrainSettings, dev: torch.device, progress: bool | None) -> History:
+    """Train ``net`` on the train and val ``splits``; running out of memory is one
+    ValueError that names the model and what to try."""
+    train, val = splits
+    try:
+        return fit(net, _trainable(train), val=_trainable(val), epochs=s.epochs, lr=s.lr,
+                   batch_size=s.batch_size, weight_decay=s.weight_decay, optimizer=s.optimizer,
+                   patience=s.patience, lr_schedule=s.lr_schedule, device=dev, seed=s.seed,
+                   amp=s.amp, compile=s.compile, progress=progress if is_main() else False,
+                   desc="train")
+    except (MemoryError, RuntimeError) as exc:  # the allocator's, CUDA's out of memory
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or "alloc" in text or "out of memory" in text:
+            raise ValueError(f"not enough memory to train the model {name} on {dev} "
+                             f"({_param_bytes(net) / 1e9:.3g} GB of parameters; try a "
+                             "smaller model or --batch-size)") from None
+        raise
+
+
+def _train_record(s: TrainSettings, history: History) -> dict[str, Any]:
+    """The checkpoint's record of how the source model was trained."""
+    return {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+            "weight_decay": s.weight_decay, "optimizer": s.optimizer, "patience": s.patience,
+            "lr_schedule": s.lr_schedule, "seed": s.seed, "amp": s.amp,
+            "compile": s.compile if isinstance(s.compile, (bool, str)) else repr(s.compile),
+            "best_epoch": history.best_epoch,
+            "epochs_run": history.epochs_run, "seconds": history.seconds}
+
+
+def _write(out: str | os.PathLike[str], model: nn.Module, masks: pac.Masks | None,
+           meta: dict[str, Any], normalizer: Normalizer, overwrite: bool, say: Log) -> None:
+    """Write the checkpoint (atomically, on rank 0 only) and say so."""
+    if is_main():
+        save_checkpoint(out, model, masks=masks, meta=meta, normalizer=normalizer,
+                        overwrite=overwrite)
+        say(f"wrote {out}")
 
 
 #: Training holds about this many copies of the parameters: the weights, their
@@ -239,71 +251,114 @@ def _previous_samples(ckpt: str | os.PathLike[str], meta: dict[str, Any],
 
 
 def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.PathLike[str],
-                       out: str | os.PathLike[str], *, method: str = "pac",
-                       n: int | None = None, options: Mapping[str, Any] | None = None,
-                       source: str | os.PathLike[str] | None = None,
-                       selection: str = "cv", folds: int = 5, steps: int = 500,
-                       lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.0,
-                       allocate_epochs: int | None = None, device: str = "auto",
-                       seed: int = 0, setting: str | None = None, extend_ratio: float = 0.5,
-                       keep_source: bool = False, overwrite: bool = False,
-                       progress: bool | None = None, log: Log | None = None
-                       ) -> dict[str, Any]:
-    """Transfer the surrogate in ``checkpoint`` to ``target``'s train split (its first
-    ``n`` samples drawn by ``seed``, default all) with ``method`` and write ``out``.
+                       out: str | os.PathLike[str],
+                       settings: TransferSettings | None = None, *,
+                       overwrite: bool = False, progress: bool | None = None,
+                       log: Log | None = None) -> dict[str, Any]:
+    """Transfer the surrogate in ``checkpoint`` to ``target``'s train split and write
+    ``out``, as ``settings`` say (default :class:`TransferSettings`'s defaults: PAC,
+    hyper-parameters chosen by 5-fold CV on every target sample).
 
-    ``selection="cv"`` chooses the learning rate, the method's options that ``options``
-    does not fix, and the step count (up to ``3 * steps``) by ``folds``-fold
-    cross-validation on those samples only, then retrains on all of them;
-    ``"fixed"`` trains ``steps`` steps at ``lr`` with ``options``. PAC methods prune and
-    allocate on the source data (``source`` or the file the checkpoint records) for up to
-    ``allocate_epochs`` (default: a third of the source training's epochs) and store
-    their masks, so the source view keeps serving the source setting.
-    The target data is normalised with the checkpoint's statistics: one normalisation
-    serves both settings. ``setting`` names the new setting of a PAC network (default
-    ``"target"``); from a PAC checkpoint it is required and adds one more setting to the
-    same network (:func:`pacsim.pac.extend` frees ``extend_ratio`` of the newest
-    setting's entries for it, after retraining that setting's remaining entries for
-    ``steps`` steps on the samples it was calibrated on, when its recorded file is
-    unchanged; every earlier setting stays exact).
-    ``method="auto"`` runs every method's cross-validation on the same folds and
-    retrains the one with the lowest CV loss (``keep_source``: among the PAC methods only,
-    so the source view stays exact); the checkpoint records the pick and every
-    candidate's CV loss.
+    PAC methods prune and allocate on the source data and store their masks, so the
+    source view keeps serving the source setting. The target data is normalised with
+    the checkpoint's statistics: one normalisation serves both settings. From a PAC
+    checkpoint, PAC adds one more setting to the same network (:func:`pacsim.pac.extend`
+    frees ``extend_ratio`` of the newest setting's entries for it, after retraining that
+    setting's remaining entries for ``steps`` steps on the samples it was calibrated on,
+    when its recorded file is unchanged; every earlier setting stays exact).
+    ``method="auto"`` records the pick and every candidate's CV loss.
     Returns the new checkpoint's metadata.
     """
+    s = TransferSettings() if settings is None else settings
     say = _log(log)
-    if keep_source and method != "auto":
-        raise ValueError(f"--keep-source chooses among PAC methods with --method auto; "
-                         f"{method!r} is one method")
-    if method == "auto" and keep_source:
-        method = "auto-keep-source"
-    auto = method in AUTO_METHODS
-    if method not in names() and not auto:
-        raise ValueError(f"unknown method {method!r}; choose one of "
-                         f"{[*names(), 'auto']}")
-    opts = dict(options or {})
-    if auto and opts:
-        raise ValueError(f"--method {method} takes no --set: each candidate searches its own "
-                         "default grid")
-    if auto and selection != "cv":
-        raise ValueError(f"--method {method} chooses by cross-validation: it needs --select cv")
-    if not auto:
-        method_options(method, opts)  # a bad option fails before anything is read
-    if allocate_epochs is not None and allocate_epochs < 1:
-        raise ValueError(f"--allocate-epochs must be >= 1, got {allocate_epochs}")
-    cfg = SelectionConfig(mode=selection, folds=folds)
-    check_out(out, overwrite, checkpoint, target, source)
+    check_out(out, overwrite, checkpoint, target, s.source)
+    ckpt = _load(checkpoint, out)
+    extending = _check_request(ckpt, s)
+    normalizer = Normalizer.from_dict(ckpt.meta["normalizer"])
+    extension = _extend(ckpt, normalizer, s, say) if extending else None
+    info = _target_info(ckpt, target)
+    dev = init_from_env(s.device)
+    sample = _target_sample(target, info, normalizer, s)
+    source = _source_inputs(ckpt, normalizer, s, extending, say)
+    before = physical_metrics(ckpt.model, normalizer, target, "val", device=dev)
+    res = _run(ckpt.model, sample, source, s, dev, progress, say)
+    after = physical_metrics(res.model, normalizer, target, "val", device=dev)
+    record = _record(ckpt, sample, res, s, {"target_val_before": before, "target_val": after})
+    _report(say, "target val", before, after)
+    if res.masks is not None:
+        _record_settings(record, res.masks, ckpt, s, extension, say)
+    if res.masks is not None and source.path is not None:
+        record["source_data"] = source.record
+        src_before, src_after = _source_metrics(ckpt, res, source.path, normalizer,
+                                                extending, dev)
+        record["metrics"].update(source_val_before=src_before, source_val_view=src_after)
+        _report(say, "source val (source view)", src_before, src_after)
+    _say_choice(say, s.resolved_method, res, sample.n)
+    _write(out, res.model, res.masks, record, normalizer, overwrite, say)
+    return record
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A loaded checkpoint and the path it came from."""
+
+    path: str | os.PathLike[str]
+    model: nn.Module
+    masks: pac.Masks | None
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """The target samples the transfer trains on (``groups``: their trajectories)."""
+
+    path: str | os.PathLike[str]
+    info: FileInfo
+    n: int
+    x: torch.Tensor
+    y: torch.Tensor
+    groups: Any
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the transfer takes of the source: :func:`select`'s keywords for it, and the
+    source data file (None when none is read) with its record."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Extension:
+    """A setting added to a PAC network: the setting that gave up entries for it, and
+    whether that setting was retrained on its own data."""
+
+    newest: str
+    retrained: bool
+
+
+def _load(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> _Checkpoint:
+    """The checkpoint to transfer; refused when ``out`` is data it records (a PAC
+    transfer may read it back) or it has no normalisation statistics."""
     model, masks, meta = load_checkpoint(checkpoint)
     check_not_input(out, *_recorded_files(meta))  # data the checkpoint may read back
     if "normalizer" not in meta:
         raise ValueError(f"{checkpoint} has no normalisation statistics (not written by "
                          "pacsim train)")
-    is_pac = method == "auto-keep-source" or (not auto and get(method).keeps_source)
-    if method == "auto" and masks is not None:
-        raise ValueError(f"{checkpoint} is a PAC network: name the method that adds a "
+    return _Checkpoint(checkpoint, model, masks, meta)
+
+
+def _check_request(ckpt: _Checkpoint, s: TransferSettings) -> bool:
+    """Refuse a method or setting name that does not fit the checkpoint; True when PAC
+    adds a setting to a PAC network."""
+    method, is_pac = s.resolved_method, s.keeps_source
+    if method == "auto" and ckpt.masks is not None:
+        raise ValueError(f"{ckpt.path} is a PAC network: name the method that adds a "
                          "setting to it (--method pac), or --method auto --keep-source")
-    extending = is_pac and masks is not None
+    extending = is_pac and ckpt.masks is not None
+    setting = s.setting
     if setting is not None and not is_pac:
         raise ValueError(f"--setting names a setting of a PAC network; {method!r} makes one "
                          "network per setting")
@@ -311,120 +366,175 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
         raise ValueError(f"--setting {setting!r}: the new setting needs a non-empty name other "
                          "than 'source' (the source model's setting)")
     if extending and setting is None:
-        assert masks is not None
-        raise ValueError(f"{checkpoint} is already a PAC network serving "
-                         f"{', '.join(masks.settings)}; name the new setting with "
+        assert ckpt.masks is not None
+        raise ValueError(f"{ckpt.path} is already a PAC network serving "
+                         f"{', '.join(ckpt.masks.settings)}; name the new setting with "
                          "--setting NAME to add it")
-    normalizer = Normalizer.from_dict(meta["normalizer"])
-    if extending:
-        assert masks is not None and setting is not None
-        previous = _previous_samples(checkpoint, meta, normalizer, say)
-        retrain = ({} if previous is None else
-                   {"data": previous, "steps": steps, "lr": lr, "seed": seed,
-                    "batch_size": min(batch_size, len(previous[0])), "device": device,
-                    "weight_decay": weight_decay, "progress": False})
-        newest = masks.settings[masks.latest]  # gives up entries to the new setting
-        pac.extend(model, masks, setting, ratio=extend_ratio, **retrain)
+    return extending
+
+
+def _extend(ckpt: _Checkpoint, normalizer: Normalizer, s: TransferSettings,
+            say: Log) -> _Extension:
+    """Free entries of the PAC network's newest setting for the new one (in place),
+    retraining what that setting keeps on its own samples when they can be read."""
+    assert ckpt.masks is not None and s.setting is not None
+    previous = _previous_samples(ckpt.path, ckpt.meta, normalizer, say)
+    retrain = ({} if previous is None else
+               {"data": previous, "steps": s.steps, "lr": s.lr, "seed": s.seed,
+                "batch_size": min(s.batch_size, len(previous[0])), "device": s.device,
+                "weight_decay": s.weight_decay, "progress": False})
+    newest = ckpt.masks.settings[ckpt.masks.latest]  # gives up entries to the new setting
+    pac.extend(ckpt.model, ckpt.masks, s.setting, ratio=s.extend_ratio, **retrain)
+    return _Extension(newest, retrained=previous is not None)
+
+
+def _target_info(ckpt: _Checkpoint, target: str | os.PathLike[str]) -> FileInfo:
+    """The target file, validated and checked against the model's sample shapes."""
     info = file_info(target)
-    check_shapes(model, meta, checkpoint, target, info)
-    dev = init_from_env(device)
+    check_shapes(ckpt.model, ckpt.meta, ckpt.path, target, info)
+    return info
+
+
+def _target_sample(target: str | os.PathLike[str], info: FileInfo, normalizer: Normalizer,
+                   s: TransferSettings) -> _Sample:
+    """``s.n`` samples of the target's train split drawn by ``s.seed`` (default all),
+    normalised with the checkpoint's statistics."""
     pool = H5Dataset(target, "train", normalize=normalizer)
     n_avail = len(pool)
-    n = n_avail if n is None else n
+    n = n_avail if s.n is None else s.n
     if not 0 < n <= n_avail:
         raise ValueError(f"--n {n}: {target} has {n_avail} samples in its train split")
-    pos = pool.draw(n, seed=seed) if n < n_avail else slice(None)
+    pos = pool.draw(n, seed=s.seed) if n < n_avail else slice(None)
     x, y = pool.tensors() if n == n_avail else pool[pos]
     groups = None if pool.groups is None else pool.groups[pos]  # CV keeps trajectories whole
-    kwargs: dict[str, Any] = {}
-    src_path: Path | None = None
-    src_record: dict[str, Any] = {}
+    return _Sample(target, info, n, x, y, groups)
+
+
+def _source_inputs(ckpt: _Checkpoint, normalizer: Normalizer, s: TransferSettings,
+                   extending: bool, say: Log) -> _Source:
+    """The source side of the transfer. Adding a setting: the PAC network itself (its
+    source data only checks the source view, when it can be found). A PAC method or
+    ``auto``: the source data allocate trains on (``auto`` goes on without the PAC
+    methods, with a note, when there is none)."""
     if extending:
-        kwargs["allocated"] = (model, masks)
         try:
-            src_path, _, src_record = _source_data(checkpoint, meta, source)
+            path, _, record = _source_data(ckpt.path, ckpt.meta, s.source)
         except (ValueError, FileNotFoundError) as exc:
             say(f"note: no source view check ({exc})")
-    elif is_pac or auto:
-        try:
-            src_path, src_info, src_record = _source_data(checkpoint, meta, source)
-        except (ValueError, FileNotFoundError) as exc:
-            if is_pac:
-                raise
-            say(f"note: auto without the PAC methods ({exc})")
-    if src_path is not None and not extending:
-        check_shapes(model, meta, checkpoint, src_path, src_info)
-        src_train = _split(src_path, "train", normalize=normalizer)
-        if src_train is None:
-            raise ValueError(f"{src_path}: the train split is empty")
-        src_val = _split(src_path, "val", normalize=normalizer)
-        tr = meta.get("train") or {}
-        if not isinstance(tr, dict) or not all(
-                isinstance(tr.get(k, 1), int) and tr.get(k, 1) >= 1
-                for k in ("epochs", "batch_size")):
-            raise ValueError(f"{checkpoint}: damaged metadata (train epochs and batch_size "
-                             "must be whole numbers >= 1)")
-        alloc_epochs = (max(1, int(tr.get("epochs", 30)) // 3) if allocate_epochs is None
-                        else allocate_epochs)
-        kwargs.update(source=_trainable(src_train), source_val=_trainable(src_val),
-                      allocate_kwargs={"epochs": alloc_epochs,
-                                       "batch_size": int(tr.get("batch_size", 64))})
-    before = physical_metrics(model, normalizer, target, "val", device=dev)
-    say(f"{method}: {n} target samples of {target}, selection {selection}"
-        + (f" ({cfg.folds}-fold CV)" if selection == "cv" else "") + f", device {dev}")
-    fixed = set(opts) | ({"lr"} if selection == "fixed" else set())
+            path, record = None, {}
+        return _Source({"allocated": (ckpt.model, ckpt.masks)}, path, record)
+    if not (s.keeps_source or s.auto):
+        return _Source()
+    try:
+        path, info, record = _source_data(ckpt.path, ckpt.meta, s.source)
+    except (ValueError, FileNotFoundError) as exc:
+        if s.keeps_source:
+            raise
+        say(f"note: auto without the PAC methods ({exc})")
+        return _Source()
+    return _Source(_allocate_inputs(ckpt, path, info, normalizer, s), path, record)
+
+
+def _allocate_inputs(ckpt: _Checkpoint, path: Path, info: FileInfo, normalizer: Normalizer,
+                     s: TransferSettings) -> dict[str, Any]:
+    """:func:`select`'s keywords for PAC's allocate: the source train and val splits
+    (normalised as the target) and the allocate budget, from the source training's
+    epochs and batch size unless ``s.allocate_epochs`` is given."""
+    check_shapes(ckpt.model, ckpt.meta, ckpt.path, path, info)
+    train = _split(path, "train", normalize=normalizer)
+    if train is None:
+        raise ValueError(f"{path}: the train split is empty")
+    val = _split(path, "val", normalize=normalizer)
+    tr = ckpt.meta.get("train") or {}
+    if not isinstance(tr, dict) or not all(
+            isinstance(tr.get(k, 1), int) and tr.get(k, 1) >= 1
+            for k in ("epochs", "batch_size")):
+        raise ValueError(f"{ckpt.path}: damaged metadata (train epochs and batch_size "
+                         "must be whole numbers >= 1)")
+    epochs = (max(1, int(tr.get("epochs", 30)) // 3) if s.allocate_epochs is None
+              else s.allocate_epochs)
+    return {"source": _trainable(train), "source_val": _trainable(val),
+            "allocate_kwargs": {"epochs": epochs, "batch_size": int(tr.get("batch_size", 64))}}
+
+
+def _run(model: nn.Module, sample: _Sample, source: _Source, s: TransferSettings,
+         dev: torch.device, progress: bool | None, say: Log) -> TransferResult:
+    """Transfer ``model`` to the sample: one method, or ``auto``'s pick, with its
+    hyper-parameters fixed or chosen by cross-validation on the sample."""
+    method, cfg = s.resolved_method, s.selection_config
+    say(f"{method}: {sample.n} target samples of {sample.path}, selection {s.selection}"
+        + (f" ({cfg.folds}-fold CV)" if s.selection == "cv" else "") + f", device {dev}")
+    fixed = set(s.options) | ({"lr"} if s.selection == "fixed" else set())
     grid = (_grid_without(method, fixed - set(TRAIN_GRID_KEYS))
-            if selection == "cv" and not auto else None)
-    res = select(method, model, (x, y), selection=cfg, steps=steps, grid=grid, options=opts,
-                 lr=lr, batch_size=batch_size, seed=seed, device=dev,
-                 weight_decay=weight_decay, progress=progress if is_main() else False,
-                 stack="auto" if not launched() else False,
-                 groups=groups, **kwargs)
-    after = physical_metrics(res.model, normalizer, target, "val", device=dev)
-    record: dict[str, Any] = {
+            if s.selection == "cv" and not s.auto else None)
+    return select(method, model, (sample.x, sample.y), selection=cfg, steps=s.steps,
+                  grid=grid, options=dict(s.options), lr=s.lr, batch_size=s.batch_size,
+                  seed=s.seed, device=dev, weight_decay=s.weight_decay,
+                  progress=progress if is_main() else False,
+                  stack="auto" if not launched() else False,
+                  groups=sample.groups, **source.kwargs)
+
+
+def _record(ckpt: _Checkpoint, sample: _Sample, res: TransferResult, s: TransferSettings,
+            metrics: dict[str, Any]) -> dict[str, Any]:
+    """The new checkpoint's metadata: what was transferred, on which data, how, and
+    the target metrics."""
+    return {
         "kind": "target",
-        "model": meta.get("model"),
+        "model": ckpt.meta.get("model"),
         "method": res.method,
         "options": res.extra.get("options", {}),
         "selection": {k: v for k, v in (res.selection or {}).items() if k != "curves"},
-        "n": n,
-        "seed": seed,
-        "source_checkpoint": {"file": str(Path(checkpoint).resolve()),
-                              "kind": meta.get("kind")},
-        "data": data_record(target, info),
-        "source_data": meta.get("data"),
-        "train": {"steps": res.history.steps, "batch_size": batch_size, "lr": lr,
-                  "weight_decay": weight_decay, "seconds": res.history.seconds},
-        "metrics": {"target_val_before": before, "target_val": after},
+        "n": sample.n,
+        "seed": s.seed,
+        "source_checkpoint": {"file": str(Path(ckpt.path).resolve()),
+                              "kind": ckpt.meta.get("kind")},
+        "data": data_record(sample.path, sample.info),
+        "source_data": ckpt.meta.get("data"),
+        "train": {"steps": res.history.steps, "batch_size": s.batch_size, "lr": s.lr,
+                  "weight_decay": s.weight_decay, "seconds": res.history.seconds},
+        "metrics": metrics,
     }
-    _report(say, "target val", before, after)
-    if res.masks is not None:
-        if not extending and setting is not None:
-            res.masks.settings[1] = setting
-        name = res.masks.settings[res.masks.latest]
-        record["settings"] = list(res.masks.settings)
-        record["setting_data"] = {**meta.get("setting_data", {}), name: record["data"]}
-        if extending:
-            older = res.masks.settings[:-2]
-            how = ("was retrained on its own data" if previous is not None else
-                   "keeps its remaining entries without retraining")
-            record["extended"] = {"setting": newest, "ratio": extend_ratio,
-                                  "retrained": previous is not None}
-            say(f"added setting {name!r}: {newest!r} gave up {extend_ratio:.0%} of its "
-                f"entries to it and {how}, so its error changes"
-                + (f"; {', '.join(repr(o) for o in older)} "
-                   + ("keeps its" if len(older) == 1 else "keep their") + " exact weights"
-                   if older else ""))
-    if res.masks is not None and src_path is not None:
-        record["source_data"] = src_record
-        src_before = ((meta.get("metrics") or {}).get("source_val_before") if extending
-                      else (meta.get("metrics") or {}).get("val"))
-        if src_before is None:
-            src_before = physical_metrics(model, normalizer, src_path, "val", device=dev)
-        src_after = physical_metrics(res.model, normalizer, src_path, "val",
-                                     masks=res.masks, device=dev)
-        record["metrics"].update(source_val_before=src_before, source_val_view=src_after)
-        _report(say, "source val (source view)", src_before, src_after)
+
+
+def _record_settings(record: dict[str, Any], masks: pac.Masks, ckpt: _Checkpoint,
+                     s: TransferSettings, extension: _Extension | None, say: Log) -> None:
+    """Name the PAC network's new setting and record every setting's data; an added
+    setting also says which setting gave up entries for it."""
+    if extension is None and s.setting is not None:
+        masks.settings[1] = s.setting
+    name = masks.settings[masks.latest]
+    record["settings"] = list(masks.settings)
+    record["setting_data"] = {**ckpt.meta.get("setting_data", {}), name: record["data"]}
+    if extension is None:
+        return
+    older = masks.settings[:-2]
+    how = ("was retrained on its own data" if extension.retrained else
+           "keeps its remaining entries without retraining")
+    record["extended"] = {"setting": extension.newest, "ratio": s.extend_ratio,
+                          "retrained": extension.retrained}
+    say(f"added setting {name!r}: {extension.newest!r} gave up {s.extend_ratio:.0%} of its "
+        f"entries to it and {how}, so its error changes"
+        + (f"; {', '.join(repr(o) for o in older)} "
+           + ("keeps its" if len(older) == 1 else "keep their") + " exact weights"
+           if older else ""))
+
+
+def _source_metrics(ckpt: _Checkpoint, res: TransferResult, path: Path,
+                    normalizer: Normalizer, extending: bool, dev: torch.device
+                    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The source val metrics before the transfer (as the checkpoint recorded them, else
+    measured) and through the new network's source view."""
+    recorded = ckpt.meta.get("metrics") or {}
+    before = recorded.get("source_val_before") if extending else recorded.get("val")
+    if before is None:
+        before = physical_metrics(ckpt.model, normalizer, path, "val", device=dev)
+    after = physical_metrics(res.model, normalizer, path, "val", masks=res.masks, device=dev)
+    return before, after
+
+
+def _say_choice(say: Log, method: str, res: TransferResult, n: int) -> None:
+    """Say what ``auto`` picked and what cross-validation chose."""
     if res.selection and "auto" in res.selection:
         losses = res.selection["auto"]["cv_loss"]
         say(f"{method} picked {res.method} (CV loss "
@@ -433,11 +543,6 @@ def transfer_surrogate(checkpoint: str | os.PathLike[str], target: str | os.Path
     if res.selection and res.selection.get("mode") == "cv":
         say(f"chosen by CV on the {n} target samples: {json.dumps(res.selection['chosen'])}, "
             f"{res.selection['steps']} steps")
-    if is_main():
-        save_checkpoint(out, res.model, masks=res.masks, meta=record, normalizer=normalizer,
-                        overwrite=overwrite)
-        say(f"wrote {out}")
-    return record
 
 
 def _report(say: Log, what: str, before: dict[str, Any] | None,
