@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pacsim.bench.results import read_results
-from pacsim.bench.runner import run_suite
+from pacsim.bench.runner import RunOptions, run_suite
 from pacsim.bench.suite import load_suite
 from pacsim.sysinfo import one_line
 
@@ -62,7 +62,8 @@ def _k(value: str) -> int | str:
 
 def _run(suite: Path, out: Path, k: int | str, jobs: int, device: str) -> float:
     t0 = time.perf_counter()
-    run_suite(suite, out, jobs=jobs, devices=device, batch_cells=k, log=lambda m: None)
+    run_suite(suite, out, RunOptions(jobs=jobs, devices=device, batch_cells=k),
+              log=lambda m: None)
     return time.perf_counter() - t0
 
 

@@ -24,7 +24,7 @@ import torch
 from batch_cells import _subset
 
 from pacsim.bench.results import read_results
-from pacsim.bench.runner import run_suite
+from pacsim.bench.runner import RunOptions, run_suite
 from pacsim.sysinfo import one_line
 
 
@@ -44,7 +44,7 @@ def _variant(suite: Path, halving: int, work: Path) -> Path:
 
 def _run(suite: Path, out: Path, jobs: int, device: str) -> float:
     t0 = time.perf_counter()
-    run_suite(suite, out, jobs=jobs, devices=device, log=lambda m: None)
+    run_suite(suite, out, RunOptions(jobs=jobs, devices=device), log=lambda m: None)
     return time.perf_counter() - t0
 
 

@@ -28,7 +28,7 @@ import torch
 
 from pacsim.bench.report import comparisons
 from pacsim.bench.results import latest, read_results
-from pacsim.bench.runner import run_suite
+from pacsim.bench.runner import RunOptions, run_suite
 from pacsim.plots import ok_records
 from pacsim.sysinfo import one_line
 
@@ -201,7 +201,8 @@ def main() -> None:
             out = args.work / f"w{w}"
             suite = write_suite(args.base, args.pairs, w, args.n, args.seeds, args.methods, out)
             t0 = time.perf_counter()
-            run_suite(suite, out, jobs=args.jobs, devices=args.device, log=lambda m: None)
+            run_suite(suite, out, RunOptions(jobs=args.jobs, devices=args.device),
+                      log=lambda m: None)
             seconds[w] = time.perf_counter() - t0
             print(f"width {w}: {seconds[w]:.0f} s", flush=True)
     rows = summarise(args.work, args.widths)

@@ -70,7 +70,7 @@ def write_suite(folder: Path, seeds: int, methods: list[str], steps: int,
 def measure(suite: Path, folder: Path, runs: list[tuple[str, dict]]) -> list[dict]:
     """Wall seconds of each run of ``suite`` into a fresh folder."""
     from pacsim.bench.results import read_results
-    from pacsim.bench.runner import run_suite
+    from pacsim.bench.runner import RunOptions, run_suite
 
     rows = []
     for name, kwargs in runs:
@@ -82,7 +82,7 @@ def measure(suite: Path, folder: Path, runs: list[tuple[str, dict]]) -> list[dic
                 marks["ray_up"] = time.perf_counter()
 
         t0 = time.perf_counter()
-        run_suite(suite, out, log=log, **kwargs)
+        run_suite(suite, out, RunOptions(**kwargs), log=log)
         wall = time.perf_counter() - t0
         recs = read_results(out)
         ok = [r for r in recs if r["status"] == "ok"]

@@ -330,15 +330,16 @@ def _batch_cells(value: str) -> int | str:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench.execute import RunnerError
-    from .bench.runner import run_suite
+    from .bench.runner import RunOptions, run_suite
 
+    options = RunOptions(jobs=args.jobs, devices=args.devices, executor=args.executor,
+                         address=args.address, cpus_per_cell=args.cpus_per_cell,
+                         gpus_per_cell=args.gpus_per_cell,
+                         stack={"on": True, "off": False}.get(args.stack, "auto"),
+                         batch_cells=args.batch_cells)
     try:
-        run_suite(args.suite, args.out, jobs=args.jobs, devices=args.devices,
-                  retry_failed=args.retry_failed, dry_run=args.dry_run,
-                  executor=args.executor, address=args.address,
-                  cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
-                  stack={"on": True, "off": False}.get(args.stack, "auto"),
-                  batch_cells=args.batch_cells)
+        run_suite(args.suite, args.out, options, retry_failed=args.retry_failed,
+                  dry_run=args.dry_run)
     except RunnerError as exc:
         print(f"pacsim bench: error: {exc}", file=sys.stderr)
         return 1

@@ -98,10 +98,10 @@ def fail_method(monkeypatch, method: str, exc: BaseException) -> None:
 
     real = protocol.select_many
 
-    def flaky(requests, **kwargs):
+    def flaky(requests, *args, **kwargs):
         if any(r.method == method for r in requests):
             raise exc
-        return real(requests, **kwargs)
+        return real(requests, *args, **kwargs)
 
     monkeypatch.setattr(protocol, "select_many", flaky)
 

@@ -12,7 +12,7 @@ from test_bench import _suite
 
 from pacsim.bench.execute import schedule
 from pacsim.bench.results import read_results
-from pacsim.bench.runner import auto_batch_cells, run_suite
+from pacsim.bench.runner import RunOptions, auto_batch_cells, run_suite
 from pacsim.bench.suite import Cell
 
 METHODS = ("scratch", "finetune", "head", "l2sp", "bitfit", "pac", "pac-paper")
@@ -21,8 +21,9 @@ CV = 'selection = { mode = "cv", folds = 3 }'
 
 def _records(tmp_path, name, batch_cells, **kw):
     out = tmp_path / name
-    run_suite(_suite(tmp_path, methods=METHODS, top=CV, **kw), out, devices="cpu",
-              batch_cells=batch_cells, stack=True, log=lambda m: None)
+    run_suite(_suite(tmp_path, methods=METHODS, top=CV, **kw), out,
+              RunOptions(devices="cpu", batch_cells=batch_cells, stack=True),
+              log=lambda m: None)
     return {(r["pair"], r["method"], r["n_target"], r["seed"]): r for r in read_results(out)}
 
 
@@ -55,7 +56,7 @@ def test_a_failing_cell_fails_only_its_own_record(tmp_path, monkeypatch):
     fail_method(monkeypatch, "l2sp", FloatingPointError("l2sp diverged"))
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, methods=("finetune", "l2sp", "pac"), top=CV), out,
-              devices="cpu", batch_cells=6, log=lambda m: None)
+              RunOptions(devices="cpu", batch_cells=6), log=lambda m: None)
     recs = read_results(out)
     assert len(recs) == 12
     assert {r["method"] for r in recs if r["status"] != "ok"} == {"l2sp"}
@@ -77,9 +78,9 @@ def test_auto_batches_only_pairs_whose_cells_stack(tmp_path, stack, jobs, expect
 
     bad = '[pair.bad]\nrecipe = "tiny.toml"\nmodel = { name = "cnn", width = 4 }'
     out = tmp_path / "out"
-    run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune", "head"), n_target=(5,),
-                     extra=bad), out, devices="cpu", stack=stack, jobs=jobs,
-              log=lambda m: None)
+    path = _suite(tmp_path, seeds=(0, 1), methods=("finetune", "head"), n_target=(5,),
+                  extra=bad)
+    run_suite(path, out, RunOptions(devices="cpu", stack=stack, jobs=jobs), log=lambda m: None)
     machine = json.loads((out / "machine.json").read_text())
     assert machine["batch_cells"] == {"fried": expect, "bad": 1}
     recs = read_results(out)

@@ -18,7 +18,7 @@ from conftest import fail_method
 from pacsim.bench import SuiteError, cell_key, load_suite
 from pacsim.bench.report import write_report
 from pacsim.bench.results import read_results
-from pacsim.bench.runner import run_suite
+from pacsim.bench.runner import RunOptions, run_suite
 
 RECIPE = """
 name = "tiny"
@@ -69,7 +69,7 @@ model = {model}
 def test_fair_protocol_and_records(tmp_path):
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, methods=("scratch", "finetune", "head", "l2sp", "bitfit", "pac")),
-              out, devices="cpu", log=lambda m: None)
+              out, RunOptions(devices="cpu"), log=lambda m: None)
     recs = read_results(out)
     assert len(recs) == 6 * 2 * 2 and all(r["status"] == "ok" for r in recs)
     src, tgt = defaultdict(set), defaultdict(set)
@@ -95,7 +95,7 @@ def test_failed_cell_is_recorded_and_run_goes_on(tmp_path, monkeypatch):
     fail_method(monkeypatch, "l2sp", FloatingPointError("l2sp diverged"))
     out = tmp_path / "out"
     path = _suite(tmp_path, seeds=(0,), methods=("finetune", "l2sp"))
-    run_suite(path, out, devices="cpu", log=lambda m: None)
+    run_suite(path, out, RunOptions(devices="cpu"), log=lambda m: None)
     recs = read_results(out)
     bad = [r for r in recs if r["status"] == "error"]
     assert len(recs) == 4 and len(bad) == 2 and all(r["method"] == "l2sp" for r in bad)
@@ -117,7 +117,7 @@ def test_each_run_logs_its_wall_time_and_the_report_says_where_time_went(
 
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "head")), out,
-              devices="cpu", log=lambda m: None)
+              RunOptions(devices="cpu"), log=lambda m: None)
     real = execute.run_cells
 
     def stop_after_one(suite, out_, todo, *, record, **kw):
@@ -129,10 +129,10 @@ def test_each_run_logs_its_wall_time_and_the_report_says_where_time_went(
     monkeypatch.setattr(execute, "run_cells", stop_after_one)
     with pytest.raises(KeyboardInterrupt):
         run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune", "head")), out,
-                  devices="cpu", batch_cells=1, log=lambda m: None)
+                  RunOptions(devices="cpu", batch_cells=1), log=lambda m: None)
     monkeypatch.setattr(execute, "run_cells", real)
     run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune", "head")), out,
-              devices="cpu", log=lambda m: None)
+              RunOptions(devices="cpu"), log=lambda m: None)
     runs = json.loads((out / "machine.json").read_text())["runs"]
     assert [(r["cells"], r["ok"], r["failed"], r["ended"]) for r in runs] == [
         (4, 4, 0, "done"), (4, 1, 0, "interrupted"), (3, 3, 0, "done")]
@@ -158,7 +158,7 @@ def test_a_run_log_that_cannot_be_written_only_warns(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_log_run", full_disk)
     logged = []
     run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune",), n_target=(5,)),
-              tmp_path / "out", devices="cpu", log=logged.append)
+              tmp_path / "out", RunOptions(devices="cpu"), log=logged.append)
     assert len(read_results(tmp_path / "out")) == 1
     assert any("could not log the run" in m and "No space left" in m for m in logged)
     assert logged[-1].startswith("done: 1 ok")
@@ -324,7 +324,7 @@ def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch)
     path = _suite(tmp_path, seeds=(0,), methods=("head", "l2sp", "pac"), top=top,
                   n_target=(6,))
     clean = tmp_path / "clean"
-    run_suite(path, clean, devices="cpu", log=lambda m: None)
+    run_suite(path, clean, RunOptions(devices="cpu"), log=lambda m: None)
     real_load = protocol.PairData.load
 
     def poisoned(files):
@@ -335,7 +335,7 @@ def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch)
 
     monkeypatch.setattr(protocol.PairData, "load", staticmethod(poisoned))
     dirty = tmp_path / "dirty"
-    run_suite(path, dirty, devices="cpu", log=lambda m: None)
+    run_suite(path, dirty, RunOptions(devices="cpu"), log=lambda m: None)
     a = {r["method"]: r for r in read_results(clean)}
     b = {r["method"]: r for r in read_results(dirty)}
     assert set(a) == {"head", "l2sp", "pac"}
@@ -356,7 +356,7 @@ def test_report_survives_a_torn_prediction_file_and_mistyped_records(tmp_path):
     warning, as a torn line is."""
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,)), out,
-              devices="cpu", log=lambda m: None)
+              RunOptions(devices="cpu"), log=lambda m: None)
     preds = sorted((out / "predictions").glob("*.npz"))
     assert [p.name for p in preds] == ["fried_finetune_n5_s0.npz", "fried_pac_n5_s0.npz"]
     assert not [p for p in (out / "predictions").iterdir() if p.suffix != ".npz"]
@@ -378,7 +378,7 @@ def test_a_damaged_cache_is_trained_again(tmp_path):
     is deterministic), not a reason for every cell that needs it to fail."""
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,)), out,
-              devices="cpu", log=lambda m: None)
+              RunOptions(devices="cpu"), log=lambda m: None)
     caches = sorted((out / "cache").glob("*.pt"))
     assert [p.name.split("_")[0] for p in caches] == ["alloc", "source"]
     first = {p: p.read_bytes() for p in caches}
@@ -386,7 +386,8 @@ def test_a_damaged_cache_is_trained_again(tmp_path):
         p.write_bytes(first[p][:50])
     with pytest.warns(UserWarning, match="training it again"):
         run_suite(_suite(tmp_path, seeds=(0,), methods=("finetune", "pac"), n_target=(5,),
-                         steps=5), out, devices="cpu", log=lambda m: None)
+                         steps=5),
+                  out, RunOptions(devices="cpu"), log=lambda m: None)
     recs = read_results(out)
     assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
     first_run, second_run = recs[:2], recs[2:]
@@ -413,7 +414,7 @@ def test_max_seeds_adds_seeds_where_pacs_verdict_is_within_the_seeds_noise(tmp_p
     monkeypatch.setattr(report, "comparisons", noisy_at_5)
     out = tmp_path / "out"
     logs = []
-    run_suite(path, out, devices="cpu", log=logs.append)
+    run_suite(path, out, RunOptions(devices="cpu"), log=logs.append)
     recs = [r for r in read_results(out) if r["status"] == "ok"]
     seeds = {n: sorted({r["seed"] for r in recs if r["n_target"] == n}) for n in (5, 8)}
     assert seeds == {5: [0, 1, 2, 3, 4], 8: [0, 1, 2]}
@@ -421,7 +422,7 @@ def test_max_seeds_adds_seeds_where_pacs_verdict_is_within_the_seeds_noise(tmp_p
     assert asked and all(s == [0, 1, 2] for s in asked), "decided on the suite's seeds"
     assert json.loads((out / "machine.json").read_text())["planned"] == {"fried": 18 + 6}
     logs.clear()
-    run_suite(path, out, devices="cpu", log=logs.append)  # resumed: nothing more to run
+    run_suite(path, out, RunOptions(devices="cpu"), log=logs.append)  # resumed: nothing more to run
     assert len(read_results(out)) == len(recs)
     with pytest.raises(SuiteError, match="max_seeds"):
         load_suite(_suite(tmp_path, seeds=(0, 1, 2), top="max_seeds = 2"))

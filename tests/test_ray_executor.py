@@ -22,7 +22,7 @@ from test_bench import _alive, _suite  # noqa: E402
 
 from pacsim.bench import cell_key, load_suite  # noqa: E402
 from pacsim.bench.results import read_results  # noqa: E402
-from pacsim.bench.runner import run_suite  # noqa: E402
+from pacsim.bench.runner import RunOptions, run_suite  # noqa: E402
 
 # what a cell measured and chose; seconds, device and versions may differ
 SAME = ("cell_id", "config", "status", "target", "source_after", "source_before",
@@ -46,9 +46,10 @@ def _by_cell(out: Path) -> dict[str, dict]:
 def test_ray_records_equal_the_local_executor_bit_for_bit(tmp_path):
     path = _suite(tmp_path, seeds=(0, 1), methods=("finetune", "head", "pac"))
     # two jobs each: --batch-cells auto splits a pair's cells into one batch per job
-    run_suite(path, tmp_path / "local", jobs=2, devices="cpu", log=lambda m: None)
+    run_suite(path, tmp_path / "local", RunOptions(jobs=2, devices="cpu"),
+              log=lambda m: None)
     lines: list[str] = []
-    run_suite(path, tmp_path / "ray", executor="ray", jobs=2, log=lines.append)
+    run_suite(path, tmp_path / "ray", RunOptions(executor="ray", jobs=2), log=lines.append)
     assert not ray.is_initialized(), "the embedded Ray outlived the run"
     local, remote = _by_cell(tmp_path / "local"), _by_cell(tmp_path / "ray")
     assert set(local) == set(remote) == {cell_key(*c) for c in load_suite(path).cells()}
@@ -64,7 +65,7 @@ def test_ray_records_equal_the_local_executor_bit_for_bit(tmp_path):
     assert any(line.startswith("[12/12]") for line in lines)
     # both executors share the cache layout and the cell identity: nothing left to run
     again: list[str] = []
-    run_suite(path, tmp_path / "ray", jobs=1, devices="cpu", log=again.append)
+    run_suite(path, tmp_path / "ray", RunOptions(jobs=1, devices="cpu"), log=again.append)
     assert "12 already done, 0 to run" in again[0]
 
 
@@ -74,9 +75,10 @@ def test_ray_batches_cells_as_the_local_executor_does(tmp_path):
     bad = '[pair.bad]\nrecipe = "tiny.toml"\nmodel = { name = "cnn", width = 4 }'
     path = _suite(tmp_path, seeds=(0, 1), methods=("finetune", "pac"), extra=bad,
                   top='selection = { mode = "cv", folds = 2 }')
-    run_suite(path, tmp_path / "local", devices="cpu", batch_cells=3, log=lambda m: None)
+    run_suite(path, tmp_path / "local", RunOptions(devices="cpu", batch_cells=3),
+              log=lambda m: None)
     lines: list[str] = []
-    run_suite(path, tmp_path / "ray", executor="ray", jobs=2, batch_cells=3,
+    run_suite(path, tmp_path / "ray", RunOptions(executor="ray", jobs=2, batch_cells=3),
               log=lines.append)
     local, remote = _by_cell(tmp_path / "local"), _by_cell(tmp_path / "ray")
     assert set(local) == set(remote) and len(local) == 16
@@ -102,7 +104,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PACSIM_TEST_CRASH", "fried|finetune|5|0")  # every try
     monkeypatch.setenv("PACSIM_TEST_CRASH_ONCE", "fried|head|5|0")  # the first try only
     out = tmp_path / "out"
-    run_suite(path, out, executor="ray", jobs=2, log=lambda m: None)
+    run_suite(path, out, RunOptions(executor="ray", jobs=2), log=lambda m: None)
     recs = _by_cell(out)
     assert len(recs) == 4
     dead = recs["fried|finetune|5|0"]
@@ -111,7 +113,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert recs["fried|head|5|0"]["status"] == "ok"  # retried on a fresh worker
     assert (out / ".crashed-fried_head_5_0").exists()
     monkeypatch.delenv("PACSIM_TEST_CRASH")
-    run_suite(path, tmp_path / "local", devices="cpu", log=lambda m: None)
+    run_suite(path, tmp_path / "local", RunOptions(devices="cpu"), log=lambda m: None)
     local = _by_cell(tmp_path / "local")
     for key in ("bad|finetune|5|0", "bad|head|5|0"):
         assert recs[key]["error"] == local[key]["error"]
@@ -196,7 +198,7 @@ def test_killed_driver_resumes_without_losing_or_duplicating(tmp_path):
     assert logged <= done, "a cell reported finished is missing from the results"
     assert 3 <= len(done) < total, "the driver must be killed midway for this test to mean much"
     again: list[str] = []
-    run_suite(path, out, executor="ray", jobs=2, log=again.append)
+    run_suite(path, out, RunOptions(executor="ray", jobs=2), log=again.append)
     assert f"{len(done)} already done" in again[0]
     lines = results.read_text().splitlines()
     assert all(json.loads(line) for line in lines)

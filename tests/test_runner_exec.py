@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401
+import dataclasses
 import fcntl
+import re
 import subprocess
 import sys
 import threading
@@ -13,9 +15,9 @@ import threading
 import pytest
 from test_bench import _suite
 
-from pacsim.bench import execute
+from pacsim.bench import execute, ray_executor
 from pacsim.bench.results import read_results
-from pacsim.bench.runner import run_suite
+from pacsim.bench.runner import RunOptions, run_suite
 
 CELLS = [("a", "m", 5, 0), ("a", "m", 9, 0), ("b", "m", 5, 0), ("b", "m", 9, 0)]
 
@@ -109,9 +111,9 @@ def test_second_run_on_the_same_folder_is_refused(tmp_path):
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert "another pacsim bench" in run.stderr and str(out) in run.stderr
         with pytest.raises(ValueError, match="another pacsim bench"):
-            run_suite(path, out, devices="cpu", log=lambda m: None)
+            run_suite(path, out, RunOptions(devices="cpu"), log=lambda m: None)
     assert not (out / "results.jsonl").exists()
-    run_suite(path, out, devices="cpu", log=lambda m: None)  # free again once released
+    run_suite(path, out, RunOptions(devices="cpu"), log=lambda m: None)  # free again once released
     assert len(read_results(out)) == 1
 
 
@@ -130,11 +132,43 @@ def test_devices():
             execute.resolve_devices("cpu,cuda:1")
 
 
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"jobs": 0}, "--jobs must be >= 1, got 0"),
+    ({"executor": "dask"}, "--executor must be local or ray, got 'dask'"),
+    ({"batch_cells": 0}, "--batch-cells must be auto or an integer >= 1"),
+    ({"batch_cells": True}, "--batch-cells must be auto or an integer >= 1"),
+    ({"stack": "on"}, "stack must be True, False or 'auto', got 'on'"),
+    ({"address": "auto"}, "need --executor ray"),
+    ({"cpus_per_cell": 2}, "need --executor ray"),
+    ({"gpus_per_cell": 0.5}, "need --executor ray"),
+    ({"executor": "ray", "devices": "cpu"}, "--devices is for --executor local"),
+    ({"executor": "ray", "cpus_per_cell": 0}, "--cpus-per-cell must be > 0"),
+    ({"executor": "ray", "gpus_per_cell": -1}, "--gpus-per-cell must be >= 0"),
+    ({"executor": "ray", "gpus_per_cell": 1.5}, "above 1 must be a whole number"),
+    ({"executor": "ray", "address": "nowhere"}, "not auto or HOST:PORT"),
+])
+def test_run_options_are_checked_when_made(kwargs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        RunOptions(**kwargs)
+
+
+def test_run_options_give_the_ray_executor_its_options():
+    """An embedded Ray holds ``jobs`` cells' CPUs; without ``jobs``, every core."""
+    opts = RunOptions(executor="ray", jobs=3, cpus_per_cell=1.5, gpus_per_cell=0.5,
+                      address="10.0.0.1:6379", batch_cells=4)
+    assert opts.ray_options() == ray_executor.RayOptions("10.0.0.1:6379", 5, 1.5, 0.5)
+    assert RunOptions(executor="ray").ray_options().num_cpus is None
+    assert RunOptions() == RunOptions(jobs=None, devices=None, executor="local",
+                                      stack="auto", batch_cells="auto")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.jobs = 1  # type: ignore[misc]
+
 @pytest.mark.slow
 def test_cells_spread_over_devices(tmp_path):
     out = tmp_path / "out"
     run_suite(_suite(tmp_path, seeds=(0, 1), methods=("finetune",), n_target=(5,)), out,
-              jobs=2, devices="cpu,cpu", log=lambda m: None)
+              RunOptions(jobs=2, devices="cpu,cpu"), log=lambda m: None)
     recs = read_results(out)
     assert len(recs) == 2 and all(r["status"] == "ok" and r["device"] == "cpu" for r in recs)
 

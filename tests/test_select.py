@@ -15,6 +15,7 @@ from pacsim.train import fit, predict
 from pacsim.transfer import (
     DEFAULT_GRIDS,
     METHODS,
+    Budget,
     SelectionConfig,
     SelectRequest,
     adapt,
@@ -301,6 +302,37 @@ def test_stacking_falls_back_where_models_cannot_stack():
                      seed=0, stack=True, **KW)
     assert res.selection["stacked"] is False
 
+
+def test_budget_is_checked_and_spelled_either_way():
+    """A Budget and its keywords are one budget: the same trainings bit for bit, in
+    select and select_many; giving both, neither or a non-Budget is a TypeError."""
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        Budget(steps=0)
+    with pytest.raises(ValueError, match="stack must be True, False or 'auto', got 'yes'"):
+        Budget(steps=1, stack="yes")
+    assert Budget(4) == Budget(steps=4, lr=1e-3, batch_size=32, stack=False)
+    model, src, tgt = _problem(n=10)
+    sel = SelectionConfig(folds=2, max_steps=6, extend=1)
+    kw = {"device": "cpu", "progress": False}
+    for stack in (False, True):
+        a = select("l2sp", model, tgt, Budget(3, lr=1e-2, batch_size=8, stack=stack),
+                   selection=sel, seed=1, groups=np.arange(10) // 2, **kw)
+        b = select("l2sp", model, tgt, selection=sel, steps=3, lr=1e-2, batch_size=8,
+                   stack=stack, seed=1, groups=np.arange(10) // 2, **kw)
+        c = select_many([SelectRequest("l2sp", model, tgt, 1, groups=np.arange(10) // 2)],
+                        Budget(3, lr=1e-2, batch_size=8, stack=stack), selection=sel, **kw)[0]
+        assert a.selection == b.selection == c.selection
+        for (n, p), q, r in zip(a.model.state_dict().items(), b.model.state_dict().values(),
+                                c.model.state_dict().values()):
+            assert torch.equal(p, q) and torch.equal(p, r), n
+    with pytest.raises(TypeError, match="lr given beside budget"):
+        select("finetune", model, tgt, Budget(3), lr=1e-2, **kw)
+    with pytest.raises(TypeError, match="missing the training budget"):
+        select("finetune", model, tgt, lr=1e-2, **kw)
+    with pytest.raises(TypeError, match="budget must be a Budget, got int"):
+        select("finetune", model, tgt, 3, **kw)
+    with pytest.raises(TypeError, match="steps given beside budget"):
+        select_many([SelectRequest("finetune", model, tgt)], Budget(3), steps=4, **kw)
 
 def test_auto_stacks_where_measured_faster_on_the_cpu():
     from pacsim.models import CNN

@@ -92,7 +92,7 @@ def test_pairs_with_the_same_data_share_its_files(tmp_path):
     from test_bench import RECIPE, _suite
 
     from pacsim.bench import load_suite
-    from pacsim.bench.runner import run_suite
+    from pacsim.bench.runner import RunOptions, run_suite
 
     extra = """
 [pair.fried2]
@@ -112,7 +112,7 @@ n_source = 200
     assert [r.name for r in suite.data_recipes()] == ["fried", "bigger"]
     assert (suite.source_config("fried", 0)["data"] == suite.source_config("fried2", 0)["data"])
     logs: list[str] = []
-    run_suite(path, tmp_path / "out", devices="cpu", log=logs.append)
+    run_suite(path, tmp_path / "out", RunOptions(devices="cpu"), log=logs.append)
     built = sorted(p.name for p in (tmp_path / "data").glob("*.h5"))
     assert built == ["bigger_source.h5", "bigger_target.h5", "fried_source.h5",
                      "fried_target.h5"]

@@ -13,14 +13,14 @@ from test_bench import RECIPE, _suite
 
 from pacsim.bench import load_suite
 from pacsim.bench.results import read_results
-from pacsim.bench.runner import run_suite
+from pacsim.bench.runner import RunOptions, run_suite
 from pacsim.data import H5Dataset
 from pacsim.io import load_checkpoint
 
 
 def _run(path: Path, out: Path, **kw) -> list[str]:
     logs: list[str] = []
-    run_suite(path, out, devices="cpu", log=logs.append, **kw)
+    run_suite(path, out, RunOptions(devices="cpu"), log=logs.append, **kw)
     return logs
 
 

@@ -38,7 +38,7 @@ from ..models.sizing import for_data
 from ..pac import Masks
 from ..sims import recipes
 from ..train import fit, predict
-from ..transfer import SelectRequest, TransferResult, select_many
+from ..transfer import Budget, SelectRequest, TransferResult, select_many
 from ..transfer.methods import prune_and_allocate
 from ..transfer.selection import will_stack
 from .suite import Cell, PairSpec, Suite, config_hash
@@ -308,10 +308,9 @@ def _run_together(ctx: Context, cells: list[Cell]) -> list[dict[str, Any]]:
         target = ctx.data(pair).subset(seed, n_target)
         requests.append(SelectRequest(method, source_model, target, seed, mcfg.grid,
                                       mcfg.options.to_dict(), extra))
-    shared = _shared(cells, ctx)
+    budget, shared = _shared(cells, ctx)
     t0 = time.perf_counter()
-    results = select_many(requests, selection=ctx.suite.selection, stack=ctx.suite.stack,
-                          **shared)
+    results = select_many(requests, budget, selection=ctx.suite.selection, **shared)
     seconds = (time.perf_counter() - t0) / len(cells)
     out = []
     for cell, req, res in zip(cells, requests, results):
@@ -320,15 +319,19 @@ def _run_together(ctx: Context, cells: list[Cell]) -> list[dict[str, Any]]:
     return out
 
 
-def _shared(cells: list[Cell], ctx: Context) -> dict[str, Any]:
-    """Training arguments the cells of a batch share (one pair's): ValueError if not."""
+def _shared(cells: list[Cell], ctx: Context) -> tuple[Budget, dict[str, Any]]:
+    """The budget and other training arguments the cells of a batch share (one pair's):
+    ValueError if they are of several pairs."""
     pairs = {c.pair for c in cells}
     if len(pairs) > 1:
         raise ValueError(f"a batch of cells needs one pair, got {sorted(pairs)}")
     pair = cells[0].pair
     spec = ctx.suite.pairs[pair]
-    kw = {k: v for k, v in ctx.fit_kwargs(pair, cells[0].seed).items() if k != "seed"}
-    return {**kw, "steps": spec.train.target_steps, "batch_size": spec.train.batch_size}
+    kw = {k: v for k, v in ctx.fit_kwargs(pair, cells[0].seed).items()
+          if k not in ("seed", "lr")}
+    budget = Budget(steps=spec.train.target_steps, lr=spec.train.lr,
+                    batch_size=spec.train.batch_size, stack=ctx.suite.stack)
+    return budget, kw
 
 
 def _record(ctx: Context, cell: Cell, req: SelectRequest, res: TransferResult,

@@ -46,7 +46,8 @@ CRASH_ONCE_ENV = "PACSIM_TEST_CRASH_ONCE"  # tests: cell keys whose worker dies 
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how to run on Ray.
+    """Where and how to run on Ray (from ``pacsim bench``'s flags:
+    :meth:`pacsim.bench.runner.RunOptions.ray_options`).
 
     ``address``: None starts an embedded Ray on this machine with ``num_cpus`` CPUs
     (default: every core); ``"auto"`` or ``"HOST:PORT"`` joins a running cluster.

@@ -30,7 +30,7 @@ from . import execute, ray_executor
 from .results import RESULTS, append_record, read_results
 from .suite import Cell, Suite, cell_key, load_suite
 
-__all__ = ["Plan", "plan_suite", "run_suite"]
+__all__ = ["Plan", "RunOptions", "plan_suite", "run_suite"]
 
 
 @dataclass
@@ -119,71 +119,120 @@ def _dry_run(suite: Suite, plan: Plan, log: Callable[[str], Any]) -> None:
         log(f"  {cell_key(*cell)} {reason}" + (f" ({detail})" if detail else ""))
 
 
-def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
-              jobs: int | None = None, devices: str | Sequence[str] | None = None,
-              device: str | None = None, data_dir: str | None = None,
+@dataclass(frozen=True)
+class RunOptions:
+    """How a suite's cells execute, never what they compute (no cell's identity depends
+    on it); checked when made, with the messages of the ``pacsim bench`` flags.
+
+    ``executor="local"``: ``jobs`` processes (default 1) on ``devices``
+    (``"cuda:0,cuda:1"``, a list, or None for every visible CUDA device, else the CPU),
+    each worker on one device, round robin. ``executor="ray"``: Ray tasks of
+    ``cpus_per_cell`` CPUs and ``gpus_per_cell`` GPUs each, on the cluster at ``address``
+    (``"auto"`` or ``"HOST:PORT"``) or, without one, on an embedded Ray of
+    ``jobs * cpus_per_cell`` CPUs (default: every core); :meth:`ray_options` is what the
+    Ray executor gets. ``stack``: whether each cell's cross-validation trains its folds x
+    configurations as ``fit_many`` stacks (True, False, or ``"auto"``: where measured
+    faster, see :func:`pacsim.transfer.select`). ``batch_cells``: at most this many cells
+    of one pair and target size (any method and seed) train together as one task, their
+    stacks shared (:func:`pacsim.transfer.select_many`); 1 is one cell a task,
+    ``"auto"`` is :func:`auto_batch_cells`, only for pairs whose cells stack. Records stay
+    one per cell, the same with or without up to float rounding."""
+
+    jobs: int | None = None
+    devices: str | Sequence[str] | None = None
+    executor: str = "local"
+    address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
+    stack: bool | str = "auto"
+    batch_cells: int | str = "auto"
+
+    def __post_init__(self) -> None:
+        check_batch_cells(self.batch_cells)
+        if self.jobs is not None and self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"--executor must be local or ray, got {self.executor!r}")
+        if self.stack not in (True, False, "auto"):
+            raise ValueError(f"stack must be True, False or 'auto', got {self.stack!r}")
+        if self.executor == "ray":
+            if self.devices is not None:
+                raise ValueError("--devices is for --executor local; on Ray each cell gets "
+                                 "--gpus-per-cell GPUs from Ray")
+            self.ray_options()  # RayOptions checks the address and the per-cell resources
+        elif self.address is not None or self.cpus_per_cell != 1 or self.gpus_per_cell != 0:
+            raise ValueError("--address, --cpus-per-cell and --gpus-per-cell need "
+                             "--executor ray")
+
+    def ray_options(self) -> ray_executor.RayOptions:
+        """The Ray executor's options: an embedded Ray of ``jobs`` cells' CPUs."""
+        num_cpus = None if self.jobs is None else math.ceil(self.jobs * self.cpus_per_cell)
+        return ray_executor.RayOptions(self.address, num_cpus, self.cpus_per_cell,
+                                       self.gpus_per_cell)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A run's :class:`RunOptions` resolved on this machine: the Ray executor's options
+    (None: local processes), the local jobs and devices, whether cells train on CUDA, and
+    how many cells a task holds at most (``k``)."""
+
+    options: RunOptions
+    ray: ray_executor.RayOptions | None
+    jobs: int | None
+    devices: list[str]
+    cuda: bool
+    k: int
+
+    @classmethod
+    def resolve(cls, options: RunOptions) -> _Setup:
+        """Check Ray is installed or the devices exist, and resolve them."""
+        if options.executor == "ray":
+            ray_executor.require_ray()
+            ray, jobs, devs = options.ray_options(), options.jobs, []
+            cuda = options.gpus_per_cell > 0
+        else:
+            ray, jobs = None, options.jobs or 1
+            devs = execute.resolve_devices(options.devices)
+            cuda = all(d.startswith("cuda") for d in devs)
+        return cls(options, ray, jobs, devs, cuda, auto_batch_cells(options.batch_cells, cuda))
+
+    def describe(self) -> str:
+        """How the cells run, for the run's summary line."""
+        how = (self.ray.describe() if self.ray is not None else
+               f"{self.jobs} job(s) on {','.join(self.devices)}")
+        if self.k > 1:
+            how += (f", up to {self.k} cells a task" if self.options.batch_cells != "auto"
+                    else f", up to {self.k} cells a task where they stack")
+        return how
+
+
+def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str],
+              options: RunOptions | None = None, *, data_dir: str | None = None,
               retry_failed: bool = False, dry_run: bool = False,
-              executor: str = "local", address: str | None = None,
-              cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
-              stack: bool | str = "auto", batch_cells: int | str = "auto",
               log: Callable[[str], Any] = print) -> Path:
     """Run (or resume) a suite into ``out``; returns the results file.
 
-    ``executor="local"``: ``jobs`` processes (default 1) on ``devices``
-    (``"cuda:0,cuda:1"``, a list, or None for every visible CUDA device, else the CPU;
-    ``device`` is the older single-device spelling), each worker on one device, round
-    robin. ``executor="ray"``: Ray tasks of ``cpus_per_cell`` CPUs and ``gpus_per_cell``
-    GPUs each, on the cluster at ``address`` (``"auto"`` or ``"HOST:PORT"``) or, without
-    one, on an embedded Ray of ``jobs * cpus_per_cell`` CPUs (default: every core).
-    ``dry_run`` only says what would run and why. A second run on the same ``out`` is
-    refused (:class:`execute.FolderBusy`). ``stack``: whether each cell's
-    cross-validation trains its folds x configurations as ``fit_many`` stacks (True,
-    False, or ``"auto"``: where measured faster, see :func:`pacsim.transfer.select`).
-    ``batch_cells``: at most this many cells of one pair and target size (any method
-    and seed) train together as one task, their stacks shared
-    (:func:`pacsim.transfer.select_many`); 1 is one cell a task, ``"auto"`` is
-    :func:`auto_batch_cells`, only for pairs whose cells stack. Records stay one per
-    cell, the same with or without up to float rounding.
+    ``options``: how the cells execute (:class:`RunOptions`; default: one local job).
+    ``data_dir`` overrides the suite's. ``retry_failed`` runs cells whose newest record
+    is a failure again. ``dry_run`` only says what would run and why. A second run on the
+    same ``out`` is refused (:class:`execute.FolderBusy`).
     """
+    if options is None:
+        options = RunOptions()
     if os.path.lexists(out) and not Path(out).is_dir():
         raise ValueError(f"{out}: exists and is not a folder; --out names the results folder")
-    suite = dataclasses.replace(load_suite(suite_path, data_dir=data_dir), stack=stack)
-    check_batch_cells(batch_cells)
-    if jobs is not None and jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    if executor not in ("local", "ray"):
-        raise ValueError(f"--executor must be local or ray, got {executor!r}")
+    suite = dataclasses.replace(load_suite(suite_path, data_dir=data_dir), stack=options.stack)
     out = Path(out)
-    if executor == "ray":
-        if devices is not None or device is not None:
-            raise ValueError("--devices is for --executor local; on Ray each cell gets "
-                             "--gpus-per-cell GPUs from Ray")
-        ray_executor.require_ray()
-        ray_opts: ray_executor.RayOptions | None = ray_executor.RayOptions(
-            address, None if jobs is None else math.ceil(jobs * cpus_per_cell),
-            cpus_per_cell, gpus_per_cell)
-        devs: list[str] = []
-        cuda = gpus_per_cell > 0
-        how = ray_opts.describe()
-    else:
-        if address is not None or cpus_per_cell != 1 or gpus_per_cell != 0:
-            raise ValueError("--address, --cpus-per-cell and --gpus-per-cell need "
-                             "--executor ray")
-        ray_opts, jobs = None, jobs or 1
-        devs = execute.resolve_devices(devices if devices is not None else device)
-        cuda = all(d.startswith("cuda") for d in devs)
-        how = f"{jobs} job(s) on {','.join(devs)}"
-    k = auto_batch_cells(batch_cells, cuda)
-    if k > 1:
-        how += (f", up to {k} cells a task" if batch_cells != "auto" else
-                f", up to {k} cells a task where they stack")
+    setup = _Setup.resolve(options)
+    how = setup.describe()
     if dry_run:
         plan = plan_suite(suite, read_results(out), retry_failed)
         log(_summary(suite, plan, how, out))
         _dry_run(suite, plan, log)
         return out / RESULTS
-    if ray_opts is not None and ray_opts.address is not None:
-        ray_executor.check_address(ray_opts.address)  # fail fast, before data is built
+    if setup.ray is not None and setup.ray.address is not None:
+        ray_executor.check_address(setup.ray.address)  # fail fast, before data is built
     with execute.folder_lock(out):
         execute.repair_tail(out / RESULTS)
         (out / "cache").mkdir(parents=True, exist_ok=True)
@@ -194,7 +243,7 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str], *
             plan = plan_suite(suite, read_results(out), retry_failed)
             log(_summary(suite, plan, how, out))
             if plan.todo:
-                _run_plan(suite, out, plan, ray_opts, jobs, devs, batch_cells, k, cuda, log)
+                _run_plan(suite, out, plan, setup, log)
             grown = _with_seeds(suite, read_results(out), log)
             if grown is suite:
                 break
@@ -234,23 +283,25 @@ def _with_seeds(suite: Suite, records: Sequence[dict[str, Any]],
         suite, extra_seeds=extra)
 
 
-def _run_plan(suite: Suite, out: Path, plan: Plan, ray_opts: Any, jobs: int | None,
-              devs: list[str], batch_cells: int | str, k: int, cuda: bool,
+def _run_plan(suite: Suite, out: Path, plan: Plan, setup: _Setup,
               log: Callable[[str], Any]) -> None:
     """Execute a plan's cells with the local processes or Ray."""
-    kind = "cuda" if cuda else "cpu"
-    if ray_opts is None:
-        batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
-                             min(jobs, len(plan.todo)))
-        _write_machine(out, suite, {"executor": "local", "jobs": jobs, "devices": devs,
-                                    "batch_cells": batch})
-        run = functools.partial(execute.run_cells, jobs=min(jobs, len(plan.todo)),
-                                devices=devs, batch=batch)
+    kind = "cuda" if setup.cuda else "cpu"
+    value = setup.options.batch_cells
+    if setup.ray is None:
+        assert setup.jobs is not None
+        jobs = min(setup.jobs, len(plan.todo))
+        batch = _batch_sizes(suite, value, setup.k, kind, plan.cells(), jobs)
+        _write_machine(out, suite, {"executor": "local", "jobs": setup.jobs,
+                                    "devices": setup.devices, "batch_cells": batch})
+        run = functools.partial(execute.run_cells, jobs=jobs, devices=setup.devices,
+                                batch=batch)
         _execute(suite, out, plan.cells(), run, log)
         return
+    ray_opts = setup.ray
     with ray_executor.connect(ray_opts, log) as ray:
         cluster = ray.cluster_resources()
-        batch = _batch_sizes(suite, batch_cells, k, kind, plan.cells(),
+        batch = _batch_sizes(suite, value, setup.k, kind, plan.cells(),
                              ray_opts.slots(cluster))
         _write_machine(out, suite, {"executor": "ray", **dataclasses.asdict(ray_opts),
                                     "jobs": ray_opts.slots(cluster),

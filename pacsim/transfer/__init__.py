@@ -13,7 +13,7 @@ from .methods import (
 )
 from .options import DEFAULT_GRIDS, OPTIONS, Options, check_grid, method_options
 from .registry import Method, PlanContext, discover, names, register
-from .selection import SelectionConfig, SelectRequest, select, select_many
+from .selection import Budget, SelectionConfig, SelectRequest, select, select_many
 
 discover(__name__, __path__)
 
@@ -22,7 +22,7 @@ discover(__name__, __path__)
 #: not listed: see :func:`pacsim.transfer.registry.names`.
 METHODS: tuple[str, ...] = names(default=True)
 
-__all__ = ["DEFAULT_GRIDS", "METHODS", "OPTIONS", "Method", "Options", "PlanContext",
+__all__ = ["DEFAULT_GRIDS", "METHODS", "OPTIONS", "Budget", "Method", "Options", "PlanContext",
            "SelectRequest", "SelectionConfig", "TrainingPlan", "TransferResult", "adapt",
            "allocated_model", "check_grid", "head_names", "last_layer", "method_options",
            "names", "register", "select", "select_many", "training_plan"]

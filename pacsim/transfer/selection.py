@@ -121,6 +121,45 @@ class SelectionConfig:
         return out
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The fixed training the transfers of a selection share: ``steps`` optimiser steps
+    (the whole training with ``mode="fixed"``; with CV the base of the step horizon, see
+    :attr:`SelectionConfig.max_steps`), learning rate ``lr`` (where the grid does not
+    choose it) and ``batch_size`` (capped at each training set's size). ``stack``: how
+    the cross-validation trains, not what (True, False or ``"auto"``, see
+    :func:`select`)."""
+
+    steps: int
+    lr: float = 1e-3
+    batch_size: int = 32
+    stack: bool | str = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.stack not in (True, False, "auto"):
+            raise ValueError(f"stack must be True, False or 'auto', got {self.stack!r}")
+
+    @classmethod
+    def of(cls, budget: Budget | None, kwargs: dict[str, Any]) -> Budget:
+        """``budget``, or one from the keywords ``steps``, ``lr``, ``batch_size`` and
+        ``stack`` taken out of ``kwargs`` (the spelling :func:`select` also accepts);
+        TypeError when neither or both are given."""
+        given = {f.name: kwargs.pop(f.name) for f in fields(cls) if f.name in kwargs}
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
+        if budget is None:
+            if "steps" not in given:
+                raise TypeError("missing the training budget: budget=Budget(steps=...) "
+                                "(or steps=...)")
+            return cls(**given)
+        if given:
+            raise TypeError(f"{', '.join(given)} given beside budget: set them in the "
+                            "Budget")
+        return budget
+
+
 #: Points kept per recorded CV curve (the curve itself is evaluated at every epoch).
 CURVE_POINTS = 60
 
@@ -189,39 +228,41 @@ class SelectRequest:
     groups: Any = None
 
 
-def select(method: str, source_model: nn.Module, target: Data, *,
-           selection: SelectionConfig | None = None, steps: int,
+def select(method: str, source_model: nn.Module, target: Data, budget: Budget | None = None,
+           *, selection: SelectionConfig | None = None,
            grid: Mapping[str, list[Any]] | None = None,
-           options: Mapping[str, Any] | None = None, lr: float = 1e-3, batch_size: int = 32,
-           seed: int = 0, stack: bool | str = False, groups: Any = None,
+           options: Mapping[str, Any] | None = None, seed: int = 0,
            **kwargs: Any) -> TransferResult:
     """Choose ``method``'s hyper-parameters on ``target`` only, then transfer with them.
 
-    ``selection``: :class:`SelectionConfig` (default: 5-fold CV). ``steps``: the fixed
-    budget; with CV the step count is chosen from 1 to ``selection.max_steps`` (default
-    ``3 * steps``). ``grid``: option -> candidate values (default
-    :data:`~pacsim.transfer.options.DEFAULT_GRIDS`); ``options``: the method's other
-    options, fixed. ``batch_size`` is capped at the training-set size. Other keywords go
-    to :func:`adapt` (``source``, ``allocated``, ``device``, ``weight_decay``, ...).
+    ``budget``: the fixed training (:class:`Budget`: ``steps``, ``lr``, ``batch_size``,
+    ``stack``), or those four as keywords (``steps=500, lr=...``), not both.
+    ``selection``: :class:`SelectionConfig` (default: 5-fold CV); with CV the step count
+    is chosen from 1 to ``selection.max_steps`` (default ``3 * steps``). ``grid``: option
+    -> candidate values (default :data:`~pacsim.transfer.options.DEFAULT_GRIDS`);
+    ``options``: the method's other options, fixed. The keyword ``groups`` (one id per
+    target sample, e.g. its trajectory) keeps each group in one fold, so correlated
+    samples never sit on both sides of a fold's boundary. Other keywords go to
+    :func:`adapt` (``source``, ``allocated``, ``device``, ``weight_decay``, ...).
     The result's ``selection`` says what was chosen, the CV loss and the mean curves.
-    ``groups`` (one id per target sample, e.g. its trajectory) keeps each group in one
-    fold, so correlated samples never sit on both sides of a fold's boundary.
 
-    ``stack=True`` trains the folds x configurations of the cross-validation, and then
-    the final model, as stacks of models (:func:`pacsim.train.fit_many`, one stack per
-    fold size) instead of one by one: the same trainings (same batches, masks and pulls)
-    up to float rounding, several times faster for small models; models ``fit_many``
-    cannot stack (BatchNorm, dropout) and trainer options it does not take train one by
-    one. ``stack="auto"`` stacks where it was measured faster: everywhere on CUDA, and on
-    the CPU for models without 2D/3D convolutions, spectral ones included (a stack of 2D
-    CNNs ran 0.86x as fast on 2 CPU cores, of 2D FNOs 0.6-1.0x; MLPs 1.4-2.6x, 1D CNNs
-    1.5x as fast, whole benchmark cells; 1D FNOs 1.7x, training steps).
+    ``stack=True`` (the budget's) trains the folds x configurations of the cross-validation,
+    and then the final model, as stacks of models (:func:`pacsim.train.fit_many`, one
+    stack per fold size) instead of one by one: the same trainings (same batches, masks
+    and pulls) up to float rounding, several times faster for small models; models
+    ``fit_many`` cannot stack (BatchNorm, dropout) and trainer options it does not take
+    train one by one. ``stack="auto"`` stacks where it was measured faster: everywhere
+    on CUDA, and on the CPU for models without 2D/3D convolutions, spectral ones
+    included (a stack of 2D CNNs ran 0.86x as fast on 2 CPU cores, of 2D FNOs 0.6-1.0x;
+    MLPs 1.4-2.6x, 1D CNNs 1.5x as fast, whole benchmark cells; 1D FNOs 1.7x, training
+    steps).
     :func:`select_many` does the same for many transfers at once.
     """
+    budget = Budget.of(budget, kwargs)
+    groups = kwargs.pop("groups", None)
     request = SelectRequest(method, source_model, target, seed, grid, options, kwargs,
                             groups)
-    return select_many([request], selection=selection, steps=steps, lr=lr,
-                       batch_size=batch_size, stack=stack)[0]
+    return select_many([request], budget, selection=selection)[0]
 
 
 @dataclass
@@ -275,31 +316,30 @@ class _Search:
         return len(self.configs) - 1
 
 
-def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig | None = None,
-                steps: int, lr: float = 1e-3, batch_size: int = 32, stack: bool | str = False,
+def select_many(requests: Sequence[SelectRequest], budget: Budget | None = None, *,
+                selection: SelectionConfig | None = None,
                 max_stack: int | str | None = "auto", **kwargs: Any) -> list[TransferResult]:
     """:func:`select` for many transfers at once, one result per request, in order.
 
-    Each request is exactly what :func:`select` would do with its own method, target,
-    seed, grid, options and ``extra`` keywords plus the shared ``kwargs`` (``device``,
-    ``weight_decay``, ...). With ``stack``, the cross-validation trainings of *all*
-    requests that can share a stack (one architecture, same fold size) run as one
-    ``fit_many`` call per fold size, and their final retrains as one more, each model
-    with its own data, seed, learning rate, mask, pull and step count: a sweep's cells
-    of one pair and target size, across methods and seeds, train together.
+    Each request is exactly what :func:`select` would do with its own method, target, seed,
+    grid, options and ``extra`` keywords plus the shared ``budget`` (or its keywords, as
+    for :func:`select`) and ``kwargs`` (``device``, ``weight_decay``, ...). With the
+    budget's ``stack``, the cross-validation trainings of *all* requests that can share
+    a stack (one architecture, same fold size) run as one ``fit_many`` call per fold
+    size, and their final retrains as one more, each model with its own data, seed,
+    learning rate, mask, pull and step count: a sweep's cells of one pair and target
+    size, across methods and seeds, train together.
     ``max_stack`` caps the models of one ``fit_many`` call (None: no cap; ``"auto"``:
     none on CUDA, :data:`CPU_MAX_STACK` on the CPU, where very large stacks ran slower);
     a stack that runs out of device memory is trained in halves.
     """
     selection = selection or SelectionConfig()
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    budget = Budget.of(budget, kwargs)
+    steps, lr, batch_size = budget.steps, budget.lr, budget.batch_size
     if selection.mode != "fixed" and ("schedule_steps" in kwargs
                                       or any("schedule_steps" in r.extra for r in requests)):
         raise ValueError("schedule_steps is not a selection argument: cross-validation "
                          "anneals a schedule over max_steps and retrains along that path")
-    if stack not in (True, False, "auto"):
-        raise ValueError(f"stack must be True, False or 'auto', got {stack!r}")
     asked = list(requests)
     requests, owners = _expand_auto(asked, kwargs, selection)
     results: list[TransferResult | None] = [None] * len(requests)
@@ -317,8 +357,7 @@ def select_many(requests: Sequence[SelectRequest], *, selection: SelectionConfig
             res.selection = {"mode": "fixed", "chosen": {}, "steps": res.history.steps}
             results[i] = res
         else:
-            searches[i] = _search(req, x, y, base, selection, steps, lr, batch_size, stack,
-                                  rkw)
+            searches[i] = _search(req, x, y, base, selection, budget, rkw)
     if not searches:
         return results  # type: ignore[return-value]
     max_steps = selection.max_steps or 3 * steps
@@ -479,8 +518,7 @@ def _choose_or_none(s: _Search, histories: Histories, max_steps: int, candidate:
 
 
 def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str, Any],
-            selection: SelectionConfig, steps: int, lr: float, batch_size: int,
-            stack: bool | str, kwargs: dict[str, Any]) -> _Search:
+            selection: SelectionConfig, budget: Budget, kwargs: dict[str, Any]) -> _Search:
     """Check a request and lay out its cross-validation (PAC allocates here, once)."""
     n = x.shape[0]
     opts = method_options(req.method, base)
@@ -495,8 +533,8 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
                              "allocate)")
         alloc_model, alloc_masks, info = allocated_model(
             req.source_model, src, opts, source_val=kwargs.pop("source_val", None),
-            allocate_kwargs=kwargs.pop("allocate_kwargs", None), lr=lr, steps=steps,
-            batch_size=batch_size, seed=req.seed,
+            allocate_kwargs=kwargs.pop("allocate_kwargs", None), lr=budget.lr,
+            steps=budget.steps, batch_size=budget.batch_size, seed=req.seed,
             **{k: v for k, v in kwargs.items() if k in ("device", "weight_decay",
                                                           "optimizer", "progress")})
         kwargs["allocated"] = (alloc_model, alloc_masks)
@@ -508,7 +546,8 @@ def _search(req: SelectRequest, x: torch.Tensor, y: torch.Tensor, base: dict[str
                        else req.grid)
     tables = space if isinstance(space, list) else [space]
     search = _Search(req.method, req.source_model, x, y, base, req.seed, kwargs, [],
-                     splits, will_stack(req.source_model, stack, kwargs), allocate=allocate)
+                     splits, will_stack(req.source_model, budget.stack, kwargs),
+                     allocate=allocate)
     for t, table in enumerate(tables):
         search.axes.update({(t, k): sorted(v) for k, v in table.items() if _numeric(v)})
         for config in ParameterGrid(table) if table else [{}]:
