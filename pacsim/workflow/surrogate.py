@@ -30,7 +30,7 @@ from ..io import load_checkpoint, save_checkpoint
 from ..models.physical import PhysicalModel
 from ..models.sizing import default_model, for_data
 from ..train import History, evaluate, fit
-from ..transfer import TransferResult, select
+from ..transfer import Budget, TransferResult, select
 from ..transfer.options import DEFAULT_GRIDS, TRAIN_GRID_KEYS
 from .provenance import check_out, check_shapes, data_record, file_fingerprint, file_info
 from .settings import TrainSettings, TransferSettings
@@ -467,11 +467,11 @@ def _run(model: nn.Module, sample: _Sample, source: _Source, s: TransferSettings
     fixed = set(s.options) | ({"lr"} if s.selection == "fixed" else set())
     grid = (_grid_without(method, fixed - set(TRAIN_GRID_KEYS))
             if s.selection == "cv" and not s.auto else None)
-    return select(method, model, (sample.x, sample.y), selection=cfg, steps=s.steps,
-                  grid=grid, options=dict(s.options), lr=s.lr, batch_size=s.batch_size,
-                  seed=s.seed, device=dev, weight_decay=s.weight_decay,
-                  progress=progress if is_main() else False,
-                  stack="auto" if not launched() else False,
+    budget = Budget(steps=s.steps, lr=s.lr, batch_size=s.batch_size,
+                    stack="auto" if not launched() else False)
+    return select(method, model, (sample.x, sample.y), budget, selection=cfg, grid=grid,
+                  options=dict(s.options), seed=s.seed, device=dev,
+                  weight_decay=s.weight_decay, progress=progress if is_main() else False,
                   groups=sample.groups, **source.kwargs)
 
 
