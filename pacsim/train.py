@@ -36,7 +36,7 @@ from .training.core import (
     make_loss,
     schedule_horizon,
 )
-from .training.single import RECOMPILE_LIMIT, _mean_loss, compile_options, fit
+from .training.single import RECOMPILE_LIMIT, batched_mean_loss, compile_options, fit
 
 __all__ = ["LOSSES", "OPTIMIZERS", "RECOMPILE_LIMIT", "Callback", "Data", "History", "L2Penalty",
            "L2Pull", "MaskSpec", "ProgressBar", "StopWhen", "TrainConfig", "TrainingDiverged",
@@ -79,7 +79,7 @@ def mean_loss(model: nn.Module, data: Data, *, loss: str | Callable[..., torch.T
     model.to(dev)
     was_training = model.training
     try:
-        return _mean_loss(model, batches(data, batch_size, dev, shuffle=False, name="data"),
+        return batched_mean_loss(model, batches(data, batch_size, dev, shuffle=False, name="data"),
                           make_loss(loss), contextlib.nullcontext(), isinstance(loss, str))
     finally:
         model.train(was_training)

@@ -10,7 +10,7 @@ Top-level keys: ``name``, ``seeds`` (``max_seeds``: more seeds, up to that count
 pair and n where PAC's verdict is within the seeds' noise), ``n_target``, ``methods``,
 ``selection`` (``"cv"``,
 ``"fixed"`` or a table; default ``"fixed"``), ``data_dir``, and the tables ``[train]``
-(:class:`TrainConfig`), ``[method.NAME]`` (the method's options plus an optional
+(:class:`SuiteTraining`), ``[method.NAME]`` (the method's options plus an optional
 ``grid = {key = [values]}``) and ``[pair.NAME]`` (``recipe``, ``model``, optional
 ``n_source``, ``n_target_pool``, ``n_target`` and ``[train]`` keys for this pair).
 """
@@ -79,7 +79,7 @@ def _canonical(obj: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class SuiteTraining:
     """The training budget shared by every method (``[train]``, per pair overridable).
 
     Source model: ``source_epochs`` at ``source_batch_size``; PAC allocate:
@@ -114,7 +114,7 @@ class TrainConfig:
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
-    def updated(self, raw: Mapping[str, Any]) -> TrainConfig:
+    def updated(self, raw: Mapping[str, Any]) -> SuiteTraining:
         """A copy with the keys of ``raw`` replaced, type- and range-checked."""
         kinds = {f.name: f.type for f in dataclasses.fields(self)}
         values = {}
@@ -167,7 +167,7 @@ class PairSpec:
     name: str
     recipe: recipes.Recipe
     model: dict[str, Any]
-    train: TrainConfig
+    train: SuiteTraining
     n_target: list[int]
     #: Methods whose options this pair sets (``[pair.NAME.method.pac]``), resolved.
     methods: dict[str, MethodSpec] = field(default_factory=dict)
@@ -294,7 +294,7 @@ def load_suite(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | 
     except (TypeError, ValueError) as exc:
         raise SuiteError(f"{path}: {exc}") from None  # the message names 'selection'
     try:
-        train = TrainConfig().updated(_table(raw.get("train", {}), "[train]", path))
+        train = SuiteTraining().updated(_table(raw.get("train", {}), "[train]", path))
     except ValueError as exc:
         raise SuiteError(f"{path}: [train] {exc}") from None
     if not raw.get("pair"):
@@ -362,7 +362,7 @@ def _method_specs(path: Path, where: str, tables: dict[str, Any],
     return out
 
 
-def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
+def _pair(path: Path, name: str, spec: dict[str, Any], train: SuiteTraining,
           n_target: list[int], methods: dict[str, MethodSpec]) -> PairSpec:
     where = f"{path}: [pair.{name}]"
     if (why := plain_name(name)) is not None:
@@ -395,10 +395,10 @@ def _pair(path: Path, name: str, spec: dict[str, Any], train: TrainConfig,
     if max(sizes) > int(round(pool)):
         raise SuiteError(f"{where} n_target {max(sizes)} exceeds the target "
                          f"pool of about {int(round(pool))} samples")
-    unknown = [k for k in spec if k not in PAIR_KEYS + TrainConfig.keys()]
+    unknown = [k for k in spec if k not in PAIR_KEYS + SuiteTraining.keys()]
     if unknown:
         raise SuiteError(f"{where} unknown key {unknown[0]!r} "
-                         f"(keys: {', '.join(PAIR_KEYS + TrainConfig.keys())})")
+                         f"(keys: {', '.join(PAIR_KEYS + SuiteTraining.keys())})")
     try:
         train = train.updated({k: v for k, v in spec.items() if k not in PAIR_KEYS})
     except ValueError as exc:

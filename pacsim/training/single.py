@@ -316,7 +316,7 @@ def fit(
                 if val_b is not None:
                     # the eager model: eval mode under no_grad would be further graphs
                     # (and CUDA graph memory) for one pass an epoch
-                    v = _mean_loss(model, val_b, loss_fn, autocast, isinstance(loss, str))
+                    v = batched_mean_loss(model, val_b, loss_fn, autocast, isinstance(loss, str))
                     improved = history.record_val(epoch, history.steps, v)
                     if not math.isfinite(v):  # the epoch's last steps broke the weights
                         failure = best.diverged(epoch_start, history,
@@ -399,7 +399,7 @@ class _BestEpoch:
 
 
 @torch.no_grad()
-def _mean_loss(model: nn.Module, data: Batches, loss_fn: Callable[..., torch.Tensor],
+def batched_mean_loss(model: nn.Module, data: Batches, loss_fn: Callable[..., torch.Tensor],
                autocast: Any, same_shapes: bool = True) -> float:
     """Mean loss over ``data``; ``same_shapes``: outputs and targets must match (the
     built-in losses), as in training."""
