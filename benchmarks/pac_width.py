@@ -65,6 +65,21 @@ def widened(model: dict[str, Any], width: int) -> dict[str, Any]:
     return out
 
 
+def pair_spec(base: Path, raw: dict[str, Any], pair: str) -> dict[str, Any]:
+    """A copy of ``base``'s ``[pair.NAME]`` table with its recipe path made absolute, for a
+    suite written elsewhere."""
+    if pair not in raw["pair"]:
+        raise SystemExit(f"{base}: no pair {pair!r}")
+    spec = dict(raw["pair"][pair])
+    spec["recipe"] = (base.parent / spec["recipe"]).resolve().as_posix()
+    return spec
+
+
+def pair_lines(pair: str, spec: dict[str, Any]) -> list[str]:
+    """``spec`` as a suite's ``[pair.NAME]`` table."""
+    return ["", f"[pair.{pair}]"] + [f"{k} = {_toml(v)}" for k, v in spec.items()]
+
+
 def write_suite(base: Path, pairs: list[str], width: int, ns: list[int], seeds: list[int],
                 methods: list[str], out: Path) -> Path:
     """The base suite's ``pairs`` at ``width``, sizes ``ns``, ``seeds``, ``methods``."""
@@ -78,17 +93,14 @@ def write_suite(base: Path, pairs: list[str], width: int, ns: list[int], seeds: 
              "", "[train]"]
     lines += [f"{k} = {_toml(v)}" for k, v in raw["train"].items()]
     for pair in pairs:
-        if pair not in raw["pair"]:
-            raise SystemExit(f"{base}: no pair {pair!r}")
-        spec = dict(raw["pair"][pair])
-        spec["recipe"] = (base.parent / spec["recipe"]).resolve().as_posix()
+        spec = pair_spec(base, raw, pair)
         spec["model"] = widened(spec["model"], width)
         spec.pop("n_target", None)
         if isinstance(spec.get("method"), dict):
             spec["method"] = {m: o for m, o in spec["method"].items() if m in methods}
             if not spec["method"]:
                 spec.pop("method")
-        lines += ["", f"[pair.{pair}]"] + [f"{k} = {_toml(v)}" for k, v in spec.items()]
+        lines += pair_lines(pair, spec)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "suite.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,154 @@
+"""Which state of the final retrain to keep: the chosen step's (``final="last"``) or the
+epoch with the lowest loss on the n target samples (``final="best"``).
+
+At a constant high learning rate the target loss of a small network spikes now and then;
+cross-validation picks a step count from the folds' mean curve, and the final retrain on
+all n samples can stop on a spike of its own. This script runs the base suite's
+``--pairs`` at ``--n`` with ``selection.final = "best"`` through the benchmark runner and
+compares every cell with the same cell of a ``--reference`` run of the base suite (same
+seeds, data, grids and folds; ``final="last"``): per (pair, n, method) the mean target
+RMSE under each and the worst seed over the median seed (a spike's signature), and per
+method the ratio to the per-problem best baseline (geometric mean, worst), ``auto``
+included. Writes ``final_state.md`` and ``summary.json`` into ``--work``; the run resumes.
+Usage: ``python benchmarks/final_state.py --work benchmarks/results/final_state
+[--pairs diode] [--n 30 100] [--reference benchmarks/results/full-v3] [--jobs 2]
+[--report-only]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+from pac_width import _toml, pair_lines, pair_spec
+
+from pacsim.bench.profiles import auto_records, problem_means, ratio_summary, ratios_to_best
+from pacsim.bench.results import latest, read_results
+from pacsim.plots import ok_records
+from pacsim.sysinfo import one_line
+
+BASE = Path(__file__).parent / "suites" / "full.toml"
+
+
+def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path) -> Path:
+    """``base`` with only ``pairs`` at sizes ``ns`` and ``selection.final = "best"``;
+    everything else (seeds, methods, grids, training) as in ``base``, so each cell
+    differs from the base suite's only in the final state kept. ``max_seeds`` is
+    dropped: the comparison is on the base seeds, which the reference has."""
+    raw = tomllib.loads(base.read_text())
+    selection = raw.get("selection", {"mode": "cv"})
+    selection = {"mode": selection} if isinstance(selection, str) else dict(selection)
+    selection["final"] = "best"
+    ddir = Path(raw.get("data_dir", f"datasets/built/{raw['name']}")).resolve()
+    lines = [f"# {base.name}'s {', '.join(pairs)} with final = \"best\" "
+             "(benchmarks/final_state.py)"]
+    lines += [f"{k} = {_toml(v)}" for k, v in raw.items()
+              if k not in ("pair", "train", "selection", "data_dir", "n_target", "max_seeds")]
+    lines += [f"n_target = {_toml(ns)}", f"selection = {_toml(selection)}",
+              f"data_dir = {_toml(ddir.as_posix())}", "", "[train]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in raw["train"].items()]
+    for pair in pairs:
+        spec = pair_spec(base, raw, pair)
+        if "n_target" in spec:
+            spec["n_target"] = [n for n in spec["n_target"] if n in ns]
+        lines += pair_lines(pair, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "suite.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cells(records: list[dict[str, Any]], pairs: list[str], ns: list[int]
+           ) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    return {(r["pair"], r["method"], r["n_target"], r["seed"]): r
+            for r in ok_records(latest(records)) if r["pair"] in pairs and r["n_target"] in ns}
+
+
+def compare(best: list[dict[str, Any]], last: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (pair, n, method) and per method, "last" against "best" on the cells both
+    finished (and, per problem, the seeds where every method finished under both)."""
+    a = {k: r for k, r in last.items() if k in best}
+    b = {k: r for k, r in best.items() if k in a}
+    rows = []
+    for pair, method, n in sorted({k[:3] for k in a}):
+        ks = sorted(k for k in a if k[:3] == (pair, method, n))
+        ra = np.array([a[k]["target"]["rmse"] for k in ks])
+        rb = np.array([b[k]["target"]["rmse"] for k in ks])
+        rows.append({"pair": pair, "method": method, "n": n, "seeds": len(ks),
+                     "last": float(ra.mean()), "best": float(rb.mean()),
+                     "spread_last": float(ra.max() / np.median(ra)),
+                     "spread_best": float(rb.max() / np.median(rb)),
+                     "same_steps": sum(a[k]["selection"]["steps"] == b[k]["selection"]["steps"]
+                                       for k in ks)})
+    ratios = {}
+    for name, recs in (("last", list(a.values())), ("best", list(b.values()))):
+        recs = recs + auto_records(recs)
+        ratios[name] = {r["method"]: r for r in ratio_summary(ratios_to_best(
+            problem_means(recs)))}
+    return {"cells": rows, "ratios": ratios}
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    lines = ["| pair | n | method | seeds | mean RMSE, last | mean RMSE, best | best / last | "
+             "worst / median seed, last | ..., best |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["cells"]:
+        lines.append(f"| {r['pair']} | {r['n']} | {r['method']} | {r['seeds']} | "
+                     f"{r['last']:.4g} | {r['best']:.4g} | {r['best'] / r['last']:.3f} | "
+                     f"{r['spread_last']:.2f} | {r['spread_best']:.2f} |")
+    lines += ["", "| method | last: geometric mean | last: worst | best: geometric mean | "
+              "best: worst |", "|---|---|---|---|---|"]
+    last, best = result["ratios"]["last"], result["ratios"]["best"]
+    for m in sorted(last, key=lambda m: last[m]["geomean"]):
+        if m in best:
+            lines.append(f"| {m} | {last[m]['geomean']:.3f} | {last[m]['worst']:.2f} | "
+                         f"{best[m]['geomean']:.3f} | {best[m]['worst']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--base", type=Path, default=BASE)
+    ap.add_argument("--reference", type=Path, default=Path("benchmarks/results/full-v3"),
+                    help="a run of --base (final='last') to compare with")
+    ap.add_argument("--pairs", nargs="+", default=["diode"])
+    ap.add_argument("--n", nargs="+", type=int, default=[30, 100])
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    run = args.work / "run"
+    machine = one_line(torch.device("cpu"))
+    seconds = None
+    if not args.report_only:
+        suite = write_suite(args.base, args.pairs, args.n, args.work)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pacsim", "bench", str(suite), "--out", str(run),
+                        "--jobs", str(args.jobs)], check=True)
+        seconds = time.perf_counter() - t0
+    result = compare(_cells(read_results(run), args.pairs, args.n),
+                     _cells(read_results(args.reference), args.pairs, args.n))
+    if not result["cells"]:
+        raise SystemExit(f"no cell finished in both {run} and {args.reference}")
+    text = [f"Final retrain state, {', '.join(args.pairs)} at n = "
+            f"{', '.join(map(str, args.n))}, on {machine}; reference {args.reference}.",
+            ""] + table(result)
+    (args.work / "final_state.md").write_text("\n".join(text) + "\n")
+    summary = {"machine": machine, "seconds": seconds, "reference": str(args.reference),
+               **result}
+    (args.work / "summary.json").write_text(json.dumps(
+        summary, indent=1, default=lambda v: None if isinstance(v, float) and
+        not math.isfinite(v) else str(v)) + "\n")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
