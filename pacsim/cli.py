@@ -150,6 +150,10 @@ def _workflow_parsers(sub: Any) -> None:
                    help="cv: choose lr, options and steps on the target samples (default); "
                         "fixed: --lr, --set and --steps as given")
     x.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
+    x.add_argument("--final", default=None, choices=("last", "best"),
+                   help="with --select cv, the final retrain's state to keep: last (at the "
+                        "chosen step) or best (its epoch with the lowest loss on the target "
+                        "samples); default: pacsim.transfer.SelectionConfig's")
     x.add_argument("--steps", type=int, default=500,
                    help="optimiser steps (fixed), or a third of CV's maximum (default 500)")
     x.add_argument("--batch-size", type=int, default=32, help="(default 32)")
@@ -244,7 +248,8 @@ def _transfer(args: argparse.Namespace) -> int:
                                 weight_decay=args.weight_decay,
                                 allocate_epochs=args.allocate_epochs, device=args.device,
                                 seed=args.seed, setting=args.setting,
-                                extend_ratio=args.extend_ratio, keep_source=args.keep_source)
+                                extend_ratio=args.extend_ratio, keep_source=args.keep_source,
+                                **({"final": args.final} if args.final else {}))
     transfer_surrogate(args.checkpoint, args.target, args.out, settings,
                        overwrite=args.overwrite)
     return 0

@@ -15,6 +15,7 @@ import torch
 from pacsim.data import H5Dataset, write_dataset
 from pacsim.demo import DemoSettings
 from pacsim.io import load_checkpoint, load_predictor
+from pacsim.transfer import SelectionConfig
 from pacsim.workflow import TrainSettings, TransferSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -110,7 +111,16 @@ def test_cv_transfer_records_its_choice(cli, files):
     _, masks, meta = load_checkpoint(files / "ft.pt")
     assert masks is None and meta["selection"]["mode"] == "cv"
     assert "lr" in meta["selection"]["chosen"] and meta["selection"]["steps"] >= 1
+    assert meta["selection"]["final"] == SelectionConfig.final
     assert "chosen by CV" in text
+    code, _, err = _transfer(cli, files, "ft_best.pt", "--method", "finetune", "--folds", "2",
+                             "--final", "best")
+    assert code == 0, err
+    best = load_checkpoint(files / "ft_best.pt")[2]["selection"]
+    assert best["final"] == "best"
+    assert (best["chosen"], best["steps"]) == (meta["selection"]["chosen"],
+                                               meta["selection"]["steps"]), \
+        "the final state kept does not change what CV chose"
 
 
 def test_set_options_are_fixed_not_searched(cli, files):
@@ -367,6 +377,7 @@ def test_transfer_method_auto_picks_by_cv_and_keep_source_keeps_a_pac_network(cl
     (lambda: TransferSettings(allocate_epochs=0), "--allocate-epochs must be >= 1, got 0"),
     (lambda: TransferSettings(folds=1), "selection folds must be an integer >= 2, got 1"),
     (lambda: TransferSettings(selection="grid"), "selection mode must be one of"),
+    (lambda: TransferSettings(final="first"), "selection final must be one of"),
     (lambda: DemoSettings(target_steps=0),
      "--target-steps must be positive"),
 ])

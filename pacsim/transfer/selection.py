@@ -414,7 +414,7 @@ def select_many(requests: Sequence[SelectRequest], budget: Budget | None = None,
             "cv_loss": best_loss, "horizon": horizon, "interior": not edges,
             "edges": edges, "configs": len(s.configs), "halved": len(s.pruned),
             "trainings": len(s.configs) * len(s.splits),
-            "cv_steps": s.cv_steps, "curves": curves,
+            "cv_steps": s.cv_steps, "final": selection.final, "curves": curves,
         }
         if i in picks:
             res.selection["auto"] = picks[i]

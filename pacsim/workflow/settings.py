@@ -58,9 +58,12 @@ class TransferSettings:
     all). ``options``: the method's options, fixed rather than searched.
     ``selection="cv"`` chooses the learning rate, the options ``options`` leaves open and
     the step count (up to ``3 * steps``) by ``folds``-fold cross-validation on the target
-    samples; ``"fixed"`` trains ``steps`` steps at ``lr``. PAC methods: ``source`` is the
-    source data of allocate (default: the file the checkpoint records), run for
-    ``allocate_epochs`` (default: a third of the source training's epochs); ``setting``
+    samples; ``"fixed"`` trains ``steps`` steps at ``lr``. ``final`` (with CV): keep the
+    final retrain's state at the chosen step (``"last"``) or its epoch with the lowest loss
+    on the n samples (``"best"``, see :class:`~pacsim.transfer.SelectionConfig`). PAC
+    methods: ``source`` is the source data of allocate (default: the file the checkpoint
+    records), run for ``allocate_epochs`` (default: a third of the source training's
+    epochs); ``setting``
     names the new setting, and ``extend_ratio`` is the share of the newest setting's
     entries a PAC checkpoint frees for it.
     """
@@ -71,6 +74,7 @@ class TransferSettings:
     source: str | os.PathLike[str] | None = None
     selection: str = "cv"
     folds: int = 5
+    final: str = SelectionConfig.final
     steps: int = 500
     lr: float = 1e-3
     batch_size: int = 32
@@ -101,7 +105,7 @@ class TransferSettings:
             method_options(method, self.options)  # a bad option fails before any read
         if self.allocate_epochs is not None and self.allocate_epochs < 1:
             raise ValueError(f"--allocate-epochs must be >= 1, got {self.allocate_epochs}")
-        SelectionConfig(mode=self.selection, folds=self.folds)  # a bad mode or fold count
+        _ = self.selection_config  # a bad mode, fold count or final state fails here
 
     @property
     def resolved_method(self) -> str:
@@ -122,5 +126,6 @@ class TransferSettings:
 
     @property
     def selection_config(self) -> SelectionConfig:
-        """The selection's mode and folds as :func:`pacsim.transfer.select` takes them."""
-        return SelectionConfig(mode=self.selection, folds=self.folds)
+        """The selection's mode, folds and final state as :func:`pacsim.transfer.select`
+        takes them."""
+        return SelectionConfig(mode=self.selection, folds=self.folds, final=self.final)
