@@ -36,7 +36,7 @@ from pacsim.bench.results import latest, read_results
 from pacsim.plots import ok_records
 from pacsim.sysinfo import one_line
 
-BASE = Path(__file__).parent / "suites" / "full.toml"
+BASE = Path(__file__).parent / "suites" / "full-v3.toml"  # the reference run's suite
 
 
 def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path) -> Path:

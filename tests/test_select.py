@@ -363,7 +363,8 @@ def test_select_is_reproducible_by_seed_and_depends_on_it():
 
 def test_select_only_sees_the_target_samples_it_is_given(monkeypatch):
     """Every training and validation sample comes from the n target samples; the
-    folds partition them and the final retrain uses all of them."""
+    folds partition them and the final retrain uses all of them (and, to keep its
+    lowest-loss epoch, watches its loss on them)."""
     model, src, tgt = _problem(n=10)
     seen = []
     import pacsim.transfer.selection as mod
@@ -383,7 +384,10 @@ def test_select_only_sees_the_target_samples_it_is_given(monkeypatch):
         vx = val[0]
         assert len(x) == 8 and len(vx) == 2
         assert {tuple(r.tolist()) for r in torch.cat([x, vx])} == rows
-    assert torch.equal(seen[5][0], tgt[0]) and seen[5][1] is None
+    final_x, final_val = seen[5]
+    assert torch.equal(final_x, tgt[0])
+    # final="best" (the default) watches the retrain's loss on its own samples
+    assert torch.equal(final_val[0], tgt[0]) and torch.equal(final_val[1], tgt[1])
     held_out = torch.cat([v[0] for _, v in seen[:5]])
     assert {tuple(r.tolist()) for r in held_out} == rows, "each sample validated once"
 
@@ -753,8 +757,9 @@ def test_final_best_keeps_the_retrains_lowest_loss_epoch_on_the_target_samples()
     model, src, _ = _problem()
     tgt = make_data("mlp", n=16, seed=2, shift=0.5)
     kw = {**KW, "batch_size": 4}
-    last = SelectionConfig(folds=2, max_steps=40, extend=0)
-    best = dataclasses.replace(last, final="best")
+    best = SelectionConfig(folds=2, max_steps=40, extend=0)
+    assert best.final == "best", "the default"
+    last = dataclasses.replace(best, final="last")
     assert "final" not in last.to_dict() and best.to_dict()["final"] == "best"
     with pytest.raises(ValueError, match="selection final must be one of"):
         SelectionConfig(final="first")

@@ -70,10 +70,11 @@ class SelectionConfig:
     #: for 1.41x fewer CV steps (benchmarks/README.md).
     halving: int = 0
     #: Which state of the final retrain (all n samples, the chosen step count) is kept:
-    #: ``"last"``, the state at the chosen step; or ``"best"``, the epoch with the lowest
-    #: loss on those n samples, so a loss spike of a high learning rate near the chosen
-    #: step is not what the transfer delivers (it reads the target samples only).
-    final: str = "last"
+    #: ``"best"`` (the default), the epoch with the lowest loss on those n samples, so a
+    #: loss spike of a high learning rate near the chosen step is not what the transfer
+    #: delivers (it reads the target samples only); or ``"last"``, the state at the
+    #: chosen step, what pacsim kept before (benchmarks/README.md, ``final_state.py``).
+    final: str = "best"
 
     def __post_init__(self) -> None:
         if self.mode not in SELECTION_MODES:
@@ -114,7 +115,8 @@ class SelectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy; ``final`` only where it is not ``"last"``, so the records (and
-        benchmark cell identities) written before it existed still describe their runs."""
+        benchmark cell identities) written before it existed, which kept the last state,
+        still describe their runs."""
         out = asdict(self)
         if out["final"] == "last":
             del out["final"]
