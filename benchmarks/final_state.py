@@ -12,7 +12,8 @@ method the ratio to the per-problem best baseline (geometric mean, worst), ``aut
 included. Writes ``final_state.md`` and ``summary.json`` into ``--work``; the run resumes.
 Usage: ``python benchmarks/final_state.py --work benchmarks/results/final_state
 [--pairs diode] [--n 30 100] [--reference benchmarks/results/full-v3] [--jobs 2]
-[--report-only]``.
+[--report-only]``; ``--combine WORK...`` writes the ratio summary over every problem
+of the reference with those runs' problems under "best" (``combined.md``).
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path) -> Path:
     return path
 
 
-def _cells(records: list[dict[str, Any]], pairs: list[str], ns: list[int]
-           ) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+def _cells(records: list[dict[str, Any]], pairs: list[str] | None = None,
+           ns: list[int] | None = None) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    """Finished cells by (pair, method, n, seed); ``None`` keeps every pair or size."""
     return {(r["pair"], r["method"], r["n_target"], r["seed"]): r
-            for r in ok_records(latest(records)) if r["pair"] in pairs and r["n_target"] in ns}
+            for r in ok_records(latest(records))
+            if (pairs is None or r["pair"] in pairs) and (ns is None or r["n_target"] in ns)}
 
 
 def compare(best: list[dict[str, Any]], last: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +100,23 @@ def compare(best: list[dict[str, Any]], last: list[dict[str, Any]]) -> dict[str,
     return {"cells": rows, "ratios": ratios}
 
 
+def combine(reference: Path, works: list[Path]) -> dict[str, Any]:
+    """Every problem of ``reference``, with the problems a ``works`` run covers replaced
+    by its "best" cells (the reference's cells of those problems kept only for the
+    same seeds, as "last"): the ratio summary the whole reference suite would have with
+    "best" where it was measured, and "last" elsewhere."""
+    last = _cells(read_results(reference))
+    best = dict(last)
+    for work in works:
+        runs = _cells(read_results(work / "run"))
+        problems = {(k[0], k[2]) for k in runs}
+        best = {k: r for k, r in best.items() if (k[0], k[2]) not in problems} | runs
+    result = compare(best, {k: r for k, r in last.items() if k in best})
+    result["rerun"] = sorted({(k[0], k[2]) for w in works
+                              for k in _cells(read_results(w / "run"))})
+    return result
+
+
 def table(result: dict[str, Any]) -> list[str]:
     lines = ["| pair | n | method | seeds | mean RMSE, last | mean RMSE, best | best / last | "
              "worst / median seed, last | ..., best |", "|---|---|---|---|---|---|---|---|---|"]
@@ -104,8 +124,13 @@ def table(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {r['pair']} | {r['n']} | {r['method']} | {r['seeds']} | "
                      f"{r['last']:.4g} | {r['best']:.4g} | {r['best'] / r['last']:.3f} | "
                      f"{r['spread_last']:.2f} | {r['spread_best']:.2f} |")
-    lines += ["", "| method | last: geometric mean | last: worst | best: geometric mean | "
-              "best: worst |", "|---|---|---|---|---|"]
+    return lines + [""] + ratio_table(result)
+
+
+def ratio_table(result: dict[str, Any]) -> list[str]:
+    """Per method, the ratio to the per-problem best baseline under "last" and "best"."""
+    lines = ["| method | last: geometric mean | last: worst | best: geometric mean | "
+             "best: worst |", "|---|---|---|---|---|"]
     last, best = result["ratios"]["last"], result["ratios"]["best"]
     for m in sorted(last, key=lambda m: last[m]["geomean"]):
         if m in best:
@@ -124,7 +149,22 @@ def main() -> None:
     ap.add_argument("--n", nargs="+", type=int, default=[30, 100])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="WORK",
+                    help="no run: the ratio summary over every problem of --reference, "
+                    "with these earlier --work folders' problems under 'best'; writes "
+                    "combined.md into --work")
     args = ap.parse_args()
+    if args.combine:
+        result = combine(args.reference, args.combine)
+        problems = len({(r["pair"], r["n"]) for r in result["cells"]})
+        rerun = ", ".join(f"{p} n={n}" for p, n in result["rerun"])
+        text = [f"All {problems} problems of {args.reference}: \"best\" measured on "
+                f"{rerun} ({', '.join(map(str, args.combine))}), \"last\" elsewhere.",
+                ""] + ratio_table(result)
+        args.work.mkdir(parents=True, exist_ok=True)
+        (args.work / "combined.md").write_text("\n".join(text) + "\n")
+        print("\n".join(text))
+        return
     run = args.work / "run"
     machine = one_line(torch.device("cpu"))
     seconds = None
