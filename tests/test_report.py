@@ -204,18 +204,27 @@ def test_selection_wording():
         "Hyper-parameters: fixed budget, no selection, for every method."
     assert selection_header(_records(lambda r: {"mode": "fixed", "chosen": {}, "steps": 500})) \
         == "Hyper-parameters: fixed budget, no selection, for every method."
-    assert selection_header(_records(_cv)) == \
-        "Hyper-parameters: K-fold CV on target samples only (K = 5), for every method."
+    assert selection_header(_records(_cv)) == (
+        "Hyper-parameters: K-fold CV on target samples only (K = 5) and the final retrain's "
+        "state at the chosen step, for every method.")
+    best = selection_header(_records(lambda r: {**_cv(r), "final": "best"}))
+    assert best.endswith("(K = 5) and the final retrain's lowest-loss epoch, for every method.")
+    some = _records(lambda r: {**_cv(r), "final": "best" if r["seed"] == 0 else "last"})
+    ok = [r for r in some if r["status"] == "ok"]
+    n_best = sum(r["seed"] == 0 for r in ok)
+    assert f"lowest-loss epoch in {n_best} of {len(ok)} cells" in selection_header(some)
     oracle = selection_header(_records(lambda r: _cv(r, "oracle")))
     assert "oracle" in oracle and "test data" in oracle
     # a mix: pac-paper on the fixed budget (an old record has no selection field)
     mixed = selection_header(_records(lambda r: None if r["method"] == "pac-paper" else _cv(r)))
     assert mixed.startswith("Hyper-parameters differ between methods: ")
     assert "pac-paper: fixed budget, no selection;" in mixed
-    assert "pac: K-fold CV on target samples only (K = 5)." in mixed
-    assert "finetune: K-fold CV on target samples only (K = 5);" in mixed
+    assert "pac: K-fold CV on target samples only (K = 5) and the final retrain's state" in mixed
+    assert "finetune: K-fold CV on target samples only (K = 5) and the final retrain's state " \
+        "at the chosen step;" in mixed
     within = selection_header(_records(lambda r: _cv(r) if r["seed"] else None))
-    assert "finetune: mixed (K-fold CV on target samples only (K = 5) in " in within
+    assert "finetune: mixed (K-fold CV on target samples only (K = 5) and the final " \
+        "retrain's state at the chosen step in " in within
 
 
 def test_chosen_hyperparameters_in_report(tmp_path):

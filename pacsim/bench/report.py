@@ -358,13 +358,28 @@ def selection_mode(record: dict[str, Any]) -> str:
     return str(sel.get("mode") or "fixed") if isinstance(sel, dict) else "fixed"
 
 
+def final_state(record: dict[str, Any]) -> str:
+    """Which state of the final retrain a selected cell kept: "best" (its lowest-loss
+    epoch) or "last" (the chosen step's; what records from before the choice existed
+    kept)."""
+    sel = record.get("selection") or {}
+    config = (record.get("config") or {}).get("selection")
+    return str(sel.get("final") or (config.get("final") if isinstance(config, dict) else None)
+               or "last")
+
+
 def _label(mode: str, rs: list[dict[str, Any]]) -> str:
     label = SELECTION_LABELS.get(mode, f"{mode} (unknown selection mode)")
     if mode == "cv":
-        folds = sorted({r["selection"]["folds"] for r in rs
-                        if selection_mode(r) == "cv" and r["selection"].get("folds")})
+        cv = [r for r in rs if selection_mode(r) == "cv"]
+        folds = sorted({r["selection"]["folds"] for r in cv if r["selection"].get("folds")})
         if folds:
             label += f" (K = {', '.join(map(str, folds))})"
+        best = sum(final_state(r) == "best" for r in cv)
+        label += (" and the final retrain's state at the chosen step" if not best else
+                  " and the final retrain's lowest-loss epoch" if best == len(cv) else
+                  f" and the final retrain's lowest-loss epoch in {best} of {len(cv)} cells "
+                  "(the state at the chosen step in the others)")
     return label
 
 
