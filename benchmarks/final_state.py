@@ -24,6 +24,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,20 @@ from pacsim.sysinfo import one_line
 BASE = Path(__file__).parent / "suites" / "full-v3.toml"  # the reference run's suite
 
 
-def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path) -> Path:
+def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path,
+                edit: Callable[[dict[str, Any]], str] | None = None) -> Path:
     """``base`` with only ``pairs`` at sizes ``ns`` and ``selection.final = "best"``;
     everything else (seeds, methods, grids, training) as in ``base``, so each cell
     differs from the base suite's only in the final state kept. ``max_seeds`` is
-    dropped: the comparison is on the base seeds, which the reference has."""
+    dropped: the comparison is on the base seeds, which the reference has. ``edit``
+    changes the parsed base in place and returns what it changed, for the header."""
     raw = tomllib.loads(base.read_text())
+    what = edit(raw) if edit is not None else ""
     selection = raw.get("selection", {"mode": "cv"})
     selection = {"mode": selection} if isinstance(selection, str) else dict(selection)
     selection["final"] = "best"
     ddir = Path(raw.get("data_dir", f"datasets/built/{raw['name']}")).resolve()
-    lines = [f"# {base.name}'s {', '.join(pairs)} with final = \"best\" "
+    lines = [f"# {base.name}'s {', '.join(pairs)} with final = \"best\"{what} "
              "(benchmarks/final_state.py)"]
     lines += [f"{k} = {_toml(v)}" for k, v in raw.items()
               if k not in ("pair", "train", "selection", "data_dir", "n_target", "max_seeds")]

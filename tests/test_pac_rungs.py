@@ -216,3 +216,25 @@ def test_adapt_records_why_a_ratio_was_used():
     alloc = res.extra["allocate"]
     assert [t["ratio"] for t in alloc["tries"]] == [0.8, 0.65, 0.5]
     assert res.masks.ratio == alloc["ratio"] == res.extra["options"]["ratio"]
+
+
+def test_allocate_stop_reference_stops_at_the_unpruned_loss_patience_trains_on():
+    model, src, val = _source_problem()
+    kw = dict(source_val=val, epochs=10, batch_size=32, lr=3e-3, device="cpu", seed=0)
+    one = {"ratio": 0.5, "min_ratio": 0.5}
+    assert method_options("pac", {}).allocate_stop == "patience"
+    with pytest.raises(ValueError, match="allocate_stop"):
+        method_options("pac", {"allocate_stop": "never"})
+    _, _, ref = allocated_model(model, src, method_options(
+        "pac", {**one, "allocate_stop": "reference"}), **kw)
+    _, _, pat = allocated_model(model, src, method_options("pac", one), **kw)
+    unpruned, first, rest = ref["unpruned_loss"], ref["history"].val_loss, pat["history"]
+    # "reference": the first epoch back at the unpruned loss ends allocate
+    assert first[-1] <= unpruned and all(v > unpruned for v in first[:-1])
+    # "patience": the same epochs, then on until patience runs out, the best epoch kept
+    assert rest.val_loss[:len(first)] == pytest.approx(first)
+    assert len(rest.val_loss) > len(first)
+    assert pat["allocated_loss"] == min(rest.val_loss) <= ref["allocated_loss"]
+    # the old behaviour keeps its identity: records from before the option still match
+    assert "allocate_stop" not in method_options("pac", {"allocate_stop": "reference"}).to_dict()
+    assert method_options("pac", {}).prepare_config()["allocate_stop"] == "patience"

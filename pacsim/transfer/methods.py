@@ -251,9 +251,10 @@ def prune_and_allocate(model: nn.Module, source: Data, opts: PACBaseOptions, *,
 
     ``allocate="fixed"`` runs the given budget (``epochs`` or ``steps`` in
     ``fit_kwargs``). ``allocate="source"`` first measures the unpruned model's source
-    loss (on ``source_val``, else on ``source``), then retrains until the pruned model
-    is back at it, for at most ``allocate_max_factor`` times the budget, stopping after
-    ``allocate_patience`` epochs without improvement and keeping the best epoch. Where
+    loss (on ``source_val``, else on ``source``), then retrains for at most
+    ``allocate_max_factor`` times the budget, stopping after ``allocate_patience`` epochs
+    without improvement (or, where :meth:`~PACBaseOptions.stops_at_reference`, once the
+    pruned model is back at the unpruned loss) and keeping the best epoch. Where
     the recipe asks for a recovered source (:meth:`PACOptions.recovery`) and the best
     epoch is not within that factor of the unpruned loss, the pruning ratio backs off
     (:meth:`PACOptions.ratios`) and allocate runs again from the unpruned weights; if no
@@ -288,7 +289,8 @@ def prune_and_allocate(model: nn.Module, source: Data, opts: PACBaseOptions, *,
         history = pac.allocate(
             model, masks, source, lam_sp=opts.lam_sp, val=yardstick,
             patience=opts.allocate_patience, restore_best=True,
-            stop_when=lambda h: h.val_loss[-1] <= reference, **budget)
+            stop_when=(lambda h: h.val_loss[-1] <= reference)
+            if opts.stops_at_reference() else None, **budget)
         loss = history.best_val
         share = loss / reference if reference > 0 else (1.0 if loss <= 0 else math.inf)
         recovered = tolerance is None or share <= tolerance
