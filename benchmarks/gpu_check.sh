@@ -9,7 +9,8 @@
 #     and its MLP pairs with successive halving against exhaustive selection.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh full      (at most 9 minutes)
 #     the full suite (665 cells: n = 10, 30, 100, 300, 5 seeds, selection extending any
-#     edge choice, the final retrain's lowest-loss epoch kept: what full-v4 is to hold)
+#     edge choice, the final retrain's lowest-loss epoch kept, PAC's allocate trained
+#     until its patience runs out: what full-v4 is to hold)
 #     with the defaults on the GPU, 8 jobs, from the datasets in
 #     datasets/built/full (bring them along: the diode simulator needs DEVSIM, which a
 #     stock PyTorch image lacks). burgers1d and darcy2d use FNOs, which need
@@ -19,10 +20,11 @@
 #     cut off at the limit leaves the cells it finished in $OUT/full/results.jsonl (a
 #     rerun resumes; the report marks what is missing).
 #   OUT=/somewhere bash benchmarks/gpu_check.sh fno       (at most 9 minutes)
-#     only full-v3.toml's FNO pairs (burgers1d, darcy2d: 280 cells, the part the
-#     committed CPU run in benchmarks/results/full-v3 is slowest at), 8 jobs, into
-#     $OUT/fno; copy its results.jsonl lines into full-v3's to complete that run (cells
-#     record their device). Needs neuraloperator or the wheels in .whl, and the datasets.
+#     only full-v3.toml's darcy2d (140 FNO cells, all the committed CPU run in
+#     benchmarks/results/full-v3 lacks: burgers1d's 2D cousin, slower still on a CPU),
+#     8 jobs, into $OUT/fno; copy its results.jsonl lines into full-v3's to complete
+#     that run (cells record their device). Needs neuraloperator or the wheels in .whl,
+#     and the datasets.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh width     (at most 9 minutes)
 #     where PAC pays: benchmarks/pac_width.py (PAC against the best baseline, MLP hidden
 #     32-1024 on friedman and pendulum, FNO channels on burgers1d where neuraloperator
@@ -92,7 +94,7 @@ fno)
     mkdir -p /tmp/pacsim-sub
     SUITE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks')
 from pathlib import Path; from batch_cells import _subset
-print(_subset(Path('benchmarks/suites/full-v3.toml'), ['burgers1d', 'darcy2d'],
+print(_subset(Path('benchmarks/suites/full-v3.toml'), ['darcy2d'],
               Path('/tmp/pacsim-sub')))")
     step fno 540 $PY -m pacsim bench "$SUITE" --out "$OUT/fno" --jobs 8 --report
     rm -rf "$OUT/fno/cache" "$OUT/fno/predictions" "$OUT/fno/figures"
