@@ -348,6 +348,8 @@ def test_cv_selection_in_the_runner_never_reads_test_data(tmp_path, monkeypatch)
     assert set(a["l2sp"]["selection"]["chosen"]) == {"alpha", "lr"}
     assert set(a["pac"]["selection"]["chosen"]) == {"subspace", "lr"}
     assert a["pac"]["memory_bytes"] < a["head"]["memory_bytes"]
+    assert a["head"]["memory_bytes"] == 2 * a["head"]["network_bytes"]
+    assert a["pac"]["network_bytes"] == a["head"]["network_bytes"] < a["pac"]["memory_bytes"]
 
 
 def test_report_survives_a_torn_prediction_file_and_mistyped_records(tmp_path):

@@ -99,6 +99,7 @@ def test_head_rung_memory_is_one_network_plus_the_head_copy():
                if n in head_names(res.model))
     assert set(res.masks.source_state) == set(head_names(res.model))
     assert res.serving_bytes() == net + math.ceil(masks.n_total() / 8) + head
+    assert res.network_bytes() == net
 
 
 @pytest.mark.parametrize("opt", ["adam", "sgd"])

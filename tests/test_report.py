@@ -14,6 +14,7 @@ import pytest
 from pacsim.bench.report import (
     chosen_table,
     memory_bytes,
+    memory_table,
     selection_header,
     tradeoff_table,
     verdict,
@@ -335,3 +336,20 @@ def test_report_marks_pairs_whose_planned_cells_have_not_all_finished(tmp_path):
     ok_near = sum(1 for r in _records() if r["pair"] == "near" and r["status"] == "ok")
     assert f"**Incomplete**: cells finished of those planned, per pair: near ({ok_near} of " \
            "100);" in text
+
+
+def test_memory_ratio_is_against_one_network_in_its_own_bytes():
+    # an FNO's complex spectral weights take 8 bytes each: 100 parameters, 600 bytes
+    def rec(method, mem, **extra):
+        return {"pair": "p", "method": method, "n_target": 10, "seed": 0, "status": "ok",
+                "n_params": 100, "memory_bytes": mem, **extra}
+
+    rows = memory_table([rec("finetune", 1200, network_bytes=600),
+                         rec("pac", 640, network_bytes=600)], "p")
+    assert rows[2].endswith("| 2.00x |") and rows[3].endswith("| 1.07x |")
+    # older records without network_bytes: half of what a baseline keeps
+    rows = memory_table([rec("finetune", 1200), rec("pac", 640)], "p")
+    assert rows[3].endswith("| 1.07x |")
+    # nothing but the parameter count: float32
+    rows = memory_table([rec("pac", 640)], "p")
+    assert rows[2].endswith("| 1.60x |")

@@ -331,11 +331,26 @@ def _typical(values: list[Any]) -> Any:
     return min(count, key=lambda v: (-count[v], str(v)))
 
 
+def network_bytes(records: list[dict[str, Any]]) -> int | None:
+    """Bytes of one network of a pair: the records' ``network_bytes``, else half of what
+    a baseline (two networks) needs, else the parameters as float32; None without any."""
+    own = [int(r["network_bytes"]) for r in records if r.get("network_bytes") is not None]
+    if own:
+        return _typical(own)
+    two = [r["memory_bytes"] for r in records if r.get("memory_bytes") is not None
+           and r["method"] not in PAC_METHODS and not (r.get("pac") or {}).get("summary")]
+    if two:
+        return _typical(two) // 2
+    params = [r["n_params"] for r in records if r.get("n_params") is not None]
+    return 4 * int(_typical(params)) if params else None
+
+
 def memory_table(records: Iterable[dict[str, Any]], pair: str) -> list[str]:
     """Markdown table of the memory each method of ``pair`` needs to serve both settings."""
     rs = [r for r in ok_records(records) if r["pair"] == pair]
     md = ["| method | parameters | memory to serve both settings | worst / one network |",
           "|---|---|---|---|"]
+    one = network_bytes(rs)
     for m in methods_in(rs):
         mine = [r for r in rs if r["method"] == m]
         params = [r["n_params"] for r in mine if r.get("n_params") is not None]
@@ -347,7 +362,7 @@ def memory_table(records: Iterable[dict[str, Any]], pair: str) -> list[str]:
         worst = max(mem) if mem else None
         md.append(f"| {m} | {'-' if p is None else f'{p:,}'} | "
                   f"{'-' if b is None else _bytes(b) + spread} | "
-                  f"{f'{worst / (4 * p):.2f}x' if worst is not None and p else '-'} |")
+                  f"{f'{worst / one:.2f}x' if worst is not None and one else '-'} |")
     return md
 
 

@@ -64,13 +64,18 @@ class TransferResult:
     extra: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
 
+    def network_bytes(self) -> int:
+        """Bytes of one network: its parameters and buffers at their own element sizes
+        (a complex spectral weight takes twice a float32's)."""
+        return sum(t.numel() * t.element_size()
+                   for t in [*self.model.parameters(), *self.model.buffers()])
+
     def serving_bytes(self) -> int:
         """Bytes needed to serve both the source and the target setting: PAC keeps one
         network, a 1-bit mask per prunable entry and the source's own copies of what
         calibrate let diverge (biases, BatchNorm statistics); every other method needs
         the source network beside the adapted one."""
-        net = sum(t.numel() * t.element_size()
-                  for t in [*self.model.parameters(), *self.model.buffers()])
+        net = self.network_bytes()
         if self.masks is None:
             return 2 * net
         saved = sum(t.numel() * t.element_size() for t in self.masks.source_state.values())
