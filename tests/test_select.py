@@ -480,7 +480,8 @@ def test_source_matched_allocate_stops_once_the_source_error_is_back():
     model, src, _ = _problem()
     val = make_data("mlp", n=48, seed=5)
     res = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, source_val=val,
-                ratio=0.5, allocate_kwargs={"epochs": 30}, epochs=1, **KW)
+                ratio=0.5, allocate_kwargs={"epochs": 30}, epochs=1,
+                allocate_stop="reference", **KW)
     info, hist = res.extra["allocate"], res.extra["allocate_history"]
     assert info["allocate"] == "source"
     assert hist.epochs_run <= 30 * 4
@@ -490,6 +491,13 @@ def test_source_matched_allocate_stops_once_the_source_error_is_back():
         assert len(reached) == 1
     else:  # or ran out of patience / budget, keeping the best epoch
         assert info["allocated_loss"] == min(hist.val_loss)
+    # the default trains on past it until its patience runs out, the best epoch kept
+    on = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, source_val=val,
+               ratio=0.5, allocate_kwargs={"epochs": 30}, epochs=1, **KW)
+    longer = on.extra["allocate_history"]
+    assert longer.epochs_run >= hist.epochs_run
+    assert on.extra["allocate"]["allocated_loss"] == min(longer.val_loss) \
+        <= info["allocated_loss"]
     fixed = adapt("pac", model, make_data("mlp", n=12, seed=2), source=src, ratio=0.5,
                   allocate="fixed", allocate_kwargs={"epochs": 3}, epochs=1, **KW)
     assert fixed.extra["allocate_history"].epochs_run == 3
