@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from final_state import BASE, _cells, write_suite
+from final_state import BASE, _cells, bench, write_suite
 
 from pacsim.bench.profiles import problem_means, ratios_to_best
 from pacsim.bench.results import read_results
@@ -153,10 +150,7 @@ def main() -> None:
     seconds = None
     if not args.report_only:
         suite = write_suite(args.base, args.pairs, args.n, args.work, edit=patience)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pacsim", "bench", str(suite), "--out", str(run),
-                        "--jobs", str(args.jobs)], check=True)
-        seconds = time.perf_counter() - t0
+        seconds = bench(suite, run, args.jobs)
     new = _cells(read_results(run), args.pairs, args.n)
     ref: dict = {}
     for folder in args.reference:

@@ -72,6 +72,14 @@ def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path,
     return path
 
 
+def bench(suite: Path, run: Path, jobs: int) -> float:
+    """``pacsim bench suite --out run --jobs jobs`` (it resumes); its wall seconds."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pacsim", "bench", str(suite), "--out", str(run),
+                    "--jobs", str(jobs)], check=True)
+    return time.perf_counter() - t0
+
+
 def _cells(records: list[dict[str, Any]], pairs: list[str] | None = None,
            ns: list[int] | None = None) -> dict[tuple[str, str, int, int], dict[str, Any]]:
     """Finished cells by (pair, method, n, seed); ``None`` keeps every pair or size."""
@@ -174,10 +182,7 @@ def main() -> None:
     seconds = None
     if not args.report_only:
         suite = write_suite(args.base, args.pairs, args.n, args.work)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pacsim", "bench", str(suite), "--out", str(run),
-                        "--jobs", str(args.jobs)], check=True)
-        seconds = time.perf_counter() - t0
+        seconds = bench(suite, run, args.jobs)
     result = compare(_cells(read_results(run), args.pairs, args.n),
                      _cells(read_results(args.reference), args.pairs, args.n))
     if not result["cells"]:
