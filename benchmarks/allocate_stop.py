@@ -149,7 +149,8 @@ def main() -> None:
     run = args.work / "run"
     seconds = None
     if not args.report_only:
-        suite = write_suite(args.base, args.pairs, args.n, args.work, edit=patience)
+        suite = write_suite(args.base, args.pairs, args.n, args.work, edit=patience,
+                            script="benchmarks/allocate_stop.py")
         seconds = bench(suite, run, args.jobs)
     new = _cells(read_results(run), args.pairs, args.n)
     ref: dict = {}

@@ -42,20 +42,21 @@ BASE = Path(__file__).parent / "suites" / "full-v3.toml"  # the reference run's 
 
 
 def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path,
-                edit: Callable[[dict[str, Any]], str] | None = None) -> Path:
+                edit: Callable[[dict[str, Any]], str] | None = None,
+                script: str = "benchmarks/final_state.py") -> Path:
     """``base`` with only ``pairs`` at sizes ``ns`` and ``selection.final = "best"``;
     everything else (seeds, methods, grids, training) as in ``base``, so each cell
     differs from the base suite's only in the final state kept. ``max_seeds`` is
     dropped: the comparison is on the base seeds, which the reference has. ``edit``
-    changes the parsed base in place and returns what it changed, for the header."""
+    changes the parsed base in place and returns what it changed, for the header, which
+    names the ``script`` that wrote the suite."""
     raw = tomllib.loads(base.read_text())
     what = edit(raw) if edit is not None else ""
     selection = raw.get("selection", {"mode": "cv"})
     selection = {"mode": selection} if isinstance(selection, str) else dict(selection)
     selection["final"] = "best"
     ddir = Path(raw.get("data_dir", f"datasets/built/{raw['name']}")).resolve()
-    lines = [f"# {base.name}'s {', '.join(pairs)} with final = \"best\"{what} "
-             "(benchmarks/final_state.py)"]
+    lines = [f"# {base.name}'s {', '.join(pairs)} with final = \"best\"{what} ({script})"]
     lines += [f"{k} = {_toml(v)}" for k, v in raw.items()
               if k not in ("pair", "train", "selection", "data_dir", "n_target", "max_seeds")]
     lines += [f"n_target = {_toml(ns)}", f"selection = {_toml(selection)}",
