@@ -154,17 +154,18 @@ def main() -> None:
         seconds = bench(suite, run, args.jobs)
     new = _cells(read_results(run), args.pairs, args.n)
     ref: dict = {}
-    for folder in args.reference:
-        ref |= _cells(read_results(folder / "run"), args.pairs, args.n)
+    per_folder = {folder: _cells(read_results(folder / "run"), args.pairs, args.n)
+                  for folder in args.reference}
+    for cells in per_folder.values():
+        ref |= cells
     result = compare(new, ref)
     if not result["cells"]:
         raise SystemExit(f"no cell finished in both {run} and {args.reference}")
     pac_ref = {k: r for k, r in ref.items() if k[1] == METHOD}
     alloc_new = allocation(new, run)
     alloc_ref = {}
-    for folder in args.reference:
-        alloc_ref |= allocation({k: r for k, r in pac_ref.items()
-                                 if k in _cells(read_results(folder / "run"))}, folder / "run")
+    for folder, cells in per_folder.items():
+        alloc_ref |= allocation({k: r for k, r in pac_ref.items() if k in cells}, folder / "run")
     machine = one_line(torch.device("cpu"))
     text = [f"PAC's allocate stop, {', '.join(args.pairs)} at n = "
             f"{', '.join(map(str, args.n))}, on {machine}; reference "
