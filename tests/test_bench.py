@@ -426,5 +426,14 @@ def test_max_seeds_adds_seeds_where_pacs_verdict_is_within_the_seeds_noise(tmp_p
     logs.clear()
     run_suite(path, out, RunOptions(devices="cpu"), log=logs.append)  # resumed: nothing more to run
     assert len(read_results(out)) == len(recs)
+    # a dry run on the suite's seeds alone shows the seeds max_seeds will add
+    extra = [r for r in recs if r["seed"] > 2]
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("".join(
+        line + "\n" for line in lines if json.loads(line)["seed"] <= 2))
+    logs.clear()
+    run_suite(path, out, RunOptions(devices="cpu"), dry_run=True, log=logs.append)
+    assert any("fried n=5" in m and "2 more seeds" in m for m in logs)
+    assert any(f"{len(extra)} to run ({len(extra)} new" in m for m in logs), logs
     with pytest.raises(SuiteError, match="max_seeds"):
         load_suite(_suite(tmp_path, seeds=(0, 1, 2), top="max_seeds = 2"))

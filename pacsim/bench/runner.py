@@ -226,8 +226,10 @@ def run_suite(suite_path: str | os.PathLike[str], out: str | os.PathLike[str],
     out = Path(out)
     setup = _Setup.resolve(options)
     how = setup.describe()
-    if dry_run:
-        plan = plan_suite(suite, read_results(out), retry_failed)
+    if dry_run:  # with the seeds max_seeds adds where the suite's seeds have all finished
+        records = read_results(out)
+        suite = _with_seeds(suite, records, log)
+        plan = plan_suite(suite, records, retry_failed)
         log(_summary(suite, plan, how, out))
         _dry_run(suite, plan, log)
         return out / RESULTS
