@@ -27,8 +27,10 @@ from final_state import BASE, _cells, bench, write_suite
 
 from pacsim.bench.profiles import problem_means, ratios_to_best
 from pacsim.bench.results import read_results
+from pacsim.bench.suite import config_hash
 from pacsim.io import load_checkpoint
 from pacsim.method_names import is_baseline
+from pacsim.plots import paired
 from pacsim.sysinfo import one_line
 
 METHOD = "pac"
@@ -47,10 +49,11 @@ def patience(raw: dict[str, Any]) -> str:
     return ', pac alone with allocate_stop = "patience"'
 
 
-def _key(config: dict[str, Any]) -> str:
-    """A cached allocation's identity: its pair, seed and allocate options (a cell's
-    record holds the same in its configuration)."""
-    return json.dumps([config["pair"], config["seed"], config["allocate"]], sort_keys=True)
+def _key(config: dict[str, Any], keys: Any = None) -> str:
+    """A cached allocation's identity: the hash of its whole configuration (source data,
+    model, training and allocate options). A cell's record holds the same keys in its
+    configuration: ``keys`` picks them (those of the cached allocation's)."""
+    return config_hash({k: config.get(k) for k in (config if keys is None else keys)})
 
 
 def allocation(records: dict[tuple[str, str, int, int], dict[str, Any]],
@@ -58,18 +61,20 @@ def allocation(records: dict[tuple[str, str, int, int], dict[str, Any]],
     """(pair, seed) -> the allocated source's test RMSE over the unpruned model's and the
     ratio kept (from the records); allocate's epochs at that ratio and its seconds over
     every ratio tried, from ``run``'s cached models where they are still there."""
-    cached = {}
+    cached, keys = {}, None
     for path in sorted((run / "cache").glob("alloc_*.pt")) if run is not None else []:
         meta = load_checkpoint(path)[2]
         history = meta["allocate"].get("history") or {}
+        keys = list(meta["config"])
         cached[_key(meta["config"])] = {
             "epochs": len(history.get("val_loss", [])) or None, "seconds": meta["seconds"]}
     out = {}
     for (pair, _, _, seed), r in sorted(records.items()):
+        found = cached.get(_key(r["config"], keys)) if keys is not None else None
         out[(pair, seed)] = {
             "source_ratio": r["source_after"]["rmse"] / r["source_before"]["rmse"],
             "ratio": r["pac"]["allocate"].get("ratio"),
-            **cached.get(_key(r["config"]), {"epochs": None, "seconds": None})}
+            **(found or {"epochs": None, "seconds": None})}
     return out
 
 
@@ -85,10 +90,12 @@ def compare(new: dict[tuple[str, str, int, int], dict[str, Any]],
             continue
         recs = [r for k, r in ref.items() if k[0] == pair and k[2] == n and k[3] in seeds]
         recs += [{**new[(pair, METHOD, n, s)], "method": "pac (patience)"} for s in seeds]
-        means = problem_means(recs)[(pair, n)]
+        means = problem_means(recs).get((pair, n))
+        if means is None:  # no seed where every method finished
+            continue
         baselines = [m for m in means if is_baseline(m) and m != "pac (patience)"]
         ratios = ratios_to_best({(pair, n): means}, reference=baselines)
-        rows.append({"pair": pair, "n": n, "seeds": len(seeds),
+        rows.append({"pair": pair, "n": n, "seeds": len({r["seed"] for r in paired(recs, pair, n)}),
                      "reference": means[METHOD], "patience": means["pac (patience)"],
                      "ratio_reference": ratios[METHOD][(pair, n)],
                      "ratio_patience": ratios["pac (patience)"][(pair, n)]})

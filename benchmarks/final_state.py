@@ -55,15 +55,15 @@ def write_suite(base: Path, pairs: list[str], ns: list[int], out: Path,
     selection = raw.get("selection", {"mode": "cv"})
     selection = {"mode": selection} if isinstance(selection, str) else dict(selection)
     selection["final"] = "best"
-    ddir = Path(raw.get("data_dir", f"datasets/built/{raw['name']}")).resolve()
+    ddir = raw.get("data_dir", f"datasets/built/{raw['name']}")  # the base's datasets
     lines = [f"# {base.name}'s {', '.join(pairs)} with final = \"best\"{what} ({script})"]
     lines += [f"{k} = {_toml(v)}" for k, v in raw.items()
               if k not in ("pair", "train", "selection", "data_dir", "n_target", "max_seeds")]
     lines += [f"n_target = {_toml(ns)}", f"selection = {_toml(selection)}",
-              f"data_dir = {_toml(ddir.as_posix())}", "", "[train]"]
+              f"data_dir = {_toml(ddir)}", "", "[train]"]
     lines += [f"{k} = {_toml(v)}" for k, v in raw["train"].items()]
     for pair in pairs:
-        spec = pair_spec(base, raw, pair)
+        spec = pair_spec(base, raw, pair, out)
         if "n_target" in spec:
             spec["n_target"] = [n for n in spec["n_target"] if n in ns]
         lines += pair_lines(pair, spec)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -65,13 +66,15 @@ def widened(model: dict[str, Any], width: int) -> dict[str, Any]:
     return out
 
 
-def pair_spec(base: Path, raw: dict[str, Any], pair: str) -> dict[str, Any]:
-    """A copy of ``base``'s ``[pair.NAME]`` table with its recipe path made absolute, for a
-    suite written elsewhere."""
+def pair_spec(base: Path, raw: dict[str, Any], pair: str, out: Path) -> dict[str, Any]:
+    """A copy of ``base``'s ``[pair.NAME]`` table for a suite written into the folder
+    ``out``: its recipe path made relative to ``out`` (as a suite's recipes are), so the
+    suite still loads from another checkout of the repository."""
     if pair not in raw["pair"]:
         raise SystemExit(f"{base}: no pair {pair!r}")
     spec = dict(raw["pair"][pair])
-    spec["recipe"] = (base.parent / spec["recipe"]).resolve().as_posix()
+    recipe = (base.parent / spec["recipe"]).resolve()
+    spec["recipe"] = Path(os.path.relpath(recipe, out.resolve())).as_posix()
     return spec
 
 
@@ -93,7 +96,7 @@ def write_suite(base: Path, pairs: list[str], width: int, ns: list[int], seeds: 
              "", "[train]"]
     lines += [f"{k} = {_toml(v)}" for k, v in raw["train"].items()]
     for pair in pairs:
-        spec = pair_spec(base, raw, pair)
+        spec = pair_spec(base, raw, pair, out)
         spec["model"] = widened(spec["model"], width)
         spec.pop("n_target", None)
         if isinstance(spec.get("method"), dict):

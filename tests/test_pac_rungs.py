@@ -15,6 +15,7 @@ from pacsim import pac
 from pacsim.models import FNO, head_names
 from pacsim.train import fit, mean_loss
 from pacsim.transfer import adapt, allocated_model, method_options
+from pacsim.transfer.methods import options_record
 from pacsim.transfer.options import RATIO_STEP, PACPaperOptions
 
 pytest.importorskip("torch")
@@ -237,5 +238,15 @@ def test_allocate_stop_reference_stops_at_the_unpruned_loss_patience_trains_on()
     assert len(rest.val_loss) > len(first)
     assert pat["allocated_loss"] == min(rest.val_loss) <= ref["allocated_loss"]
     # the old behaviour keeps its identity: records from before the option still match
-    assert "allocate_stop" not in method_options("pac", {"allocate_stop": "reference"}).to_dict()
+    old = method_options("pac", {"allocate_stop": "reference"})
+    assert "allocate_stop" not in old.identity_dict()
+    assert "allocate_stop" not in old.prepare_config()
     assert method_options("pac", {}).prepare_config()["allocate_stop"] == "patience"
+    assert method_options("pac", {}).identity_dict()["allocate_stop"] == "patience"
+    # ... and is kept wherever the options travel as a dict (records, adapt, suites)
+    assert method_options("pac", old.to_dict()).allocate_stop == "reference"
+    assert options_record(old, None)["allocate_stop"] == "reference"
+    # with a fixed allocate budget it changes nothing and names nothing
+    fixed = method_options("pac", {"allocate": "fixed"})
+    assert "allocate_stop" not in fixed.identity_dict()
+    assert "allocate_stop" not in fixed.prepare_config()

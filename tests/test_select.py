@@ -768,7 +768,8 @@ def test_final_best_keeps_the_retrains_lowest_loss_epoch_on_the_target_samples()
     best = SelectionConfig(folds=2, max_steps=40, extend=0)
     assert best.final == "best", "the default"
     last = dataclasses.replace(best, final="last")
-    assert "final" not in last.to_dict() and best.to_dict()["final"] == "best"
+    assert "final" not in last.identity_dict() and best.identity_dict()["final"] == "best"
+    assert SelectionConfig.from_value(last.to_dict()) == last  # a round trip keeps it
     with pytest.raises(ValueError, match="selection final must be one of"):
         SelectionConfig(final="first")
 

@@ -169,3 +169,26 @@ def test_changed_simulator_physics_come_with_a_new_protocol():
     assert PHYSICS_BY_PROTOCOL.get(PROTOCOL) == digest.hexdigest()[:16], (
         "a simulator's settings changed: bump PROTOCOL in pacsim/bench/suite.py and "
         f"record {digest.hexdigest()[:16]} for it here")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Committed runs and the suite each ran: every record must still be that suite's cell,
+#: so a resumed run adds to them instead of running them again.
+COMMITTED = [(ROOT / "benchmarks/suites/full-v3.toml", ROOT / "benchmarks/results/full-v3")] + [
+    (suite, suite.parent / "run" if (suite.parent / "run").is_dir() else suite.parent)
+    for suite in sorted((ROOT / "benchmarks/results").glob("*/*/suite.toml"))]
+
+
+@pytest.mark.parametrize("suite_path,run", COMMITTED,
+                         ids=[str(r.relative_to(ROOT / "benchmarks/results"))
+                              for _, r in COMMITTED])
+def test_committed_runs_are_still_their_suites_cells(suite_path, run, monkeypatch):
+    from pacsim.bench.runner import plan_suite
+
+    monkeypatch.chdir(ROOT)  # a suite's data_dir is relative to the repository
+    suite = load_suite(suite_path)
+    records = read_results(run)
+    assert records, f"{run}: no records"
+    changed = [f"{c} ({why})" for c, reason, why in plan_suite(suite, records).todo
+               if reason == "changed"]
+    assert not changed, changed[:3]

@@ -41,6 +41,18 @@ def test_a_pair_may_set_its_own_method_options(tmp_path):
             assert suite.identity(cell)["config"]["options"]["scope"] == "layer"
 
 
+def test_a_pairs_own_options_keep_the_suites_allocate_stop(tmp_path):
+    """A pair's own pac table overrides only what it names: the suite's allocate stop
+    ("reference", which a cell's identity leaves out) is kept, not reset to the default."""
+    path = _suite(tmp_path, extra='[method.pac]\nratio = 0.5\nallocate_stop = "reference"',
+                  pair="method = { pac = { ratio = 0.4 } }")
+    suite = load_suite(path)
+    own = suite.method("fried", "pac").options
+    assert (own.ratio, own.allocate_stop) == (0.4, "reference")
+    cell = next(c for c in suite.cells() if c.method == "pac")
+    assert "allocate_stop" not in suite.identity(cell)["config"]["options"]
+
+
 BAD = [
     # (where, text, words the one-line message must hold)
     ("extra", "[method.pac]\nratoi = 0.5", ["[method.pac]", "'ratoi'"]),

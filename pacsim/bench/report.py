@@ -733,7 +733,8 @@ def _tradeoff_section(rs: Records, pair: str, save: Any) -> list[str]:
     if not any(memory_bytes(r) is not None for r in rs):
         return md + ["", "Memory to serve both settings: not in these records (no "
                      "`memory_bytes` or `n_params`).", ""]
-    md += ["", "Memory to serve both settings (float32): PAC keeps one network, a 1-bit mask "
+    md += ["", "Memory to serve both settings (each tensor at its own element size; records "
+           "without `memory_bytes`: 4 bytes a parameter): PAC keeps one network, a 1-bit mask "
            "per prunable weight and the source biases it saved; every other method keeps "
            "two networks. `-`: not in the records.", ""]
     return md + memory_table(rs, pair) + [""]

@@ -238,10 +238,10 @@ class Suite:
             selection: dict[str, Any] = {"mode": "fixed"}
         else:
             grid = m.grid if m.grid is not None else DEFAULT_GRIDS[method]
-            selection = {**self.selection.to_dict(), "grid": grid}
+            selection = {**self.selection.identity_dict(), "grid": grid}
         return _canonical({**start, "method": method, "n_target": n,
                            "train": self.pairs[pair].train.target(),
-                           "options": m.options.to_dict(), "selection": selection})
+                           "options": m.options.identity_dict(), "selection": selection})
 
     def cell_id(self, cell: tuple[str, str, int, int]) -> str:
         """Hash of :meth:`cell_config`: equal ids, equal configurations."""

@@ -50,6 +50,12 @@ class Options:
         """The options that shape the cached preparation step (empty if none)."""
         return {k: getattr(self, k) for k in self.PREPARE_FIELDS}
 
+    def identity_dict(self) -> dict[str, Any]:
+        """The options a benchmark cell's identity is built from: :meth:`to_dict`, less
+        a setting that cannot change the result or that names what pacsim did before
+        the setting existed (so earlier records keep their identities)."""
+        return self.to_dict()
+
 
 @dataclass(frozen=True)
 class ScratchOptions(Options):
@@ -175,13 +181,19 @@ class PACOptions(PACBaseOptions):
             raise ValueError(f"pac min_ratio must lie in (0, 1), got {self.min_ratio!r}")
         _check_choice("pac allocate_stop", self.allocate_stop, ALLOCATE_STOPS)
 
-    def to_dict(self) -> dict[str, Any]:
-        """As :meth:`Options.to_dict`, without ``allocate_stop`` at "reference" (the
-        behaviour of records from before the option: their identities stay)."""
-        return _without_reference_stop(super().to_dict())
+    def identity_dict(self) -> dict[str, Any]:
+        """As :meth:`Options.identity_dict`, without ``allocate_stop`` where it is
+        "reference" (the behaviour of records from before the option) or where allocate
+        runs a fixed budget (it has no effect there)."""
+        return self._without_stop(super().identity_dict())
 
     def prepare_config(self) -> dict[str, Any]:
-        return _without_reference_stop(super().prepare_config())
+        return self._without_stop(super().prepare_config())
+
+    def _without_stop(self, config: dict[str, Any]) -> dict[str, Any]:
+        if self.allocate_stop == "reference" or self.allocate != "source":
+            config.pop("allocate_stop", None)
+        return config
 
     def stops_at_reference(self) -> bool:
         return self.allocate_stop == "reference"
@@ -198,12 +210,6 @@ class PACOptions(PACBaseOptions):
 
     def recovery(self) -> float | None:
         return self.source_tolerance if self.allocate == "source" else None
-
-
-def _without_reference_stop(config: dict[str, Any]) -> dict[str, Any]:
-    if config.get("allocate_stop") == "reference":
-        del config["allocate_stop"]
-    return config
 
 
 @dataclass(frozen=True)

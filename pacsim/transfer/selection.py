@@ -114,10 +114,14 @@ class SelectionConfig:
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able copy; ``final`` only where it is not ``"last"``, so the records (and
-        benchmark cell identities) written before it existed, which kept the last state,
-        still describe their runs."""
-        out = asdict(self)
+        """JSON-able copy (:meth:`from_value` reads it back)."""
+        return asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` for a benchmark cell's identity: ``final`` only where it is not
+        ``"last"``, so the cells run before it existed, which kept the last state, keep
+        their identities."""
+        out = self.to_dict()
         if out["final"] == "last":
             del out["final"]
         return out
