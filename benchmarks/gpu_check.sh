@@ -25,6 +25,13 @@
 #     8 jobs, into $OUT/fno; copy its results.jsonl lines into full-v3's to complete
 #     that run (cells record their device). Needs neuraloperator or the wheels in .whl,
 #     and the datasets.
+#   OUT=/somewhere bash benchmarks/gpu_check.sh seeds     (at most 9 minutes)
+#     the seeds full-v3.toml's max_seeds adds to its friedman, pendulum and diode
+#     problems (up to 10 where PAC's seed interval against the best baseline holds 1:
+#     `pacsim bench benchmarks/suites/full-v3.toml --out benchmarks/results/full-v3
+#     --dry-run` lists them), resumed from the committed records, 8 jobs, into
+#     $OUT/seeds; copy the new lines of its results.jsonl into full-v3's. Needs the
+#     datasets.
 #   OUT=/somewhere bash benchmarks/gpu_check.sh width     (at most 9 minutes)
 #     where PAC pays: benchmarks/pac_width.py (PAC against the best baseline, MLP hidden
 #     32-1024 on friedman and pendulum, FNO channels on burgers1d where neuraloperator
@@ -99,6 +106,22 @@ print(_subset(Path('benchmarks/suites/full-v3.toml'), ['darcy2d'],
     step fno 540 $PY -m pacsim bench "$SUITE" --out "$OUT/fno" --jobs 8 --report
     rm -rf "$OUT/fno/cache" "$OUT/fno/predictions" "$OUT/fno/figures"
     ;;
+seeds)
+    if [ ! -f datasets/built/full/diode_source.h5 ]; then
+        echo "seeds mode needs datasets/built/full" | tee -a "$OUT/steps.txt"
+        exit 2
+    fi
+    mkdir -p /tmp/pacsim-sub "$OUT/seeds"
+    SUITE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks')
+from pathlib import Path; from batch_cells import _subset
+print(_subset(Path('benchmarks/suites/full-v3.toml'), ['friedman', 'pendulum', 'diode'],
+              Path('/tmp/pacsim-sub')))")
+    # the committed cells: the runner sees the suite's seeds done and adds the others
+    [ -f "$OUT/seeds/results.jsonl" ] || \
+        cp benchmarks/results/full-v3/results.jsonl "$OUT/seeds/results.jsonl"
+    step seeds 540 $PY -m pacsim bench "$SUITE" --out "$OUT/seeds" --jobs 8
+    rm -rf "$OUT/seeds/cache" "$OUT/seeds/predictions" "$OUT/seeds/figures"
+    ;;
 width)
     PAIRS="friedman pendulum"
     $PY -c "import neuralop" >/dev/null 2>&1 && PAIRS="$PAIRS burgers1d"
@@ -109,7 +132,7 @@ width)
     rm -rf "$OUT"/width/w*/cache "$OUT"/width/w*/predictions
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_check.sh [quick|full|fno|width]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [quick|full|fno|seeds|width]" >&2
     exit 2
     ;;
 esac
